@@ -1,0 +1,51 @@
+# One task runner for local work and CI: CI calls only these targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# uv from PATH, else the copy this Makefile bootstraps with pip (python3 -m uv).
+UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
+RUN := $(UV) run --frozen
+
+.PHONY: help uv sync run test test-sqlite protos check-protos lint fmt clean
+
+help:
+	@echo "make run           install everything and serve on 127.0.0.1:50051 (SQLite by default)"
+	@echo "make test          install everything and run the whole test suite (SQLite + PostgreSQL)"
+	@echo "make protos        regenerate client/src/parley_client/_gen from protos/"
+	@echo "make check-protos  fail if the committed generated code is stale"
+	@echo "make lint          ruff, mypy --strict, buf lint, alembic check, check-protos"
+
+# Bootstraps uv with pip when it is missing, so a machine with only Python and make suffices.
+uv:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+		python3 -m pip install --user --quiet uv || \
+		python3 -m pip install --user --quiet --break-system-packages uv
+
+sync: uv
+	@$(UV) sync --frozen --all-packages --group dev --quiet
+
+run: sync
+	$(RUN) parley serve
+
+test: sync
+	$(RUN) pytest -n 2 $(PYTEST_ARGS)
+
+protos: sync
+	$(RUN) python scripts/gen_protos.py
+
+check-protos: sync
+	$(RUN) python scripts/gen_protos.py --check
+
+lint: sync check-protos
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy client/src server/src examples tests scripts
+	$(RUN) alembic -c server/alembic.ini check
+	npm ci --silent --no-audit --no-fund && npx buf lint
+
+fmt: sync
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+clean:
+	rm -rf .venv node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""The gRPC edge: servicer, proto <-> domain conversion, validation, status mapping."""

@@ -1,0 +1,406 @@
+"""proto <-> domain, at the edge only. Parsing validates as it goes and reports every bad field."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message as ProtoMessage
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from parley_client._gen.parley.v1 import (
+    context_pb2,
+    message_pb2,
+    rating_pb2,
+    session_pb2,
+    user_pb2,
+)
+from parley_server import domain
+from parley_server.api.validate import Violations
+
+# --- domain -> proto ------------------------------------------------------------------------------
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _struct(value: Mapping[str, Any]) -> Struct | None:
+    if not value:
+        return None
+    struct = Struct()
+    struct.update(value)
+    return struct
+
+
+def user_pb(user: domain.User) -> user_pb2.User:
+    profile = user.profile
+    return user_pb2.User(
+        id=user.id,
+        display_name=user.display_name,
+        email=user.email,
+        profile=user_pb2.UserProfile(
+            picture_url=profile.picture_url,
+            status_message=profile.status_message,
+            bio=profile.bio,
+            location=profile.location,
+            website=profile.website,
+            social_links=profile.social_links,
+        ),
+        role=user.role,
+        preferences=_struct(user.preferences),
+        create_time=_timestamp(user.create_time),
+        update_time=_timestamp(user.update_time),
+    )
+
+
+def session_pb(session: domain.Session) -> session_pb2.Session:
+    info = session.client_info
+    return session_pb2.Session(
+        id=session.id,
+        user_id=session.user_id,
+        title=session.title,
+        metadata=_struct(session.metadata),
+        client_info=session_pb2.ClientInfo(
+            ip_address=info.ip_address, user_agent=info.user_agent, device=info.device
+        ),
+        create_time=_timestamp(session.create_time),
+        update_time=_timestamp(session.update_time),
+        end_time=_timestamp(session.end_time),
+        message_count=session.message_count,
+        last_message_time=_timestamp(session.last_message_time),
+        last_seq=session.last_seq,
+    )
+
+
+_ROLE_TO_PB = {
+    domain.Role.SYSTEM: message_pb2.ROLE_SYSTEM,
+    domain.Role.USER: message_pb2.ROLE_USER,
+    domain.Role.ASSISTANT: message_pb2.ROLE_ASSISTANT,
+    domain.Role.TOOL: message_pb2.ROLE_TOOL,
+}
+_ROLE_FROM_PB = {number: role for role, number in _ROLE_TO_PB.items()}
+
+
+def message_pb(message: domain.Message) -> message_pb2.Message:
+    return message_pb2.Message(
+        id=message.id,
+        session_id=message.session_id,
+        seq=message.seq,
+        role=_ROLE_TO_PB[message.role],
+        content=message.content,
+        name=message.name,
+        tool_calls=[
+            message_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments)
+            for c in message.tool_calls
+        ],
+        tool_call_id=message.tool_call_id,
+        invocation_id=message.invocation_id,
+        thread_id=message.thread_id,
+        reply_to=message.reply_to,
+        chapter=message.chapter,
+        attachments=[
+            message_pb2.Attachment(
+                name=a.name,
+                mime_type=a.mime_type,
+                uri=a.uri,
+                size_bytes=a.size_bytes,
+                metadata=_struct(a.metadata),
+            )
+            for a in message.attachments
+        ],
+        citations=[
+            message_pb2.Citation(
+                uri=c.uri,
+                title=c.title,
+                snippet=c.snippet,
+                start_index=c.start_index,
+                end_index=c.end_index,
+                metadata=_struct(c.metadata),
+            )
+            for c in message.citations
+        ],
+        metadata=_struct(message.metadata),
+        user_id=message.user_id,
+        create_time=_timestamp(message.create_time),
+    )
+
+
+def context_pb(context: domain.Context) -> context_pb2.Context:
+    return context_pb2.Context(
+        id=context.id,
+        session_id=context.session_id,
+        type=context.type,
+        content=context.content,
+        metadata=_struct(context.metadata),
+        create_time=_timestamp(context.create_time),
+    )
+
+
+def rating_pb(rating: domain.Rating) -> rating_pb2.Rating:
+    return rating_pb2.Rating(
+        id=rating.id,
+        message_id=rating.message_id,
+        user_id=rating.user_id,
+        session_id=rating.session_id,
+        value=rating.value,
+        comment=rating.comment,
+        create_time=_timestamp(rating.create_time),
+        update_time=_timestamp(rating.update_time),
+    )
+
+
+# --- proto -> domain ------------------------------------------------------------------------------
+
+
+def struct_dict(struct: Struct) -> dict[str, Any]:
+    return json_format.MessageToDict(struct)
+
+
+def role(value: int, field: str, violations: Violations) -> domain.Role | None:
+    parsed: domain.Role | None = _ROLE_FROM_PB.get(value)  # type: ignore[call-overload]
+    if parsed is None:
+        choices = ", ".join(message_pb2.Role.Name(n) for n in _ROLE_FROM_PB)
+        violations.add(field, f"is required: one of {choices}")
+    return parsed
+
+
+# A resource's writable fields, each with how to read and check it from the proto. Create reads all
+# of them; Update reads the ones its field mask names. The patch attribute is the path's last part.
+Extract = Callable[[Any, str, Violations], Any]
+
+
+@dataclass(frozen=True)
+class WritableFields:
+    fields: Mapping[str, Extract]  # leaf path -> extractor
+    groups: Mapping[str, tuple[str, ...]]  # message-typed path -> its leaf paths
+    output_only: frozenset[str]
+    immutable: frozenset[str] = frozenset()
+
+    def read(
+        self, resource: ProtoMessage, prefix: str, paths: Iterable[str], v: Violations
+    ) -> dict[str, Any]:
+        return {
+            path.rsplit(".", 1)[-1]: self.fields[path](resource, f"{prefix}.{path}", v)
+            for path in paths
+        }
+
+    def paths_for_update(
+        self, resource: ProtoMessage, mask: FieldMask, prefix: str, v: Violations
+    ) -> list[str]:
+        """AIP-134: the leaf paths an update writes."""
+        if not mask.paths:
+            # No mask: every populated field, ignoring output-only and immutable ones.
+            implied: list[str] = []
+            for field, value in resource.ListFields():
+                if field.name in self.groups:
+                    implied.extend(f"{field.name}.{sub.name}" for sub, _ in value.ListFields())
+                elif field.name in self.fields:
+                    implied.append(field.name)
+            return implied
+        if "*" in mask.paths:
+            if len(mask.paths) > 1:
+                v.add("update_mask", '"*" replaces every field and cannot be combined with paths')
+            return list(self.fields)
+        paths: list[str] = []
+        for path in mask.paths:
+            if path in self.groups:
+                paths.extend(self.groups[path])
+            elif path in self.fields:
+                paths.append(path)
+            elif path in self.output_only:
+                v.add("update_mask", f"{path!r} is output only and cannot be updated")
+            elif path in self.immutable:
+                v.add("update_mask", f"{path!r} cannot be changed after create")
+            else:
+                choices = ", ".join(sorted({*self.fields, *self.groups}))
+                v.add("update_mask", f"unknown field {path!r} of {prefix}; updatable: {choices}")
+        return list(dict.fromkeys(paths))
+
+
+def _text(resource: Any, field: str, v: Violations) -> str:
+    return getattr(resource, field.rsplit(".", 1)[-1])  # type: ignore[no-any-return]
+
+
+def _nested_text(group: str) -> Extract:
+    def extract(resource: Any, field: str, v: Violations) -> str:
+        return getattr(getattr(resource, group), field.rsplit(".", 1)[-1])  # type: ignore[no-any-return]
+
+    return extract
+
+
+def _social_links(user: user_pb2.User, field: str, v: Violations) -> dict[str, str]:
+    for network in user.profile.social_links:
+        v.label(f"{field}[{network!r}]", network, required=True)
+    return dict(user.profile.social_links)
+
+
+_PROFILE_PATHS = tuple(
+    f"profile.{name}"
+    for name in ("picture_url", "status_message", "bio", "location", "website", "social_links")
+)
+
+USER_FIELDS = WritableFields(
+    fields={
+        "display_name": _text,
+        "email": lambda u, f, v: v.email(f, u.email),
+        "role": lambda u, f, v: v.label(f, u.role),
+        "preferences": lambda u, f, v: struct_dict(u.preferences),
+        **{path: _nested_text("profile") for path in _PROFILE_PATHS[:-1]},
+        "profile.social_links": _social_links,
+    },
+    groups={"profile": _PROFILE_PATHS},
+    output_only=frozenset({"id", "create_time", "update_time"}),
+)
+
+_CLIENT_INFO_PATHS = ("client_info.ip_address", "client_info.user_agent", "client_info.device")
+
+SESSION_FIELDS = WritableFields(
+    fields={
+        "title": _text,
+        "metadata": lambda s, f, v: struct_dict(s.metadata),
+        "client_info.ip_address": lambda s, f, v: v.ip_address(f, s.client_info.ip_address),
+        "client_info.user_agent": _nested_text("client_info"),
+        "client_info.device": _nested_text("client_info"),
+    },
+    groups={"client_info": _CLIENT_INFO_PATHS},
+    output_only=frozenset(
+        {
+            "id",
+            "create_time",
+            "update_time",
+            "end_time",
+            "message_count",
+            "last_message_time",
+            "last_seq",
+        }
+    ),
+    immutable=frozenset({"user_id"}),
+)
+
+
+def new_user(user: user_pb2.User, prefix: str, v: Violations) -> domain.NewUser:
+    values = USER_FIELDS.read(user, prefix, USER_FIELDS.fields, v)
+    profile_keys = [path.rsplit(".", 1)[-1] for path in _PROFILE_PATHS]
+    profile = domain.UserProfile(**{key: values.pop(key) for key in profile_keys})
+    return domain.NewUser(
+        id=v.uuid(f"{prefix}.id", user.id, required=False) or None, profile=profile, **values
+    )
+
+
+def user_patch(request_user: user_pb2.User, mask: FieldMask, v: Violations) -> domain.UserPatch:
+    paths = USER_FIELDS.paths_for_update(request_user, mask, "user", v)
+    return domain.UserPatch(**USER_FIELDS.read(request_user, "user", paths, v))
+
+
+def new_session(session: session_pb2.Session, prefix: str, v: Violations) -> domain.NewSession:
+    values = SESSION_FIELDS.read(session, prefix, SESSION_FIELDS.fields, v)
+    info = domain.ClientInfo(
+        ip_address=values.pop("ip_address"),
+        user_agent=values.pop("user_agent"),
+        device=values.pop("device"),
+    )
+    return domain.NewSession(
+        id=v.uuid(f"{prefix}.id", session.id, required=False) or None,
+        user_id=v.uuid(f"{prefix}.user_id", session.user_id, required=False),
+        client_info=info,
+        **values,
+    )
+
+
+def session_patch(
+    request_session: session_pb2.Session, mask: FieldMask, v: Violations
+) -> domain.SessionPatch:
+    paths = SESSION_FIELDS.paths_for_update(request_session, mask, "session", v)
+    return domain.SessionPatch(**SESSION_FIELDS.read(request_session, "session", paths, v))
+
+
+def new_message(
+    message: message_pb2.Message, prefix: str, session_id: str, v: Violations
+) -> domain.NewMessage:
+    """Output-only fields (seq, create_time) are ignored; session_id may repeat the request's.
+    The result is only meaningful when no violation was added."""
+    if message.session_id and message.session_id.lower() != session_id:
+        v.add(f"{prefix}.session_id", "differs from the request's session_id; leave it empty")
+    parsed_role = role(message.role, f"{prefix}.role", v)
+    tool_calls: list[domain.ToolCall] = []
+    seen_call_ids: set[str] = set()
+    for index, call in enumerate(message.tool_calls):
+        field = f"{prefix}.tool_calls[{index}]"
+        v.label(f"{field}.name", call.name, required=True)
+        v.label(f"{field}.id", call.id)
+        if call.id and call.id in seen_call_ids:
+            v.add(f"{field}.id", f"repeats tool call id {call.id!r} of this message")
+        seen_call_ids.add(call.id)
+        tool_calls.append(domain.ToolCall(id=call.id, name=call.name, arguments=call.arguments))
+    if tool_calls and parsed_role not in (None, domain.Role.ASSISTANT):
+        v.add(f"{prefix}.tool_calls", "only ROLE_ASSISTANT messages carry tool calls")
+    if parsed_role is domain.Role.TOOL:
+        v.label(f"{prefix}.tool_call_id", message.tool_call_id, required=True)
+    elif message.tool_call_id and parsed_role is not None:
+        v.add(f"{prefix}.tool_call_id", "only ROLE_TOOL messages answer a tool call")
+    attachments = []
+    for index, attachment in enumerate(message.attachments):
+        if attachment.size_bytes < 0:
+            v.add(f"{prefix}.attachments[{index}].size_bytes", "must not be negative")
+        attachments.append(
+            domain.Attachment(
+                name=attachment.name,
+                mime_type=attachment.mime_type,
+                uri=attachment.uri,
+                size_bytes=attachment.size_bytes,
+                metadata=struct_dict(attachment.metadata),
+            )
+        )
+    citations = []
+    for index, citation in enumerate(message.citations):
+        if citation.start_index < 0 or citation.end_index < citation.start_index:
+            v.add(
+                f"{prefix}.citations[{index}]",
+                "needs 0 <= start_index <= end_index",
+            )
+        citations.append(
+            domain.Citation(
+                uri=citation.uri,
+                title=citation.title,
+                snippet=citation.snippet,
+                start_index=citation.start_index,
+                end_index=citation.end_index,
+                metadata=struct_dict(citation.metadata),
+            )
+        )
+    return domain.NewMessage(
+        id=v.uuid(f"{prefix}.id", message.id, required=False) or None,
+        role=parsed_role or domain.Role.USER,
+        content=message.content,
+        name=v.label(f"{prefix}.name", message.name),
+        tool_calls=tuple(tool_calls),
+        tool_call_id=message.tool_call_id,
+        invocation_id=v.label(f"{prefix}.invocation_id", message.invocation_id),
+        thread_id=v.label(f"{prefix}.thread_id", message.thread_id),
+        reply_to=v.uuid(f"{prefix}.reply_to", message.reply_to, required=False),
+        chapter=v.label(f"{prefix}.chapter", message.chapter),
+        attachments=tuple(attachments),
+        citations=tuple(citations),
+        metadata=struct_dict(message.metadata),
+        user_id=v.uuid(f"{prefix}.user_id", message.user_id, required=False),
+    )
+
+
+def new_context(context: context_pb2.Context, prefix: str, v: Violations) -> domain.NewContext:
+    return domain.NewContext(
+        id=v.uuid(f"{prefix}.id", context.id, required=False) or None,
+        session_id=v.uuid(f"{prefix}.session_id", context.session_id, required=True),
+        type=v.label(f"{prefix}.type", context.type, required=True),
+        content=context.content,
+        metadata=struct_dict(context.metadata),
+    )

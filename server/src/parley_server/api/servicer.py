@@ -1,0 +1,341 @@
+"""ParleyService: proto in, domain through the store, proto out. Errors are raised as domain errors;
+status.ErrorInterceptor turns them into statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+
+from parley_client._gen.parley.v1 import (
+    context_pb2,
+    message_pb2,
+    parley_service_pb2_grpc,
+    rating_pb2,
+    session_pb2,
+    user_pb2,
+)
+from parley_client._gen.parley.v1 import (
+    parley_service_pb2 as pb,
+)
+from parley_server import domain
+from parley_server.api import convert, pagination
+from parley_server.api.validate import Violations
+from parley_server.store import Store
+
+MAX_BATCH_MESSAGES = 1000
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    # --- users ------------------------------------------------------------------------------------
+
+    async def CreateUser(self, request: pb.CreateUserRequest, context: Context) -> user_pb2.User:
+        v = Violations()
+        new = convert.new_user(request.user, "user", v)
+        v.raise_if_any()
+        return convert.user_pb(await self._store.users.create(new))
+
+    async def GetUser(self, request: pb.GetUserRequest, context: Context) -> user_pb2.User:
+        return convert.user_pb(await self._store.users.get(_id(request.id, "id")))
+
+    async def ListUsers(
+        self, request: pb.ListUsersRequest, context: Context
+    ) -> pb.ListUsersResponse:
+        v = Violations()
+        size = v.page_size("page_size", request.page_size)
+        v.raise_if_any()
+        filters = pagination.fingerprint()
+        token = pagination.decode(request.page_token, method="ListUsers", filters=filters)
+        page = await self._store.users.list(after=pagination.time_cursor(token), limit=size)
+        last = page.items[-1] if page.has_more else None
+        return pb.ListUsersResponse(
+            users=[convert.user_pb(u) for u in page.items],
+            next_page_token=pagination.time_token("ListUsers", filters, last.create_time, last.id)
+            if last
+            else "",
+        )
+
+    async def UpdateUser(self, request: pb.UpdateUserRequest, context: Context) -> user_pb2.User:
+        v = Violations()
+        user_id = v.uuid("user.id", request.user.id, required=True)
+        patch = convert.user_patch(request.user, request.update_mask, v)
+        v.raise_if_any()
+        return convert.user_pb(await self._store.users.update(user_id, patch))
+
+    async def DeleteUser(self, request: pb.DeleteUserRequest, context: Context) -> Empty:
+        await self._store.users.delete(
+            _id(request.id, "id"), force=request.force, allow_missing=request.allow_missing
+        )
+        return Empty()
+
+    # --- sessions ---------------------------------------------------------------------------------
+
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, context: Context
+    ) -> session_pb2.Session:
+        v = Violations()
+        new = convert.new_session(request.session, "session", v)
+        v.raise_if_any()
+        return convert.session_pb(await self._store.sessions.create(new))
+
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: Context
+    ) -> session_pb2.Session:
+        return convert.session_pb(await self._store.sessions.get(_id(request.id, "id")))
+
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: Context
+    ) -> pb.ListSessionsResponse:
+        v = Violations()
+        user_id = v.uuid("user_id", request.user_id, required=False)
+        size = v.page_size("page_size", request.page_size)
+        v.raise_if_any()
+        filters = pagination.fingerprint(user_id)
+        token = pagination.decode(request.page_token, method="ListSessions", filters=filters)
+        page = await self._store.sessions.list(
+            user_id=user_id, after=pagination.time_cursor(token), limit=size
+        )
+        last = page.items[-1] if page.has_more else None
+        return pb.ListSessionsResponse(
+            sessions=[convert.session_pb(s) for s in page.items],
+            next_page_token=pagination.time_token(
+                "ListSessions", filters, last.create_time, last.id
+            )
+            if last
+            else "",
+            total_size=page.total_size or 0,
+        )
+
+    async def UpdateSession(
+        self, request: pb.UpdateSessionRequest, context: Context
+    ) -> session_pb2.Session:
+        v = Violations()
+        session_id = v.uuid("session.id", request.session.id, required=True)
+        patch = convert.session_patch(request.session, request.update_mask, v)
+        v.raise_if_any()
+        return convert.session_pb(await self._store.sessions.update(session_id, patch))
+
+    async def CloseSession(
+        self, request: pb.CloseSessionRequest, context: Context
+    ) -> session_pb2.Session:
+        return convert.session_pb(await self._store.sessions.close(_id(request.id, "id")))
+
+    async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Context) -> Empty:
+        await self._store.sessions.delete(
+            _id(request.id, "id"), allow_missing=request.allow_missing
+        )
+        return Empty()
+
+    async def GetOrCreateOpenSession(
+        self, request: pb.GetOrCreateOpenSessionRequest, context: Context
+    ) -> pb.GetOrCreateOpenSessionResponse:
+        v = Violations()
+        user_id = v.uuid("user_id", request.user_id, required=True)
+        template = convert.new_session(request.session_template, "session_template", v)
+        v.raise_if_any()
+        session, created = await self._store.sessions.get_or_create_open(user_id, template)
+        return pb.GetOrCreateOpenSessionResponse(
+            session=convert.session_pb(session), created=created
+        )
+
+    async def GetLatestSession(
+        self, request: pb.GetLatestSessionRequest, context: Context
+    ) -> session_pb2.Session:
+        return convert.session_pb(
+            await self._store.sessions.latest(_id(request.user_id, "user_id"))
+        )
+
+    # --- messages ---------------------------------------------------------------------------------
+
+    async def AppendMessage(
+        self, request: pb.AppendMessageRequest, context: Context
+    ) -> message_pb2.Message:
+        v = Violations()
+        session_id = v.uuid("session_id", request.session_id, required=True)
+        new = convert.new_message(request.message, "message", session_id, v)
+        v.raise_if_any()
+        (message,) = await self._store.messages.append(session_id, [new])
+        return convert.message_pb(message)
+
+    async def BatchAppendMessages(
+        self, request: pb.BatchAppendMessagesRequest, context: Context
+    ) -> pb.BatchAppendMessagesResponse:
+        v = Violations()
+        session_id = v.uuid("session_id", request.session_id, required=True)
+        if not 1 <= len(request.messages) <= MAX_BATCH_MESSAGES:
+            v.add(
+                "messages",
+                f"holds {len(request.messages)} messages; send 1 to {MAX_BATCH_MESSAGES} per call",
+            )
+        news = [
+            convert.new_message(m, f"messages[{i}]", session_id, v)
+            for i, m in enumerate(request.messages)
+        ]
+        ids = [n.id for n in news if n.id]
+        if len(ids) != len(set(ids)):
+            v.add("messages", "two messages of the batch have the same id")
+        v.raise_if_any()
+        messages = await self._store.messages.append(session_id, news)
+        return pb.BatchAppendMessagesResponse(messages=[convert.message_pb(m) for m in messages])
+
+    async def GetMessage(
+        self, request: pb.GetMessageRequest, context: Context
+    ) -> message_pb2.Message:
+        return convert.message_pb(await self._store.messages.get(_id(request.id, "id")))
+
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: Context
+    ) -> pb.ListMessagesResponse:
+        v = Violations()
+        session_id = v.uuid("session_id", request.session_id, required=True)
+        size = v.page_size("page_size", request.page_size)
+        role = (
+            convert.role(request.role, "role", v)
+            if request.role != message_pb2.ROLE_UNSPECIFIED
+            else None
+        )
+        if request.after_seq < 0:
+            v.add("after_seq", "must not be negative")
+        where = domain.MessageFilter(
+            chapter=v.label("chapter", request.chapter),
+            thread_id=v.label("thread_id", request.thread_id),
+            invocation_id=v.label("invocation_id", request.invocation_id),
+            role=role,
+            after_seq=request.after_seq,
+        )
+        v.raise_if_any()
+        filters = pagination.fingerprint(session_id, where)
+        token = pagination.decode(request.page_token, method="ListMessages", filters=filters)
+        page = await self._store.messages.list(
+            session_id, where, after_seq=token.last_seq if token else 0, limit=size
+        )
+        return pb.ListMessagesResponse(
+            messages=[convert.message_pb(m) for m in page.items],
+            next_page_token=pagination.seq_token("ListMessages", filters, page.items[-1].seq)
+            if page.has_more
+            else "",
+            total_size=page.total_size or 0,
+        )
+
+    async def DeleteMessage(self, request: pb.DeleteMessageRequest, context: Context) -> Empty:
+        await self._store.messages.delete(
+            _id(request.id, "id"), allow_missing=request.allow_missing
+        )
+        return Empty()
+
+    # --- contexts ---------------------------------------------------------------------------------
+
+    async def CreateContext(
+        self, request: pb.CreateContextRequest, context: Context
+    ) -> context_pb2.Context:
+        v = Violations()
+        new = convert.new_context(request.context, "context", v)
+        v.raise_if_any()
+        return convert.context_pb(await self._store.contexts.create(new))
+
+    async def GetContext(
+        self, request: pb.GetContextRequest, context: Context
+    ) -> context_pb2.Context:
+        return convert.context_pb(await self._store.contexts.get(_id(request.id, "id")))
+
+    async def ListContexts(
+        self, request: pb.ListContextsRequest, context: Context
+    ) -> pb.ListContextsResponse:
+        v = Violations()
+        session_id = v.uuid("session_id", request.session_id, required=True)
+        context_type = v.label("type", request.type)
+        size = v.page_size("page_size", request.page_size)
+        v.raise_if_any()
+        filters = pagination.fingerprint(session_id, context_type)
+        token = pagination.decode(request.page_token, method="ListContexts", filters=filters)
+        page = await self._store.contexts.list(
+            session_id, type=context_type, after=pagination.time_cursor(token), limit=size
+        )
+        last = page.items[-1] if page.has_more else None
+        return pb.ListContextsResponse(
+            contexts=[convert.context_pb(c) for c in page.items],
+            next_page_token=pagination.time_token(
+                "ListContexts", filters, last.create_time, last.id
+            )
+            if last
+            else "",
+        )
+
+    async def DeleteContext(self, request: pb.DeleteContextRequest, context: Context) -> Empty:
+        await self._store.contexts.delete(
+            _id(request.id, "id"), allow_missing=request.allow_missing
+        )
+        return Empty()
+
+    # --- ratings ----------------------------------------------------------------------------------
+
+    async def RateMessage(
+        self, request: pb.RateMessageRequest, context: Context
+    ) -> rating_pb2.Rating:
+        v = Violations()
+        message_id = v.uuid("message_id", request.message_id, required=True)
+        user_id = v.uuid("user_id", request.user_id, required=True)
+        if not 1 <= request.value <= 5:
+            v.add("value", f"must be 1 to 5, not {request.value}")
+        v.raise_if_any()
+        rating = await self._store.ratings.rate(message_id, user_id, request.value, request.comment)
+        return convert.rating_pb(rating)
+
+    async def ListRatings(
+        self, request: pb.ListRatingsRequest, context: Context
+    ) -> pb.ListRatingsResponse:
+        v = Violations()
+        where = domain.RatingFilter(
+            message_id=v.uuid("message_id", request.message_id, required=False),
+            session_id=v.uuid("session_id", request.session_id, required=False),
+            user_id=v.uuid("user_id", request.user_id, required=False),
+        )
+        size = v.page_size("page_size", request.page_size)
+        v.raise_if_any()
+        filters = pagination.fingerprint(where)
+        token = pagination.decode(request.page_token, method="ListRatings", filters=filters)
+        page = await self._store.ratings.list(
+            where, after=pagination.time_cursor(token), limit=size
+        )
+        last = page.items[-1] if page.has_more else None
+        return pb.ListRatingsResponse(
+            ratings=[convert.rating_pb(r) for r in page.items],
+            next_page_token=pagination.time_token("ListRatings", filters, last.create_time, last.id)
+            if last
+            else "",
+        )
+
+    async def DeleteRating(self, request: pb.DeleteRatingRequest, context: Context) -> Empty:
+        await self._store.ratings.delete(_id(request.id, "id"), allow_missing=request.allow_missing)
+        return Empty()
+
+    async def GetRatingSummary(
+        self, request: pb.GetRatingSummaryRequest, context: Context
+    ) -> rating_pb2.RatingSummary:
+        v = Violations()
+        scope = request.WhichOneof("scope")
+        if scope is None:
+            v.add("scope", "set message_id or session_id")
+            v.raise_if_any()
+        if scope == "message_id":
+            summary = await self._store.ratings.summarize(
+                message_id=_id(request.message_id, "message_id")
+            )
+        else:
+            summary = await self._store.ratings.summarize(
+                session_id=_id(request.session_id, "session_id")
+            )
+        return rating_pb2.RatingSummary(count=summary.count, mean=summary.mean)
+
+
+def _id(value: str, field: str) -> str:
+    """A required UUID field of a request, canonicalised, or INVALID_ARGUMENT."""
+    v = Violations()
+    parsed = v.uuid(field, value, required=True)
+    v.raise_if_any()
+    return parsed

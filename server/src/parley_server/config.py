@@ -1,0 +1,54 @@
+"""Settings from the environment (PARLEY_*) and the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from platformdirs import user_data_path
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_database_url() -> str:
+    """An SQLite file in the user's data directory, so a first `parley serve` needs no setup."""
+    return f"sqlite+aiosqlite:///{user_data_path('parley') / 'parley.db'}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PARLEY_", frozen=True)
+
+    database_url: str = Field(
+        default_factory=default_database_url,
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
+    )
+    listen_address: str = Field("127.0.0.1:50051", description="host:port to serve gRPC on")
+    db_pool_size: int = Field(10, ge=1, description="database connections kept open")
+    db_max_overflow: int = Field(10, ge=0, description="extra connections allowed under load")
+    db_pool_timeout_seconds: float = Field(10.0, gt=0, description="wait for a free connection")
+    shutdown_grace_seconds: float = Field(
+        10.0, ge=0, description="on SIGTERM, how long in-flight RPCs may take to finish"
+    )
+    max_receive_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest request the server accepts"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    auto_migrate: bool | None = Field(
+        None,
+        description="migrate the schema on start; default: yes for SQLite, no for other databases",
+    )
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def should_auto_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
+
+    def sqlite_path(self) -> Path | None:
+        """The database file of an SQLite URL, or None for in-memory and other databases."""
+        if not self.is_sqlite:
+            return None
+        _, _, path = self.database_url.partition(":///")
+        path = path.split("?", 1)[0]
+        return None if path in ("", ":memory:") else Path(path)

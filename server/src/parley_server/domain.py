@@ -1,0 +1,249 @@
+"""What parley stores, independent of protobuf and of SQL.
+
+The API edge converts requests into these types and results out of them; the store reads and writes
+them. Optional fields use "" (or 0, or an empty collection) for "not set", as proto3 does.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+JsonObject = dict[str, Any]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserProfile:
+    picture_url: str = ""
+    status_message: str = ""
+    bio: str = ""
+    location: str = ""
+    website: str = ""
+    social_links: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewUser:
+    id: str | None
+    display_name: str = ""
+    email: str = ""
+    profile: UserProfile = field(default_factory=UserProfile)
+    role: str = ""
+    preferences: JsonObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class User:
+    id: str
+    display_name: str
+    email: str
+    profile: UserProfile
+    role: str
+    preferences: JsonObject
+    create_time: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserPatch:
+    """The fields an update changes; None leaves a field as it is."""
+
+    display_name: str | None = None
+    email: str | None = None
+    role: str | None = None
+    preferences: JsonObject | None = None
+    picture_url: str | None = None
+    status_message: str | None = None
+    bio: str | None = None
+    location: str | None = None
+    website: str | None = None
+    social_links: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientInfo:
+    ip_address: str = ""
+    user_agent: str = ""
+    device: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewSession:
+    id: str | None
+    user_id: str = ""
+    title: str = ""
+    metadata: JsonObject = field(default_factory=dict)
+    client_info: ClientInfo = field(default_factory=ClientInfo)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    id: str
+    user_id: str
+    title: str
+    metadata: JsonObject
+    client_info: ClientInfo
+    create_time: datetime
+    update_time: datetime
+    end_time: datetime | None
+    message_count: int
+    last_message_time: datetime | None
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SessionPatch:
+    title: str | None = None
+    metadata: JsonObject | None = None
+    ip_address: str | None = None
+    user_agent: str | None = None
+    device: str | None = None
+
+
+class Role(enum.StrEnum):
+    """Stored as these lower-case words, the vocabulary every chat API shares."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Attachment:
+    name: str = ""
+    mime_type: str = ""
+    uri: str = ""
+    size_bytes: int = 0
+    metadata: JsonObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Citation:
+    uri: str = ""
+    title: str = ""
+    snippet: str = ""
+    start_index: int = 0
+    end_index: int = 0
+    metadata: JsonObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewMessage:
+    id: str | None
+    role: Role
+    content: str = ""
+    name: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+    invocation_id: str = ""
+    thread_id: str = ""
+    reply_to: str = ""
+    chapter: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    citations: tuple[Citation, ...] = ()
+    metadata: JsonObject = field(default_factory=dict)
+    user_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message:
+    id: str
+    session_id: str
+    seq: int
+    role: Role
+    content: str
+    name: str
+    tool_calls: tuple[ToolCall, ...]
+    tool_call_id: str
+    invocation_id: str
+    thread_id: str
+    reply_to: str
+    chapter: str
+    attachments: tuple[Attachment, ...]
+    citations: tuple[Citation, ...]
+    metadata: JsonObject
+    user_id: str
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageFilter:
+    """Conditions a listed message must meet; empty values do not filter."""
+
+    chapter: str = ""
+    thread_id: str = ""
+    invocation_id: str = ""
+    role: Role | None = None
+    after_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewContext:
+    id: str | None
+    session_id: str
+    type: str
+    content: str = ""
+    metadata: JsonObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Context:
+    id: str
+    session_id: str
+    type: str
+    content: str
+    metadata: JsonObject
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rating:
+    id: str
+    message_id: str
+    user_id: str
+    session_id: str
+    value: int
+    comment: str
+    create_time: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatingFilter:
+    message_id: str = ""
+    session_id: str = ""
+    user_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RatingSummary:
+    count: int
+    mean: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeCursor:
+    """Keyset position in a list ordered by (create_time, id)."""
+
+    time: datetime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a keyset-paginated list: the items, and whether more follow them."""
+
+    items: list[T]
+    has_more: bool
+    total_size: int | None = None

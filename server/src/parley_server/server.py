@@ -1,0 +1,114 @@
+"""Building and running the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy.engine import make_url
+
+from parley_client._gen.parley.v1 import parley_service_pb2, parley_service_pb2_grpc
+from parley_server.api.servicer import ParleyServicer
+from parley_server.api.status import ErrorInterceptor
+from parley_server.config import Settings
+from parley_server.store import Database, Store
+from parley_server.store import migrate as migrations
+from parley_server.store.database import create_engine
+
+log = logging.getLogger("parley")
+
+SERVICE_NAME = parley_service_pb2.DESCRIPTOR.services_by_name["ParleyService"].full_name
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped in grpc-stubs)
+
+    async def stop(self, grace: float | None) -> None:
+        """Stop taking new RPCs and give in-flight ones `grace` seconds to finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+async def create_server(
+    address: str, *, store: Store, settings: Settings | None = None
+) -> RunningServer:
+    """Start a server for `store` on `address` ("host:port"; port 0 picks a free one)."""
+    settings = settings or Settings()
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+            # Fail to start, rather than silently share the port, when another server holds it.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    parley_service_pb2_grpc.add_ParleyServiceServicer_to_server(ParleyServicer(store), server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as error:
+        raise OSError(f"cannot listen on {address}: {error}") from error
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server=server, port=port, health=health_servicer)
+
+
+async def prepare_database(settings: Settings) -> Database:
+    """The database for settings, its schema at the newest migration (or an error saying how)."""
+    engine = create_engine(settings)
+    try:
+        if settings.should_auto_migrate:
+            await migrations.upgrade(engine)
+        else:
+            behind = await migrations.pending_revision(engine)
+            if behind is not None:
+                raise SystemExit(
+                    f"the database schema is at revision {behind or '(none)'}, not the newest;"
+                    " run `parley migrate` first"
+                )
+    except BaseException:
+        await engine.dispose()
+        raise
+    return Database(engine)
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    database = await prepare_database(settings)
+    try:
+        running = await create_server(
+            settings.listen_address, store=Store.over(database), settings=settings
+        )
+        host = settings.listen_address.rsplit(":", 1)[0]
+        log.info(
+            "parley serving %s on %s:%d, database %s",
+            SERVICE_NAME,
+            host,
+            running.port,
+            make_url(settings.database_url).render_as_string(hide_password=True),
+        )
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        await stopping.wait()
+        log.info("shutting down; in-flight RPCs have %.0fs", settings.shutdown_grace_seconds)
+        await running.stop(settings.shutdown_grace_seconds)
+    finally:
+        await database.dispose()
+    log.info("stopped")

@@ -1,0 +1,38 @@
+"""Persistence: SQLAlchemy async over SQLite or PostgreSQL. Knows nothing of gRPC or protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from parley_server.store.contexts import ContextStore
+from parley_server.store.database import Database
+from parley_server.store.messages import MessageStore
+from parley_server.store.ratings import RatingStore
+from parley_server.store.sessions import SessionStore
+from parley_server.store.users import UserStore
+
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Every repository, over one database."""
+
+    db: Database
+    users: UserStore
+    sessions: SessionStore
+    messages: MessageStore
+    contexts: ContextStore
+    ratings: RatingStore
+
+    @classmethod
+    def over(cls, db: Database) -> Store:
+        return cls(
+            db=db,
+            users=UserStore(db),
+            sessions=SessionStore(db),
+            messages=MessageStore(db),
+            contexts=ContextStore(db),
+            ratings=RatingStore(db),
+        )
+
+
+__all__ = ["Database", "Store"]

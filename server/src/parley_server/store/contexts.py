@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import RowMapping, delete, exists, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from parley_server.domain import Context, NewContext, Page, TimeCursor
+from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from parley_server.store.database import Database
+from parley_server.store.tables import after_cursor, contexts, new_id, sessions, utcnow
+
+
+def _to_context(row: RowMapping) -> Context:
+    return Context(
+        id=row["id"],
+        session_id=row["session_id"],
+        type=row["type"],
+        content=row["content"],
+        metadata=row["metadata"],
+        create_time=row["create_time"],
+    )
+
+
+class ContextStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, new: NewContext) -> Context:
+        values: dict[str, Any] = {
+            "id": new.id or new_id(),
+            "session_id": new.session_id,
+            "type": new.type,
+            "content": new.content,
+            "metadata": new.metadata,
+            "create_time": utcnow(),
+        }
+        try:
+            async with self._db.write() as session:
+                owner = (
+                    await session.execute(
+                        select(sessions.c.end_time).where(sessions.c.id == new.session_id)
+                    )
+                ).first()
+                if owner is None:
+                    raise NotFound.resource("session", new.session_id)
+                if owner.end_time is not None:
+                    raise FailedPrecondition(
+                        f"session {new.session_id!r} is closed; it accepts no more contexts",
+                        reason="SESSION_CLOSED",
+                        metadata={"sessionId": new.session_id},
+                    )
+                statement = insert(contexts).values(values).returning(contexts)
+                row = (await session.execute(statement)).one()
+        except IntegrityError as error:
+            raise await self._conflict(values["id"]) from error
+        return _to_context(row._mapping)
+
+    async def get(self, context_id: str) -> Context:
+        async with self._db.read() as session:
+            row = (
+                await session.execute(select(contexts).where(contexts.c.id == context_id))
+            ).first()
+        if row is None:
+            raise NotFound.resource("context", context_id)
+        return _to_context(row._mapping)
+
+    async def list(
+        self, session_id: str, *, type: str, after: TimeCursor | None, limit: int
+    ) -> Page[Context]:
+        """Oldest first; only contexts of `type` when it is not empty."""
+        query = (
+            select(contexts)
+            .where(contexts.c.session_id == session_id)
+            .order_by(contexts.c.create_time, contexts.c.id)
+            .limit(limit + 1)
+        )
+        if type:
+            query = query.where(contexts.c.type == type)
+        condition = after_cursor(contexts.c.create_time, contexts.c.id, after)
+        if condition is not None:
+            query = query.where(condition)
+        async with self._db.read() as session:
+            if not await session.scalar(select(exists().where(sessions.c.id == session_id))):
+                raise NotFound.resource("session", session_id)
+            rows = (await session.execute(query)).all()
+        return Page([_to_context(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
+
+    async def delete(self, context_id: str, *, allow_missing: bool) -> None:
+        async with self._db.write() as session:
+            deleted = await session.scalar(
+                delete(contexts).where(contexts.c.id == context_id).returning(contexts.c.id)
+            )
+        if deleted is None and not allow_missing:
+            raise NotFound.resource("context", context_id)
+
+    async def _conflict(self, context_id: str) -> Exception:
+        async with self._db.read() as session:
+            if await session.scalar(select(exists().where(contexts.c.id == context_id))):
+                return AlreadyExists.resource("context", context_id)
+        # The session was deleted between the check and the insert.
+        return Aborted(
+            "a concurrent change conflicted with this one; retry", reason="CONCURRENT_CONFLICT"
+        )

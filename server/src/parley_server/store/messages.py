@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley_server.domain import (
+    Attachment,
+    Citation,
+    Message,
+    MessageFilter,
+    NewMessage,
+    Page,
+    Role,
+    ToolCall,
+)
+from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from parley_server.store.database import Database
+from parley_server.store.tables import messages, new_id, sessions, users, utcnow
+
+
+def _tool_calls_json(calls: Sequence[ToolCall]) -> list[dict[str, Any]] | None:
+    return [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls] or None
+
+
+def _attachments_json(items: Sequence[Attachment]) -> list[dict[str, Any]] | None:
+    return [
+        {
+            "name": a.name,
+            "mime_type": a.mime_type,
+            "uri": a.uri,
+            "size_bytes": a.size_bytes,
+            "metadata": a.metadata,
+        }
+        for a in items
+    ] or None
+
+
+def _citations_json(items: Sequence[Citation]) -> list[dict[str, Any]] | None:
+    return [
+        {
+            "uri": c.uri,
+            "title": c.title,
+            "snippet": c.snippet,
+            "start_index": c.start_index,
+            "end_index": c.end_index,
+            "metadata": c.metadata,
+        }
+        for c in items
+    ] or None
+
+
+def _to_message(row: Mapping[Any, Any]) -> Message:
+    return Message(
+        id=row["id"],
+        session_id=row["session_id"],
+        seq=row["seq"],
+        role=Role(row["role"]),
+        content=row["content"],
+        name=row["name"],
+        tool_calls=tuple(ToolCall(**c) for c in row["tool_calls"] or ()),
+        tool_call_id=row["tool_call_id"],
+        invocation_id=row["invocation_id"],
+        thread_id=row["thread_id"],
+        reply_to=row["reply_to"] or "",
+        chapter=row["chapter"],
+        attachments=tuple(Attachment(**a) for a in row["attachments"] or ()),
+        citations=tuple(Citation(**c) for c in row["citations"] or ()),
+        metadata=row["metadata"] or {},
+        user_id=row["user_id"] or "",
+        create_time=row["create_time"],
+    )
+
+
+class MessageStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def append(self, session_id: str, news: Sequence[NewMessage]) -> list[Message]:
+        """Append news in order with consecutive seqs, atomically; the batch must not be empty."""
+        count = len(news)
+        now = utcnow()
+        rows = [
+            {
+                "id": new.id or new_id(),
+                "session_id": session_id,
+                "role": new.role.value,
+                "content": new.content,
+                "name": new.name,
+                "tool_calls": _tool_calls_json(new.tool_calls),
+                "tool_call_id": new.tool_call_id,
+                "invocation_id": new.invocation_id,
+                "thread_id": new.thread_id,
+                "reply_to": new.reply_to or None,
+                "chapter": new.chapter,
+                "attachments": _attachments_json(new.attachments),
+                "citations": _citations_json(new.citations),
+                "metadata": new.metadata or None,
+                "user_id": new.user_id or None,
+                "create_time": now,
+            }
+            for new in news
+        ]
+        try:
+            async with self._db.write() as session:
+                # Reserving the seqs locks the session row, so appends to one session queue here and
+                # each takes the next range; a closed session matches nothing.
+                last_seq = await session.scalar(
+                    update(sessions)
+                    .where(sessions.c.id == session_id, sessions.c.end_time.is_(None))
+                    .values(
+                        last_seq=sessions.c.last_seq + count,
+                        message_count=sessions.c.message_count + count,
+                        last_message_time=now,
+                        update_time=now,
+                    )
+                    .returning(sessions.c.last_seq)
+                )
+                if last_seq is None:
+                    raise await _closed_or_missing(session, session_id)
+                first_seq = last_seq - count + 1
+                for offset, row in enumerate(rows):
+                    row["seq"] = first_seq + offset
+                await session.execute(insert(messages), rows)
+        except IntegrityError as error:
+            raise await self._conflict(rows) from error
+        return [_to_message(row) for row in rows]
+
+    async def get(self, message_id: str) -> Message:
+        async with self._db.read() as session:
+            row = (
+                await session.execute(select(messages).where(messages.c.id == message_id))
+            ).first()
+        if row is None:
+            raise NotFound.resource("message", message_id)
+        return _to_message(row._mapping)
+
+    async def list(
+        self, session_id: str, where: MessageFilter, *, after_seq: int, limit: int
+    ) -> Page[Message]:
+        """Messages in seq order after max(where.after_seq, after_seq), with the filter's total."""
+        conditions = [messages.c.session_id == session_id]
+        if where.chapter:
+            conditions.append(messages.c.chapter == where.chapter)
+        if where.thread_id:
+            conditions.append(messages.c.thread_id == where.thread_id)
+        if where.invocation_id:
+            conditions.append(messages.c.invocation_id == where.invocation_id)
+        if where.role is not None:
+            conditions.append(messages.c.role == where.role.value)
+        if where.after_seq:
+            conditions.append(messages.c.seq > where.after_seq)
+        filtered = len(conditions) > 1
+        query = (
+            select(messages)
+            .where(*conditions, messages.c.seq > after_seq)
+            .order_by(messages.c.seq)
+            .limit(limit + 1)
+        )
+        async with self._db.read() as session:
+            message_count = await session.scalar(
+                select(sessions.c.message_count).where(sessions.c.id == session_id)
+            )
+            if message_count is None:
+                raise NotFound.resource("session", session_id)
+            rows = (await session.execute(query)).all()
+            # Unfiltered, the session's own counter is the total; no scan needed.
+            total = (
+                await session.scalar(select(func.count()).select_from(messages).where(*conditions))
+                if filtered
+                else message_count
+            )
+        return Page(
+            [_to_message(r._mapping) for r in rows[:limit]],
+            has_more=len(rows) > limit,
+            total_size=total or 0,
+        )
+
+    async def delete(self, message_id: str, *, allow_missing: bool) -> None:
+        """Delete the message (its ratings cascade); its seq is never handed out again."""
+        try:
+            async with self._db.write() as session:
+                session_id = await session.scalar(
+                    select(messages.c.session_id).where(messages.c.id == message_id)
+                )
+                if session_id is None:
+                    raise NotFound.resource("message", message_id)
+                # Session row first, as append does, so the two never wait on each other in a cycle.
+                await session.execute(
+                    update(sessions)
+                    .where(sessions.c.id == session_id)
+                    .values(message_count=sessions.c.message_count - 1, update_time=utcnow())
+                )
+                deleted = await session.scalar(
+                    delete(messages).where(messages.c.id == message_id).returning(messages.c.id)
+                )
+                if deleted is None:  # deleted concurrently; the rollback restores the count
+                    raise NotFound.resource("message", message_id)
+        except NotFound:
+            if not allow_missing:
+                raise
+
+    async def _conflict(self, rows: Sequence[dict[str, Any]]) -> Exception:
+        ids = [row["id"] for row in rows]
+        author_ids = {row["user_id"] for row in rows if row["user_id"]}
+        async with self._db.read() as session:
+            taken = await session.scalar(select(messages.c.id).where(messages.c.id.in_(ids)))
+            if taken is not None:
+                return AlreadyExists.resource("message", taken)
+            if author_ids:
+                found = set(
+                    await session.scalars(select(users.c.id).where(users.c.id.in_(author_ids)))
+                )
+                missing = sorted(author_ids - found)
+                if missing:
+                    return NotFound.resource("user", missing[0])
+        return Aborted(
+            "a concurrent change conflicted with this append; retry", reason="CONCURRENT_CONFLICT"
+        )
+
+
+async def _closed_or_missing(session: AsyncSession, session_id: str) -> Exception:
+    if await session.scalar(select(exists().where(sessions.c.id == session_id))):
+        return FailedPrecondition(
+            f"session {session_id!r} is closed; it accepts no more messages",
+            reason="SESSION_CLOSED",
+            metadata={"sessionId": session_id},
+        )
+    return NotFound.resource("session", session_id)

@@ -1,0 +1,191 @@
+"""Tables. Alembic migrations (parley_server/migrations) are the only way this schema reaches a
+database; a test compares these definitions with the migrated schema on every backend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Longest free-form label (chapter, thread id, tool name, ...): keeps index entries small on both
+# backends, far below PostgreSQL's btree row limit.
+LABEL_LENGTH = 256
+EMAIL_LENGTH = 320
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out: timestamptz on PostgreSQL, naive-UTC text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# JSONB on PostgreSQL (indexable, compact), JSON text on SQLite. SQL NULL for Python None.
+Json = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+# Native uuid on PostgreSQL, CHAR(32) on SQLite; ids are canonical lower-case strings in Python.
+Id = Uuid(as_uuid=False)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+    type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: Json}
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    display_name: Mapped[str] = mapped_column(Text)
+    # Lower-cased; NULL (not "") when absent so the unique constraint ignores it.
+    email: Mapped[str | None] = mapped_column(String(EMAIL_LENGTH), unique=True)
+    role: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    picture_url: Mapped[str] = mapped_column(Text)
+    status_message: Mapped[str] = mapped_column(Text)
+    bio: Mapped[str] = mapped_column(Text)
+    location: Mapped[str] = mapped_column(Text)
+    website: Mapped[str] = mapped_column(Text)
+    social_links: Mapped[dict[str, Any]] = mapped_column(Json)
+    preferences: Mapped[dict[str, Any]] = mapped_column(Json)
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+
+    __table_args__ = (Index(None, "create_time", "id"),)
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", Json)
+    ip_address: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    user_agent: Mapped[str] = mapped_column(Text)
+    device: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+    end_time: Mapped[datetime | None]
+    message_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Highest seq ever assigned; the next append takes last_seq + 1. Never decreases.
+    last_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    last_message_time: Mapped[datetime | None]
+
+    __table_args__ = (
+        Index(None, "user_id", "create_time", "id"),  # ListSessions(user_id), newest first
+        Index(None, "create_time", "id"),  # ListSessions(), newest first
+        Index(None, "user_id", "update_time"),  # GetLatestSession, GetOrCreateOpenSession
+    )
+
+
+class MessageRow(Base):
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    session_id: Mapped[str] = mapped_column(Id, ForeignKey("sessions.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    name: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    tool_calls: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
+    tool_call_id: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    invocation_id: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    thread_id: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    reply_to: Mapped[str | None] = mapped_column(Id)
+    chapter: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    attachments: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
+    citations: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
+    metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", Json)
+    user_id: Mapped[str | None] = mapped_column(Id, ForeignKey("users.id", ondelete="SET NULL"))
+    create_time: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("session_id", "seq"),  # history in order; seq assignment
+        Index(None, "session_id", "chapter", "seq"),
+        Index(None, "session_id", "thread_id", "seq"),
+        Index(None, "session_id", "invocation_id", "seq"),
+        Index(None, "session_id", "role", "seq"),
+        # For ON DELETE SET NULL when a user goes; most messages have no author id.
+        Index(
+            None,
+            "user_id",
+            postgresql_where=text("user_id IS NOT NULL"),
+            sqlite_where=text("user_id IS NOT NULL"),
+        ),
+    )
+
+
+class ContextRow(Base):
+    __tablename__ = "contexts"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    session_id: Mapped[str] = mapped_column(Id, ForeignKey("sessions.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(LABEL_LENGTH))
+    content: Mapped[str] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", Json)
+    create_time: Mapped[datetime]
+
+    __table_args__ = (
+        Index(None, "session_id", "create_time", "id"),
+        Index(None, "session_id", "type", "create_time", "id"),
+    )
+
+
+class RatingRow(Base):
+    __tablename__ = "ratings"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    message_id: Mapped[str] = mapped_column(Id, ForeignKey("messages.id", ondelete="CASCADE"))
+    user_id: Mapped[str] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
+    # Denormalised from the message so per-session lists and summaries need no join.
+    session_id: Mapped[str] = mapped_column(Id, ForeignKey("sessions.id", ondelete="CASCADE"))
+    value: Mapped[int] = mapped_column(SmallInteger)
+    comment: Mapped[str] = mapped_column(Text)
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "user_id"),  # one rating per user per message
+        CheckConstraint("value BETWEEN 1 AND 5", name="value_range"),
+        Index(None, "session_id", "create_time", "id"),
+        Index(None, "user_id", "create_time", "id"),
+    )

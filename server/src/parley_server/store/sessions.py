@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import RowMapping, delete, exists, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from parley_server.domain import ClientInfo, NewSession, Page, Session, SessionPatch, TimeCursor
+from parley_server.errors import Aborted, AlreadyExists, NotFound
+from parley_server.store.database import Database
+from parley_server.store.tables import after_cursor, new_id, sessions, users, utcnow
+
+
+def _to_session(row: RowMapping) -> Session:
+    return Session(
+        id=row["id"],
+        user_id=row["user_id"] or "",
+        title=row["title"],
+        metadata=row["metadata"],
+        client_info=ClientInfo(
+            ip_address=row["ip_address"], user_agent=row["user_agent"], device=row["device"]
+        ),
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+        end_time=row["end_time"],
+        message_count=row["message_count"],
+        last_message_time=row["last_message_time"],
+        last_seq=row["last_seq"],
+    )
+
+
+def _new_session_values(new: NewSession, user_id: str | None) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "id": new.id or new_id(),
+        "user_id": user_id,
+        "title": new.title,
+        "metadata": new.metadata,
+        "ip_address": new.client_info.ip_address,
+        "user_agent": new.client_info.user_agent,
+        "device": new.client_info.device,
+        "create_time": now,
+        "update_time": now,
+        "message_count": 0,
+        "last_seq": 0,
+    }
+
+
+async def _require_user(session: AsyncSession, user_id: str) -> None:
+    if not await session.scalar(select(exists().where(users.c.id == user_id))):
+        raise NotFound.resource("user", user_id)
+
+
+class SessionStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, new: NewSession) -> Session:
+        values = _new_session_values(new, new.user_id or None)
+        try:
+            async with self._db.write() as session:
+                row = (
+                    await session.execute(insert(sessions).values(values).returning(sessions))
+                ).one()
+        except IntegrityError as error:
+            raise await self._conflict(values["id"], new.user_id) from error
+        return _to_session(row._mapping)
+
+    async def get(self, session_id: str) -> Session:
+        async with self._db.read() as session:
+            row = (
+                await session.execute(select(sessions).where(sessions.c.id == session_id))
+            ).first()
+        if row is None:
+            raise NotFound.resource("session", session_id)
+        return _to_session(row._mapping)
+
+    async def list(self, *, user_id: str, after: TimeCursor | None, limit: int) -> Page[Session]:
+        """Newest first; only user_id's sessions when it is not empty."""
+        query = (
+            select(sessions)
+            .order_by(sessions.c.create_time.desc(), sessions.c.id.desc())
+            .limit(limit + 1)
+        )
+        count = select(func.count()).select_from(sessions)
+        if user_id:
+            query = query.where(sessions.c.user_id == user_id)
+            count = count.where(sessions.c.user_id == user_id)
+        condition = after_cursor(sessions.c.create_time, sessions.c.id, after, descending=True)
+        if condition is not None:
+            query = query.where(condition)
+        async with self._db.read() as session:
+            if user_id:
+                await _require_user(session, user_id)
+            rows = (await session.execute(query)).all()
+            total = await session.scalar(count) or 0
+        return Page(
+            [_to_session(r._mapping) for r in rows[:limit]],
+            has_more=len(rows) > limit,
+            total_size=total,
+        )
+
+    async def update(self, session_id: str, patch: SessionPatch) -> Session:
+        values: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("title", patch.title),
+                ("metadata", patch.metadata),
+                ("ip_address", patch.ip_address),
+                ("user_agent", patch.user_agent),
+                ("device", patch.device),
+            )
+            if value is not None
+        }
+        values["update_time"] = utcnow()
+        statement = (
+            update(sessions).where(sessions.c.id == session_id).values(values).returning(sessions)
+        )
+        async with self._db.write() as session:
+            row = (await session.execute(statement)).first()
+        if row is None:
+            raise NotFound.resource("session", session_id)
+        return _to_session(row._mapping)
+
+    async def close(self, session_id: str) -> Session:
+        """Set end_time; a session that is already closed is returned unchanged."""
+        now = utcnow()
+        async with self._db.write() as session:
+            closed = (
+                await session.execute(
+                    update(sessions)
+                    .where(sessions.c.id == session_id, sessions.c.end_time.is_(None))
+                    .values(end_time=now, update_time=now)
+                    .returning(sessions)
+                )
+            ).first()
+            if closed is None:
+                closed = (
+                    await session.execute(select(sessions).where(sessions.c.id == session_id))
+                ).first()
+        if closed is None:
+            raise NotFound.resource("session", session_id)
+        return _to_session(closed._mapping)
+
+    async def delete(self, session_id: str, *, allow_missing: bool) -> None:
+        """Delete the session; the database cascades to its messages, contexts and ratings."""
+        async with self._db.write() as session:
+            deleted = await session.scalar(
+                delete(sessions).where(sessions.c.id == session_id).returning(sessions.c.id)
+            )
+        if deleted is None and not allow_missing:
+            raise NotFound.resource("session", session_id)
+
+    async def get_or_create_open(self, user_id: str, template: NewSession) -> tuple[Session, bool]:
+        """The user's most recently active open session, or a new one; True when created."""
+        async with self._db.write() as session:
+            # Concurrent callers for one user queue on this row lock (SQLite: on the write lock), so
+            # exactly one of them creates and the others find its session.
+            locked = await session.scalar(
+                select(users.c.id).where(users.c.id == user_id).with_for_update(key_share=True)
+            )
+            if locked is None:
+                raise NotFound.resource("user", user_id)
+            row = (
+                await session.execute(
+                    select(sessions)
+                    .where(sessions.c.user_id == user_id, sessions.c.end_time.is_(None))
+                    .order_by(sessions.c.update_time.desc(), sessions.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+            if row is not None:
+                return _to_session(row._mapping), False
+            values = _new_session_values(template, user_id)
+            row = (await session.execute(insert(sessions).values(values).returning(sessions))).one()
+        return _to_session(row._mapping), True
+
+    async def latest(self, user_id: str) -> Session:
+        """The user's session with the latest update_time, open or closed."""
+        async with self._db.read() as session:
+            await _require_user(session, user_id)
+            row = (
+                await session.execute(
+                    select(sessions)
+                    .where(sessions.c.user_id == user_id)
+                    .order_by(sessions.c.update_time.desc(), sessions.c.id.desc())
+                    .limit(1)
+                )
+            ).first()
+        if row is None:
+            raise NotFound(
+                f"user {user_id!r} has no sessions",
+                reason="SESSION_NOT_FOUND",
+                metadata={"userId": user_id},
+            )
+        return _to_session(row._mapping)
+
+    async def _conflict(self, session_id: str, user_id: str) -> Exception:
+        async with self._db.read() as session:
+            if await session.scalar(select(exists().where(sessions.c.id == session_id))):
+                return AlreadyExists.resource("session", session_id)
+            if user_id and not await session.scalar(select(exists().where(users.c.id == user_id))):
+                return NotFound.resource("user", user_id)
+        return Aborted(
+            "a concurrent change conflicted with this one; retry", reason="CONCURRENT_CONFLICT"
+        )

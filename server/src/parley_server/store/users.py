@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import RowMapping, delete, exists, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from parley_server.domain import NewUser, Page, TimeCursor, User, UserPatch, UserProfile
+from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from parley_server.store.database import Database
+from parley_server.store.tables import after_cursor, new_id, sessions, users, utcnow
+
+
+def _to_user(row: RowMapping) -> User:
+    return User(
+        id=row["id"],
+        display_name=row["display_name"],
+        email=row["email"] or "",
+        profile=UserProfile(
+            picture_url=row["picture_url"],
+            status_message=row["status_message"],
+            bio=row["bio"],
+            location=row["location"],
+            website=row["website"],
+            social_links=row["social_links"],
+        ),
+        role=row["role"],
+        preferences=row["preferences"],
+        create_time=row["create_time"],
+        update_time=row["update_time"],
+    )
+
+
+class UserStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(self, new: NewUser) -> User:
+        now = utcnow()
+        values: dict[str, Any] = {
+            "id": new.id or new_id(),
+            "display_name": new.display_name,
+            "email": new.email or None,
+            "role": new.role,
+            "picture_url": new.profile.picture_url,
+            "status_message": new.profile.status_message,
+            "bio": new.profile.bio,
+            "location": new.profile.location,
+            "website": new.profile.website,
+            "social_links": new.profile.social_links,
+            "preferences": new.preferences,
+            "create_time": now,
+            "update_time": now,
+        }
+        try:
+            async with self._db.write() as session:
+                row = (await session.execute(insert(users).values(values).returning(users))).one()
+        except IntegrityError as error:
+            raise await self._conflict(values["id"], values["email"]) from error
+        return _to_user(row._mapping)
+
+    async def get(self, user_id: str) -> User:
+        async with self._db.read() as session:
+            row = (await session.execute(select(users).where(users.c.id == user_id))).first()
+        if row is None:
+            raise NotFound.resource("user", user_id)
+        return _to_user(row._mapping)
+
+    async def list(self, *, after: TimeCursor | None, limit: int) -> Page[User]:
+        query = select(users).order_by(users.c.create_time, users.c.id).limit(limit + 1)
+        condition = after_cursor(users.c.create_time, users.c.id, after)
+        if condition is not None:
+            query = query.where(condition)
+        async with self._db.read() as session:
+            rows = (await session.execute(query)).all()
+        return Page([_to_user(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
+
+    async def update(self, user_id: str, patch: UserPatch) -> User:
+        values: dict[str, Any] = {
+            name: value
+            for name, value in (
+                ("display_name", patch.display_name),
+                ("role", patch.role),
+                ("preferences", patch.preferences),
+                ("picture_url", patch.picture_url),
+                ("status_message", patch.status_message),
+                ("bio", patch.bio),
+                ("location", patch.location),
+                ("website", patch.website),
+                ("social_links", patch.social_links),
+            )
+            if value is not None
+        }
+        if patch.email is not None:
+            values["email"] = patch.email or None
+        values["update_time"] = utcnow()
+        statement = update(users).where(users.c.id == user_id).values(values).returning(users)
+        try:
+            async with self._db.write() as session:
+                row = (await session.execute(statement)).first()
+        except IntegrityError as error:
+            raise await self._conflict(None, values.get("email")) from error
+        if row is None:
+            raise NotFound.resource("user", user_id)
+        return _to_user(row._mapping)
+
+    async def delete(self, user_id: str, *, force: bool, allow_missing: bool) -> None:
+        async with self._db.write() as session:
+            # Lock the user first: a concurrent CreateSession for them waits, so the check holds.
+            locked = await session.scalar(
+                select(users.c.id).where(users.c.id == user_id).with_for_update()
+            )
+            if locked is None:
+                if allow_missing:
+                    return
+                raise NotFound.resource("user", user_id)
+            if not force:
+                owned = await session.scalar(select(exists().where(sessions.c.user_id == user_id)))
+                if owned:
+                    raise FailedPrecondition(
+                        f"user {user_id!r} still owns sessions; delete them first or pass"
+                        " force=true to delete them with the user",
+                        reason="USER_HAS_SESSIONS",
+                        metadata={"userId": user_id},
+                    )
+            # The database cascades to sessions (with their messages, contexts and ratings) and
+            # ratings, and clears messages.user_id elsewhere.
+            await session.execute(delete(users).where(users.c.id == user_id))
+
+    async def _conflict(self, user_id: str | None, email: str | None) -> Exception:
+        """Say which unique value a failed insert or update collided with."""
+        async with self._db.read() as session:
+            if user_id is not None and await session.scalar(
+                select(exists().where(users.c.id == user_id))
+            ):
+                return AlreadyExists.resource("user", user_id)
+            if email is not None:
+                owner = await session.scalar(select(users.c.id).where(users.c.email == email))
+                if owner is not None:
+                    return AlreadyExists(
+                        f"email {email!r} already belongs to user {owner!r}",
+                        reason="EMAIL_ALREADY_EXISTS",
+                        metadata={"email": email, "userId": owner},
+                    )
+        return Aborted(
+            "a concurrent change conflicted with this one; retry", reason="CONCURRENT_CONFLICT"
+        )
