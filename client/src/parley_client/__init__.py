@@ -1,0 +1,80 @@
+"""Typed async Python client for parley, the chat-history gRPC service.
+
+from parley_client import ParleyClient
+
+async with ParleyClient("localhost:50051") as client:
+    user = await client.create_user(display_name="Ada")
+    session = await client.create_session(user_id=user.id)
+    await client.append_message(session.id, role="user", content="hi")
+"""
+
+from parley_client._client import CallOptions, ParleyClient, new_message, struct, to_role
+from parley_client._errors import (
+    AbortedError,
+    AlreadyExistsError,
+    CancelledError,
+    ClientClosedError,
+    DataLossError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    OutOfRangeError,
+    ParleyError,
+    PermissionDeniedError,
+    ResourceExhaustedError,
+    RPCError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+    UnknownError,
+)
+from parley_client._gen.parley.v1.context_pb2 import Context
+from parley_client._gen.parley.v1.message_pb2 import Attachment, Citation, Message, Role, ToolCall
+from parley_client._gen.parley.v1.rating_pb2 import Rating, RatingSummary
+from parley_client._gen.parley.v1.session_pb2 import ClientInfo, Session
+from parley_client._gen.parley.v1.user_pb2 import User, UserProfile
+from parley_client._retry import RetryPolicy
+
+__all__ = [
+    "AbortedError",
+    "AlreadyExistsError",
+    "Attachment",
+    "CallOptions",
+    "CancelledError",
+    "Citation",
+    "ClientClosedError",
+    "ClientInfo",
+    "Context",
+    "DataLossError",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "InternalError",
+    "InvalidArgumentError",
+    "Message",
+    "NotFoundError",
+    "OutOfRangeError",
+    "ParleyClient",
+    "ParleyError",
+    "PermissionDeniedError",
+    "RPCError",
+    "Rating",
+    "RatingSummary",
+    "ResourceExhaustedError",
+    "RetryPolicy",
+    "Role",
+    "Session",
+    "ToolCall",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+    "UnknownError",
+    "User",
+    "UserProfile",
+    "new_message",
+    "struct",
+    "to_role",
+]

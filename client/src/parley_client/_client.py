@@ -1,0 +1,699 @@
+"""ParleyClient: one typed async method per RPC of parley.v1.ParleyService."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypedDict, TypeVar, Unpack
+
+import grpc
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.struct_pb2 import Struct
+
+from parley_client._errors import ClientClosedError, UnavailableError, from_rpc_error
+from parley_client._gen.parley.v1 import parley_service_pb2 as pb
+from parley_client._gen.parley.v1.context_pb2 import Context
+from parley_client._gen.parley.v1.message_pb2 import (
+    Attachment,
+    Citation,
+    Message,
+    Role,
+    ToolCall,
+)
+from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
+from parley_client._gen.parley.v1.rating_pb2 import Rating, RatingSummary
+from parley_client._gen.parley.v1.session_pb2 import ClientInfo, Session
+from parley_client._gen.parley.v1.user_pb2 import User, UserProfile
+from parley_client._retry import DEFAULT_RETRY, RetryPolicy, Safety, retryable
+
+if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+    from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceAsyncStub
+
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+ItemT = TypeVar("ItemT")
+RoleLike: TypeAlias = "Role.ValueType | str"  # Role.ROLE_USER, "user", "ROLE_USER"
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class CallOptions(TypedDict, total=False):
+    """Per-call options every method takes as keywords."""
+
+    timeout: float | None  # seconds; None waits forever; absent uses the client's default_timeout
+    call_metadata: Mapping[str, str]  # gRPC metadata for this call, after the client's own
+    retry: RetryPolicy | bool  # False (default): no retries; True: the default RetryPolicy
+
+
+def to_role(value: RoleLike) -> Role.ValueType:
+    """A Role from Role.ROLE_USER, "user", "USER" or "ROLE_USER"."""
+    if isinstance(value, int):
+        return value
+    name = value.strip().upper()
+    try:
+        return Role.Value(name if name.startswith("ROLE_") else f"ROLE_{name}")
+    except ValueError:
+        choices = ", ".join(n.removeprefix("ROLE_").lower() for n in Role.keys()[1:])
+        raise ValueError(f"unknown role {value!r}; use one of {choices}") from None
+
+
+def struct(value: Mapping[str, Any] | None) -> Struct | None:
+    """A google.protobuf.Struct holding a JSON-like mapping (numbers become floats)."""
+    if value is None:
+        return None
+    result = Struct()
+    result.update(value)
+    return result
+
+
+def new_message(
+    *,
+    role: RoleLike,
+    content: str = "",
+    id: str = "",
+    name: str = "",
+    tool_calls: Sequence[ToolCall] = (),
+    tool_call_id: str = "",
+    invocation_id: str = "",
+    thread_id: str = "",
+    reply_to: str = "",
+    chapter: str = "",
+    attachments: Sequence[Attachment] = (),
+    citations: Sequence[Citation] = (),
+    metadata: Mapping[str, Any] | None = None,
+    user_id: str = "",
+) -> Message:
+    """A Message to append; ToolCall.arguments is JSON text, kept byte for byte."""
+    return Message(
+        id=id,
+        role=to_role(role),
+        content=content,
+        name=name,
+        tool_calls=tool_calls,
+        tool_call_id=tool_call_id,
+        invocation_id=invocation_id,
+        thread_id=thread_id,
+        reply_to=reply_to,
+        chapter=chapter,
+        attachments=attachments,
+        citations=citations,
+        metadata=struct(metadata),
+        user_id=user_id,
+    )
+
+
+class ParleyClient:
+    """Async client for a parley server.
+
+        async with ParleyClient("localhost:50051") as client:
+            session = await client.create_session(user_id=user.id, title="support")
+            await client.append_message(session.id, role="user", content="hi")
+
+    or `client = await ParleyClient.connect(target)`, which also waits until the server answers, and
+    `await client.close()` when done. A closed client cannot be reused.
+
+    Errors are raised as parley_client exceptions (NotFoundError, InvalidArgumentError, ...),
+    never as grpc errors. Retries are off unless a call passes retry=True or a RetryPolicy, and
+    are only accepted where repeating the call is safe.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: bool | grpc.ChannelCredentials = False,
+        metadata: Mapping[str, str] | None = None,
+        default_timeout: float | None = DEFAULT_TIMEOUT,
+        channel_options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target
+        self._tls = tls
+        self._metadata = tuple((key.lower(), value) for key, value in (metadata or {}).items())
+        self._default_timeout = default_timeout
+        self._channel_options = tuple(channel_options)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: ParleyServiceAsyncStub | None = None
+        self._closed = False
+
+    @classmethod
+    async def connect(
+        cls,
+        target: str,
+        *,
+        tls: bool | grpc.ChannelCredentials = False,
+        metadata: Mapping[str, str] | None = None,
+        default_timeout: float | None = DEFAULT_TIMEOUT,
+        channel_options: Sequence[tuple[str, Any]] = (),
+        connect_timeout: float = 10.0,
+    ) -> ParleyClient:
+        """A client whose server has answered; UnavailableError if none does in time."""
+        client = cls(
+            target,
+            tls=tls,
+            metadata=metadata,
+            default_timeout=default_timeout,
+            channel_options=channel_options,
+        )
+        try:
+            await asyncio.wait_for(client._open()[0].channel_ready(), connect_timeout)
+        except TimeoutError:
+            await client.close()
+            raise UnavailableError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"no parley server answered at {target} within {connect_timeout}s",
+            ) from None
+        return client
+
+    async def __aenter__(self) -> Self:
+        self._open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled. Closing twice is harmless."""
+        self._closed = True
+        if self._channel is not None:
+            channel, self._channel, self._stub = self._channel, None, None
+            await channel.close(None)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _open(self) -> tuple[grpc.aio.Channel, ParleyServiceAsyncStub]:
+        if self._closed:
+            raise ClientClosedError("this ParleyClient is closed; create a new one")
+        if self._channel is None or self._stub is None:
+            if self._tls is False:
+                channel = grpc.aio.insecure_channel(self.target, options=self._channel_options)
+            else:
+                credentials = grpc.ssl_channel_credentials() if self._tls is True else self._tls
+                channel = grpc.aio.secure_channel(
+                    self.target, credentials, options=self._channel_options
+                )
+            self._channel = channel
+            self._stub = ParleyServiceStub(channel)
+        return self._channel, self._stub
+
+    async def _call(
+        self,
+        rpc: Callable[
+            [ParleyServiceAsyncStub], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]
+        ],
+        request: RequestT,
+        safety: Safety,
+        options: CallOptions,
+    ) -> ResponseT:
+        method = rpc(self._open()[1])
+        policy = _policy(options.get("retry", False))
+        if policy is not None and safety is Safety.UNSAFE:
+            raise ValueError(
+                "retrying this call could write twice; give the new resource an id (which makes"
+                " a repeat fail with AlreadyExistsError instead) or pass allow_missing=True to a"
+                " delete, then retry"
+            )
+        timeout = options.get("timeout", self._default_timeout)
+        metadata = self._metadata + tuple(
+            (key.lower(), value) for key, value in options.get("call_metadata", {}).items()
+        )
+        delays = policy.delays() if policy is not None else iter(())
+        while True:
+            try:
+                return await method(request, timeout=timeout, metadata=metadata)
+            except grpc.aio.AioRpcError as error:
+                delay = next(delays, None)
+                if delay is None or not retryable(safety, error.code()):
+                    raise from_rpc_error(error) from None
+            await asyncio.sleep(delay)
+
+    # --- users ------------------------------------------------------------------------------------
+
+    async def create_user(
+        self,
+        *,
+        display_name: str = "",
+        email: str = "",
+        profile: UserProfile | None = None,
+        role: str = "",
+        preferences: Mapping[str, Any] | None = None,
+        id: str = "",
+        **options: Unpack[CallOptions],
+    ) -> User:
+        user = User(
+            id=id,
+            display_name=display_name,
+            email=email,
+            profile=profile,
+            role=role,
+            preferences=struct(preferences),
+        )
+        request = pb.CreateUserRequest(user=user)
+        return await self._call(lambda s: s.CreateUser, request, _create_safety(id), options)
+
+    async def get_user(self, user_id: str, **options: Unpack[CallOptions]) -> User:
+        request = pb.GetUserRequest(id=user_id)
+        return await self._call(lambda s: s.GetUser, request, Safety.READ, options)
+
+    async def list_users(
+        self, *, page_size: int = 0, page_token: str = "", **options: Unpack[CallOptions]
+    ) -> pb.ListUsersResponse:
+        request = pb.ListUsersRequest(page_size=page_size, page_token=page_token)
+        return await self._call(lambda s: s.ListUsers, request, Safety.READ, options)
+
+    def iter_users(
+        self, *, page_size: int = 0, **options: Unpack[CallOptions]
+    ) -> AsyncIterator[User]:
+        async def page(token: str) -> tuple[Sequence[User], str]:
+            response = await self.list_users(page_size=page_size, page_token=token, **options)
+            return response.users, response.next_page_token
+
+        return _every_item(page)
+
+    async def update_user(
+        self,
+        user_id: str,
+        *,
+        display_name: str | None = None,
+        email: str | None = None,
+        profile: UserProfile | None = None,
+        role: str | None = None,
+        preferences: Mapping[str, Any] | None = None,
+        **options: Unpack[CallOptions],
+    ) -> User:
+        """Change the fields given (profile and preferences are replaced whole); "" clears."""
+        changes: dict[str, Any] = {
+            "display_name": display_name,
+            "email": email,
+            "profile": profile,
+            "role": role,
+            "preferences": struct(preferences),
+        }
+        mask = [name for name, value in changes.items() if value is not None]
+        user = User(id=user_id, **{name: changes[name] for name in mask})
+        request = pb.UpdateUserRequest(user=user, update_mask=FieldMask(paths=mask))
+        return await self._call(lambda s: s.UpdateUser, request, Safety.IDEMPOTENT, options)
+
+    async def delete_user(
+        self,
+        user_id: str,
+        *,
+        force: bool = False,
+        allow_missing: bool = False,
+        **options: Unpack[CallOptions],
+    ) -> None:
+        """Delete the user and their ratings; force=True also deletes the sessions they own."""
+        request = pb.DeleteUserRequest(id=user_id, force=force, allow_missing=allow_missing)
+        await self._call(lambda s: s.DeleteUser, request, _delete_safety(allow_missing), options)
+
+    # --- sessions ---------------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        *,
+        user_id: str = "",
+        title: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        client_info: ClientInfo | None = None,
+        id: str = "",
+        **options: Unpack[CallOptions],
+    ) -> Session:
+        session = Session(
+            id=id,
+            user_id=user_id,
+            title=title,
+            metadata=struct(metadata),
+            client_info=client_info,
+        )
+        request = pb.CreateSessionRequest(session=session)
+        return await self._call(lambda s: s.CreateSession, request, _create_safety(id), options)
+
+    async def get_session(self, session_id: str, **options: Unpack[CallOptions]) -> Session:
+        request = pb.GetSessionRequest(id=session_id)
+        return await self._call(lambda s: s.GetSession, request, Safety.READ, options)
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        **options: Unpack[CallOptions],
+    ) -> pb.ListSessionsResponse:
+        """Newest first; only user_id's sessions when given."""
+        request = pb.ListSessionsRequest(
+            user_id=user_id, page_size=page_size, page_token=page_token
+        )
+        return await self._call(lambda s: s.ListSessions, request, Safety.READ, options)
+
+    def iter_sessions(
+        self, *, user_id: str = "", page_size: int = 0, **options: Unpack[CallOptions]
+    ) -> AsyncIterator[Session]:
+        async def page(token: str) -> tuple[Sequence[Session], str]:
+            response = await self.list_sessions(
+                user_id=user_id, page_size=page_size, page_token=token, **options
+            )
+            return response.sessions, response.next_page_token
+
+        return _every_item(page)
+
+    async def update_session(
+        self,
+        session_id: str,
+        *,
+        title: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        client_info: ClientInfo | None = None,
+        **options: Unpack[CallOptions],
+    ) -> Session:
+        """Change the fields given (metadata and client_info are replaced whole)."""
+        changes: dict[str, Any] = {
+            "title": title,
+            "metadata": struct(metadata),
+            "client_info": client_info,
+        }
+        mask = [name for name, value in changes.items() if value is not None]
+        session = Session(id=session_id, **{name: changes[name] for name in mask})
+        request = pb.UpdateSessionRequest(session=session, update_mask=FieldMask(paths=mask))
+        return await self._call(lambda s: s.UpdateSession, request, Safety.IDEMPOTENT, options)
+
+    async def close_session(self, session_id: str, **options: Unpack[CallOptions]) -> Session:
+        """Set end_time; the session then accepts no more messages."""
+        request = pb.CloseSessionRequest(id=session_id)
+        return await self._call(lambda s: s.CloseSession, request, Safety.IDEMPOTENT, options)
+
+    async def delete_session(
+        self, session_id: str, *, allow_missing: bool = False, **options: Unpack[CallOptions]
+    ) -> None:
+        """Delete the session with its messages, contexts and ratings."""
+        request = pb.DeleteSessionRequest(id=session_id, allow_missing=allow_missing)
+        await self._call(lambda s: s.DeleteSession, request, _delete_safety(allow_missing), options)
+
+    async def get_or_create_open_session(
+        self,
+        user_id: str,
+        *,
+        title: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        client_info: ClientInfo | None = None,
+        **options: Unpack[CallOptions],
+    ) -> pb.GetOrCreateOpenSessionResponse:
+        """The user's open session, created (with these fields) if they have none."""
+        template = Session(title=title, metadata=struct(metadata), client_info=client_info)
+        request = pb.GetOrCreateOpenSessionRequest(user_id=user_id, session_template=template)
+        return await self._call(
+            lambda s: s.GetOrCreateOpenSession, request, Safety.IDEMPOTENT, options
+        )
+
+    async def get_latest_session(self, user_id: str, **options: Unpack[CallOptions]) -> Session:
+        """The user's most recently active session, open or closed."""
+        request = pb.GetLatestSessionRequest(user_id=user_id)
+        return await self._call(lambda s: s.GetLatestSession, request, Safety.READ, options)
+
+    # --- messages ---------------------------------------------------------------------------------
+
+    async def append_message(
+        self,
+        session_id: str,
+        *,
+        role: RoleLike,
+        content: str = "",
+        id: str = "",
+        name: str = "",
+        tool_calls: Sequence[ToolCall] = (),
+        tool_call_id: str = "",
+        invocation_id: str = "",
+        thread_id: str = "",
+        reply_to: str = "",
+        chapter: str = "",
+        attachments: Sequence[Attachment] = (),
+        citations: Sequence[Citation] = (),
+        metadata: Mapping[str, Any] | None = None,
+        user_id: str = "",
+        **options: Unpack[CallOptions],
+    ) -> Message:
+        """Append one message; the server assigns its seq."""
+        message = new_message(
+            role=role,
+            content=content,
+            id=id,
+            name=name,
+            tool_calls=tool_calls,
+            tool_call_id=tool_call_id,
+            invocation_id=invocation_id,
+            thread_id=thread_id,
+            reply_to=reply_to,
+            chapter=chapter,
+            attachments=attachments,
+            citations=citations,
+            metadata=metadata,
+            user_id=user_id,
+        )
+        request = pb.AppendMessageRequest(session_id=session_id, message=message)
+        return await self._call(lambda s: s.AppendMessage, request, _create_safety(id), options)
+
+    async def batch_append_messages(
+        self, session_id: str, messages: Sequence[Message], **options: Unpack[CallOptions]
+    ) -> list[Message]:
+        """Append all of messages (build them with new_message) or none, in order."""
+        request = pb.BatchAppendMessagesRequest(session_id=session_id, messages=messages)
+        safety = Safety.IDEMPOTENT if all(m.id for m in messages) else Safety.UNSAFE
+        response = await self._call(lambda s: s.BatchAppendMessages, request, safety, options)
+        return list(response.messages)
+
+    async def get_message(self, message_id: str, **options: Unpack[CallOptions]) -> Message:
+        request = pb.GetMessageRequest(id=message_id)
+        return await self._call(lambda s: s.GetMessage, request, Safety.READ, options)
+
+    async def list_messages(
+        self,
+        session_id: str,
+        *,
+        chapter: str = "",
+        thread_id: str = "",
+        invocation_id: str = "",
+        role: RoleLike | None = None,
+        after_seq: int = 0,
+        page_size: int = 0,
+        page_token: str = "",
+        **options: Unpack[CallOptions],
+    ) -> pb.ListMessagesResponse:
+        """A page of the session's history in seq order; empty filters do not filter."""
+        request = pb.ListMessagesRequest(
+            session_id=session_id,
+            chapter=chapter,
+            thread_id=thread_id,
+            invocation_id=invocation_id,
+            role=to_role(role) if role is not None else Role.ROLE_UNSPECIFIED,
+            after_seq=after_seq,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._call(lambda s: s.ListMessages, request, Safety.READ, options)
+
+    def iter_messages(
+        self,
+        session_id: str,
+        *,
+        chapter: str = "",
+        thread_id: str = "",
+        invocation_id: str = "",
+        role: RoleLike | None = None,
+        after_seq: int = 0,
+        page_size: int = 0,
+        **options: Unpack[CallOptions],
+    ) -> AsyncIterator[Message]:
+        """Every matching message in seq order, fetching page after page."""
+
+        async def page(token: str) -> tuple[Sequence[Message], str]:
+            response = await self.list_messages(
+                session_id,
+                chapter=chapter,
+                thread_id=thread_id,
+                invocation_id=invocation_id,
+                role=role,
+                after_seq=after_seq,
+                page_size=page_size,
+                page_token=token,
+                **options,
+            )
+            return response.messages, response.next_page_token
+
+        return _every_item(page)
+
+    async def delete_message(
+        self, message_id: str, *, allow_missing: bool = False, **options: Unpack[CallOptions]
+    ) -> None:
+        request = pb.DeleteMessageRequest(id=message_id, allow_missing=allow_missing)
+        await self._call(lambda s: s.DeleteMessage, request, _delete_safety(allow_missing), options)
+
+    # --- contexts ---------------------------------------------------------------------------------
+
+    async def create_context(
+        self,
+        session_id: str,
+        *,
+        type: str,
+        content: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        id: str = "",
+        **options: Unpack[CallOptions],
+    ) -> Context:
+        """Add a context ("system", "user", "file", or any label) to the session."""
+        context = Context(
+            id=id, session_id=session_id, type=type, content=content, metadata=struct(metadata)
+        )
+        request = pb.CreateContextRequest(context=context)
+        return await self._call(lambda s: s.CreateContext, request, _create_safety(id), options)
+
+    async def get_context(self, context_id: str, **options: Unpack[CallOptions]) -> Context:
+        request = pb.GetContextRequest(id=context_id)
+        return await self._call(lambda s: s.GetContext, request, Safety.READ, options)
+
+    async def list_contexts(
+        self,
+        session_id: str,
+        *,
+        type: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        **options: Unpack[CallOptions],
+    ) -> pb.ListContextsResponse:
+        request = pb.ListContextsRequest(
+            session_id=session_id, type=type, page_size=page_size, page_token=page_token
+        )
+        return await self._call(lambda s: s.ListContexts, request, Safety.READ, options)
+
+    def iter_contexts(
+        self,
+        session_id: str,
+        *,
+        type: str = "",
+        page_size: int = 0,
+        **options: Unpack[CallOptions],
+    ) -> AsyncIterator[Context]:
+        async def page(token: str) -> tuple[Sequence[Context], str]:
+            response = await self.list_contexts(
+                session_id, type=type, page_size=page_size, page_token=token, **options
+            )
+            return response.contexts, response.next_page_token
+
+        return _every_item(page)
+
+    async def delete_context(
+        self, context_id: str, *, allow_missing: bool = False, **options: Unpack[CallOptions]
+    ) -> None:
+        request = pb.DeleteContextRequest(id=context_id, allow_missing=allow_missing)
+        await self._call(lambda s: s.DeleteContext, request, _delete_safety(allow_missing), options)
+
+    # --- ratings ----------------------------------------------------------------------------------
+
+    async def rate_message(
+        self,
+        message_id: str,
+        *,
+        user_id: str,
+        value: int,
+        comment: str = "",
+        **options: Unpack[CallOptions],
+    ) -> Rating:
+        """Rate 1 to 5; a user's new rating of a message replaces their earlier one."""
+        request = pb.RateMessageRequest(
+            message_id=message_id, user_id=user_id, value=value, comment=comment
+        )
+        return await self._call(lambda s: s.RateMessage, request, Safety.IDEMPOTENT, options)
+
+    async def list_ratings(
+        self,
+        *,
+        message_id: str = "",
+        session_id: str = "",
+        user_id: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+        **options: Unpack[CallOptions],
+    ) -> pb.ListRatingsResponse:
+        request = pb.ListRatingsRequest(
+            message_id=message_id,
+            session_id=session_id,
+            user_id=user_id,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return await self._call(lambda s: s.ListRatings, request, Safety.READ, options)
+
+    def iter_ratings(
+        self,
+        *,
+        message_id: str = "",
+        session_id: str = "",
+        user_id: str = "",
+        page_size: int = 0,
+        **options: Unpack[CallOptions],
+    ) -> AsyncIterator[Rating]:
+        async def page(token: str) -> tuple[Sequence[Rating], str]:
+            response = await self.list_ratings(
+                message_id=message_id,
+                session_id=session_id,
+                user_id=user_id,
+                page_size=page_size,
+                page_token=token,
+                **options,
+            )
+            return response.ratings, response.next_page_token
+
+        return _every_item(page)
+
+    async def delete_rating(
+        self, rating_id: str, *, allow_missing: bool = False, **options: Unpack[CallOptions]
+    ) -> None:
+        request = pb.DeleteRatingRequest(id=rating_id, allow_missing=allow_missing)
+        await self._call(lambda s: s.DeleteRating, request, _delete_safety(allow_missing), options)
+
+    async def get_rating_summary(
+        self, *, message_id: str = "", session_id: str = "", **options: Unpack[CallOptions]
+    ) -> RatingSummary:
+        """Count and mean of one message's ratings, or of a whole session's; give exactly one."""
+        if bool(message_id) == bool(session_id):
+            raise ValueError("give exactly one of message_id and session_id")
+        request = (
+            pb.GetRatingSummaryRequest(message_id=message_id)
+            if message_id
+            else pb.GetRatingSummaryRequest(session_id=session_id)
+        )
+        return await self._call(lambda s: s.GetRatingSummary, request, Safety.READ, options)
+
+
+def _policy(retry: RetryPolicy | bool) -> RetryPolicy | None:
+    if retry is True:
+        return DEFAULT_RETRY
+    return retry or None
+
+
+def _create_safety(client_id: str) -> Safety:
+    # With a client-chosen id a repeat cannot create a second resource; it gets ALREADY_EXISTS.
+    return Safety.IDEMPOTENT if client_id else Safety.UNSAFE
+
+
+def _delete_safety(allow_missing: bool) -> Safety:
+    # Without allow_missing, a repeat of a delete that did happen would report NOT_FOUND.
+    return Safety.IDEMPOTENT if allow_missing else Safety.UNSAFE
+
+
+async def _every_item(
+    fetch: Callable[[str], Awaitable[tuple[Sequence[ItemT], str]]],
+) -> AsyncIterator[ItemT]:
+    token = ""
+    while True:
+        items, token = await fetch(token)
+        for item in items:
+            yield item
+        if not token:
+            return

@@ -1,0 +1,58 @@
+"""Opt-in retries with exponential backoff, only where repeating a call is safe."""
+
+from __future__ import annotations
+
+import enum
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How to retry a call that failed with a transient status.
+
+    Attempt n (from 1) waits min(initial_interval * multiplier**(n-1), max_interval) seconds, spread
+    by +/- jitter (a fraction) so many clients do not retry in lockstep.
+    """
+
+    initial_interval: float = 0.1
+    multiplier: float = 2.0
+    max_interval: float = 5.0
+    max_attempts: int = 5
+    jitter: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.initial_interval < 0 or self.max_interval < 0 or self.multiplier < 1:
+            raise ValueError("intervals must be >= 0 and multiplier >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+
+    def delays(self) -> Iterator[float]:
+        """The waits before attempts 2, 3, ... max_attempts."""
+        interval = self.initial_interval
+        for _ in range(self.max_attempts - 1):
+            spread = interval * self.jitter
+            yield max(0.0, min(interval, self.max_interval) + random.uniform(-spread, spread))
+            interval *= self.multiplier
+
+
+class Safety(enum.Enum):
+    """What repeating a call can do."""
+
+    READ = "read"  # nothing: retry UNAVAILABLE and DEADLINE_EXCEEDED
+    IDEMPOTENT = "idempotent"  # a repeat leaves the same state: retry UNAVAILABLE
+    UNSAFE = "unsafe"  # a repeat could write twice: never retry
+
+
+def retryable(safety: Safety, code: grpc.StatusCode) -> bool:
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return safety is not Safety.UNSAFE
+    return code == grpc.StatusCode.DEADLINE_EXCEEDED and safety is Safety.READ
+
+
+DEFAULT_RETRY = RetryPolicy()
