@@ -31,7 +31,7 @@ def generate(out_dir: Path) -> None:
     """Run protoc over every .proto under protos/ into out_dir, then fix up imports and packages."""
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
+    result = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -43,13 +43,17 @@ def generate(out_dir: Path) -> None:
             f"--mypy_grpc_out={out_dir}",
             *protos,
         ],
-        check=True,
+        capture_output=True,
+        text=True,
         # protoc finds the protoc-gen-mypy plugins on PATH; they sit beside this interpreter.
         env={
             **os.environ,
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         },
     )
+    if result.returncode != 0:
+        sys.stderr.write(result.stdout + result.stderr)
+        raise SystemExit(f"protoc failed with exit code {result.returncode}")
     for path in out_dir.rglob("*.py*"):
         if path.suffix in (".py", ".pyi"):
             text = path.read_text()

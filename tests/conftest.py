@@ -135,16 +135,38 @@ async def database_url(
         yield f"sqlite+aiosqlite:///{path}"
         return
     if postgres_template.name is None:
-        message = f"{_SKIP_BANNER}: {POSTGRES_URL} unreachable ({postgres_template.problem})"
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"PARLEY_REQUIRE_POSTGRES is set but {message}", pytrace=False)
-        pytest.skip(message)
+        _skip_or_fail_postgres(postgres_template)
     name = f"parley_test_{uuid.uuid4().hex[:16]}"
     await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template.name}"')
     try:
         yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     finally:
         await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+async def empty_database_url(
+    backend: str, tmp_path: Path, postgres_template: PostgresTemplate
+) -> AsyncIterator[str]:
+    """A database with no schema at all (not even Alembic's version table)."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    if postgres_template.name is None:
+        _skip_or_fail_postgres(postgres_template)
+    name = f"parley_empty_{uuid.uuid4().hex[:16]}"
+    await _admin(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _skip_or_fail_postgres(template: PostgresTemplate) -> None:
+    message = f"{_SKIP_BANNER}: {POSTGRES_URL} unreachable ({template.problem})"
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"PARLEY_REQUIRE_POSTGRES is set but {message}", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture

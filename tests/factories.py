@@ -11,8 +11,10 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-async def a_user(client: ParleyClient, **fields: str) -> User:
-    return await client.create_user(display_name=fields.pop("display_name", "Ada"), **fields)
+async def a_user(
+    client: ParleyClient, *, display_name: str = "Ada", email: str = "", role: str = ""
+) -> User:
+    return await client.create_user(display_name=display_name, email=email, role=role)
 
 
 async def a_session(client: ParleyClient, *, title: str = "chat") -> tuple[User, Session]:

@@ -154,7 +154,7 @@ async def test_agent_turn_reads_back_identical_and_in_order(client: ParleyClient
         stored_as_sent = Message()
         stored_as_sent.CopyFrom(stored)
         for output_only in ("id", "session_id", "seq", "create_time"):
-            stored_as_sent.ClearField(output_only)  # type: ignore[arg-type]
+            stored_as_sent.ClearField(output_only)
         assert stored_as_sent == sent
     by_invocation = await client.list_messages(session.id, invocation_id="inv_1")
     assert by_invocation.total_size == 5
@@ -431,7 +431,7 @@ async def test_list_rejects_bad_filters(client: ParleyClient) -> None:
     with pytest.raises(InvalidArgumentError):
         await client.list_messages(session.id, after_seq=-1)
     with pytest.raises(InvalidArgumentError):
-        await client.list_messages(session.id, role=42)
+        await client.list_messages(session.id, role=42)  # type: ignore[arg-type]  # deliberately bad
 
 
 async def test_author_must_exist(client: ParleyClient) -> None:

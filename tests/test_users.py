@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 
@@ -86,7 +88,7 @@ async def test_users_without_email_do_not_collide(client: ParleyClient) -> None:
     ],
 )
 async def test_invalid_create_names_the_field(
-    client: ParleyClient, fields: dict[str, str], bad_field: str
+    client: ParleyClient, fields: dict[str, Any], bad_field: str
 ) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
         await client.create_user(**fields)

@@ -36,8 +36,9 @@ class RetryPolicy:
         """The waits before attempts 2, 3, ... max_attempts."""
         interval = self.initial_interval
         for _ in range(self.max_attempts - 1):
-            spread = interval * self.jitter
-            yield max(0.0, min(interval, self.max_interval) + random.uniform(-spread, spread))
+            capped = min(interval, self.max_interval)
+            spread = capped * self.jitter
+            yield max(0.0, capped + random.uniform(-spread, spread))
             interval *= self.multiplier
 
 

@@ -289,12 +289,11 @@ SESSION_FIELDS = WritableFields(
 
 
 def new_user(user: user_pb2.User, prefix: str, v: Violations) -> domain.NewUser:
+    user_id = v.uuid(f"{prefix}.id", user.id, required=False)
     values = USER_FIELDS.read(user, prefix, USER_FIELDS.fields, v)
     profile_keys = [path.rsplit(".", 1)[-1] for path in _PROFILE_PATHS]
     profile = domain.UserProfile(**{key: values.pop(key) for key in profile_keys})
-    return domain.NewUser(
-        id=v.uuid(f"{prefix}.id", user.id, required=False) or None, profile=profile, **values
-    )
+    return domain.NewUser(id=user_id or None, profile=profile, **values)
 
 
 def user_patch(request_user: user_pb2.User, mask: FieldMask, v: Violations) -> domain.UserPatch:
@@ -303,18 +302,15 @@ def user_patch(request_user: user_pb2.User, mask: FieldMask, v: Violations) -> d
 
 
 def new_session(session: session_pb2.Session, prefix: str, v: Violations) -> domain.NewSession:
+    session_id = v.uuid(f"{prefix}.id", session.id, required=False)
+    user_id = v.uuid(f"{prefix}.user_id", session.user_id, required=False)
     values = SESSION_FIELDS.read(session, prefix, SESSION_FIELDS.fields, v)
     info = domain.ClientInfo(
         ip_address=values.pop("ip_address"),
         user_agent=values.pop("user_agent"),
         device=values.pop("device"),
     )
-    return domain.NewSession(
-        id=v.uuid(f"{prefix}.id", session.id, required=False) or None,
-        user_id=v.uuid(f"{prefix}.user_id", session.user_id, required=False),
-        client_info=info,
-        **values,
-    )
+    return domain.NewSession(id=session_id or None, user_id=user_id, client_info=info, **values)
 
 
 def session_patch(

@@ -1,0 +1,205 @@
+"""ParleyClient behaviour that needs no database: lifecycle, retries, metadata, role names.
+
+A fake ParleyService that fails on cue stands in for the server, over real gRPC on loopback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from parley_client import (
+    ClientClosedError,
+    DeadlineExceededError,
+    NotFoundError,
+    ParleyClient,
+    RetryPolicy,
+    Role,
+    UnavailableError,
+    new_message,
+    to_role,
+)
+from parley_client._gen.parley.v1 import parley_service_pb2 as pb
+from parley_client._gen.parley.v1 import user_pb2
+from parley_client._gen.parley.v1.parley_service_pb2_grpc import (
+    ParleyServiceServicer,
+    add_ParleyServiceServicer_to_server,
+)
+
+FAST = RetryPolicy(initial_interval=0.001, max_interval=0.01, max_attempts=4)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class FlakyService(ParleyServiceServicer):
+    """Fails the first `failures` calls of each method with `code`, then answers."""
+
+    def __init__(self) -> None:
+        self.failures = 0
+        self.code = grpc.StatusCode.UNAVAILABLE
+        self.attempts: dict[str, int] = {}
+        self.metadata: list[dict[str, str]] = []
+
+    async def _attempt(self, method: str, context: Context) -> None:
+        self.attempts[method] = self.attempts.get(method, 0) + 1
+        self.metadata.append({k: v for k, v in context.invocation_metadata() or ()})  # type: ignore[misc]
+        if self.attempts[method] <= self.failures:
+            await context.abort(self.code, "try again")
+
+    async def GetUser(self, request: pb.GetUserRequest, context: Context) -> user_pb2.User:
+        await self._attempt("GetUser", context)
+        return user_pb2.User(id=request.id)
+
+    async def UpdateUser(self, request: pb.UpdateUserRequest, context: Context) -> user_pb2.User:
+        await self._attempt("UpdateUser", context)
+        return request.user
+
+    async def CreateUser(self, request: pb.CreateUserRequest, context: Context) -> user_pb2.User:
+        await self._attempt("CreateUser", context)
+        return request.user
+
+    async def DeleteUser(self, request: pb.DeleteUserRequest, context: Context) -> Any:
+        await self._attempt("DeleteUser", context)
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such user")
+
+
+@pytest.fixture
+async def flaky() -> AsyncIterator[tuple[FlakyService, str]]:
+    service = FlakyService()  # type: ignore[abstract]  # the base answers UNIMPLEMENTED for the rest
+    server = grpc.aio.server()
+    add_ParleyServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield service, f"127.0.0.1:{port}"
+    await server.stop(None)
+
+
+async def test_reads_retry_unavailable_until_they_succeed(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    service.failures = 2
+    async with ParleyClient(target) as client:
+        user = await client.get_user("u1", retry=FAST)
+    assert user.id == "u1"
+    assert service.attempts["GetUser"] == 3
+
+
+async def test_retries_stop_at_max_attempts(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    service.failures = 10
+    async with ParleyClient(target) as client:
+        with pytest.raises(UnavailableError):
+            await client.get_user("u1", retry=FAST)
+    assert service.attempts["GetUser"] == FAST.max_attempts
+
+
+async def test_no_retry_by_default(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    service.failures = 1
+    async with ParleyClient(target) as client:
+        with pytest.raises(UnavailableError):
+            await client.get_user("u1")
+    assert service.attempts["GetUser"] == 1
+
+
+async def test_deadline_exceeded_is_retried_for_reads_only(
+    flaky: tuple[FlakyService, str],
+) -> None:
+    service, target = flaky
+    service.failures, service.code = 1, grpc.StatusCode.DEADLINE_EXCEEDED
+    async with ParleyClient(target) as client:
+        assert (await client.get_user("u1", retry=FAST)).id == "u1"
+        with pytest.raises(DeadlineExceededError):
+            await client.update_user("u1", display_name="x", retry=FAST)
+    assert (service.attempts["GetUser"], service.attempts["UpdateUser"]) == (2, 1)
+
+
+async def test_idempotent_writes_retry_unavailable(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    service.failures = 1
+    async with ParleyClient(target) as client:
+        await client.update_user("u1", display_name="x", retry=True)
+        await client.create_user(id="4b5a1c36-cc0b-4d54-9f5e-0e8a2d0b7a10", retry=FAST)
+    assert service.attempts == {"UpdateUser": 2, "CreateUser": 2}
+
+
+async def test_unsafe_writes_refuse_retry_before_sending(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    async with ParleyClient(target) as client:
+        with pytest.raises(ValueError, match="write twice"):
+            await client.create_user(display_name="no id", retry=True)
+        with pytest.raises(ValueError, match="write twice"):
+            await client.append_message("s", role="user", retry=FAST)
+        with pytest.raises(ValueError, match="write twice"):
+            await client.delete_user("u1", retry=FAST)
+    assert service.attempts == {}
+
+
+async def test_other_errors_are_never_retried(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    async with ParleyClient(target) as client:
+        with pytest.raises(NotFoundError):
+            await client.delete_user("u1", allow_missing=True, retry=FAST)
+    assert service.attempts["DeleteUser"] == 1
+
+
+async def test_metadata_reaches_the_server(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    async with ParleyClient(target, metadata={"X-Api-Key": "k1"}) as client:
+        await client.get_user("u1", call_metadata={"x-request-id": "r-7"})
+    assert service.metadata[0]["x-api-key"] == "k1"
+    assert service.metadata[0]["x-request-id"] == "r-7"
+
+
+async def test_a_closed_client_refuses_reuse(flaky: tuple[FlakyService, str]) -> None:
+    _, target = flaky
+    client = await ParleyClient.connect(target)
+    assert (await client.get_user("u1")).id == "u1"
+    await client.close()
+    assert client.closed
+    with pytest.raises(ClientClosedError):
+        await client.get_user("u1")
+    with pytest.raises(ClientClosedError):
+        async with client:
+            pass
+    await client.close()  # closing twice is harmless
+
+    async with ParleyClient(target) as scoped:
+        await scoped.get_user("u1")
+    with pytest.raises(ClientClosedError):
+        await scoped.get_user("u1")
+
+
+async def test_connect_to_nothing_is_unavailable() -> None:
+    with pytest.raises(UnavailableError, match="no parley server answered"):
+        await ParleyClient.connect("127.0.0.1:1", connect_timeout=0.5)
+
+
+def test_retry_policy_backs_off_within_bounds() -> None:
+    policy = RetryPolicy(initial_interval=0.1, multiplier=2, max_interval=0.3, max_attempts=5)
+    delays = list(policy.delays())
+    assert len(delays) == 4
+    for delay, nominal in zip(delays, [0.1, 0.2, 0.3, 0.3], strict=True):
+        assert nominal * 0.8 <= delay <= nominal * 1.2
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryPolicy(max_attempts=0)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("user", Role.ROLE_USER),
+        ("Assistant", Role.ROLE_ASSISTANT),
+        ("ROLE_TOOL", Role.ROLE_TOOL),
+        (Role.ROLE_SYSTEM, Role.ROLE_SYSTEM),
+    ],
+)
+def test_role_names(name: Any, expected: int) -> None:
+    assert to_role(name) == expected
+    assert new_message(role=name).role == expected
+
+
+def test_unknown_role_name() -> None:
+    with pytest.raises(ValueError, match="system, user, assistant, tool"):
+        to_role("robot")

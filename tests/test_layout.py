@@ -1,0 +1,73 @@
+"""The shape of the repository: one generated tree that is fresh, layers that import one way, and a
+client distribution that carries no server dependencies."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STORE = ROOT / "server" / "src" / "parley_server" / "store"
+GENERATED = ROOT / "client" / "src" / "parley_client" / "_gen"
+
+
+def test_generated_code_is_fresh() -> None:
+    spec = importlib.util.spec_from_file_location("gen_protos", ROOT / "scripts" / "gen_protos.py")
+    assert spec is not None
+    assert spec.loader is not None
+    gen_protos = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_protos)
+    assert gen_protos.check() == [], "run `make protos` and commit the result"
+
+
+def test_exactly_one_generated_tree() -> None:
+    trees = {
+        path.parent
+        for path in ROOT.rglob("*_pb2.py")
+        if ".venv" not in path.parts and "node_modules" not in path.parts
+    }
+    assert trees
+    assert all(tree.is_relative_to(GENERATED) for tree in trees), trees
+
+
+def test_each_proto_package_matches_its_directory() -> None:
+    for proto in (ROOT / "protos").rglob("*.proto"):
+        package = re.search(r"^package ([\w.]+);", proto.read_text(), re.MULTILINE)
+        assert package is not None, proto
+        assert package.group(1).split(".") == list(proto.parent.relative_to(ROOT / "protos").parts)
+
+
+def test_the_store_knows_nothing_of_grpc_or_protobuf() -> None:
+    for source in STORE.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or "", *(alias.name for alias in node.names)]
+            for name in names:
+                assert not name.startswith(("grpc", "google.protobuf", "parley_client")), source
+                assert "_pb2" not in name, source
+
+
+def test_client_distribution_depends_only_on_grpc_and_protobuf() -> None:
+    project = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    names = {re.split(r"[<>=!~ \[]", dependency)[0] for dependency in project["dependencies"]}
+    assert names == {"grpcio", "protobuf", "googleapis-common-protos"}
+
+
+def test_importing_the_client_loads_no_server_dependency() -> None:
+    script = (
+        "import sys, parley_client; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'sqlalchemy', 'asyncpg', 'aiosqlite', 'alembic', 'pydantic', 'parley_server'}))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == "[]"
