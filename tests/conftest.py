@@ -46,6 +46,20 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    for backend in ("sqlite", "postgres"):
+        outcomes = {
+            outcome: sum(
+                f"[{backend}" in report.nodeid or f"-{backend}" in report.nodeid
+                for report in terminalreporter.stats.get(outcome, [])
+                if report.when == "call" or outcome == "skipped"
+            )
+            for outcome in ("passed", "failed", "skipped")
+        }
+        where = make_url(POSTGRES_URL).render_as_string() if backend == "postgres" else "SQLite"
+        terminalreporter.write_line(
+            f"{backend} backend ({where}): {outcomes['passed']} passed, "
+            f"{outcomes['failed']} failed, {outcomes['skipped']} skipped"
+        )
     skipped = [
         report
         for report in terminalreporter.stats.get("skipped", [])

@@ -7,9 +7,16 @@ from dataclasses import dataclass
 from typing import cast
 
 import grpc
-from google.rpc import error_details_pb2, status_pb2
+
+from parley_client._gen.parley.internal.v1.rpc_status_pb2 import (
+    RpcBadRequest,
+    RpcErrorInfo,
+    RpcStatus,
+)
 
 _DETAILS_KEY = "grpc-status-details-bin"
+_ERROR_INFO = "google.rpc.ErrorInfo"
+_BAD_REQUEST = "google.rpc.BadRequest"
 
 
 class ParleyError(Exception):
@@ -129,15 +136,14 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> RPCError:
     for key, value in trailers:
         if key != _DETAILS_KEY or not isinstance(value, bytes):
             continue
-        status = status_pb2.Status.FromString(value)
-        for detail in status.details:
-            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                detail.Unpack(info)
+        # Read with wire-compatible mirrors of the google.rpc messages (see rpc_status.proto).
+        for detail in RpcStatus.FromString(value).details:
+            detail_type = detail.type_url.rsplit("/", 1)[-1]
+            if detail_type == _ERROR_INFO:
+                info = RpcErrorInfo.FromString(detail.value)
                 reason, domain, metadata = info.reason, info.domain, dict(info.metadata)
-            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-                bad_request = error_details_pb2.BadRequest()
-                detail.Unpack(bad_request)
+            elif detail_type == _BAD_REQUEST:
+                bad_request = RpcBadRequest.FromString(detail.value)
                 violations.extend(
                     FieldViolation(v.field, v.description) for v in bad_request.field_violations
                 )

@@ -38,7 +38,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(settings.database_url)
         _configure_sqlite(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         settings.database_url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
@@ -46,6 +46,23 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # A connection broken by a database restart is noticed and replaced before use.
         pool_pre_ping=True,
     )
+    _configure_postgresql(engine)
+    return engine
+
+
+def _configure_postgresql(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # parley acknowledges a write only once it is durable; with synchronous_commit=off (set for
+        # the server or the database) a commit could be lost in a crash after the answer was sent.
+        # Stronger settings (remote_write, remote_apply) are kept.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("SHOW synchronous_commit")
+        (setting,) = cursor.fetchone()
+        if setting == "off":
+            log.warning("synchronous_commit is off in the database; parley sets it on")
+            cursor.execute("SET synchronous_commit = on")
+        cursor.close()
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -36,7 +36,7 @@ class ParleyServiceStub:
 
     Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
     opaque page_token, and return next_page_token (empty on the last page); Update methods take a
-    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley.v1") and, for
+    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
     INVALID_ARGUMENT, a google.rpc.BadRequest naming the offending fields.
     """
 
@@ -183,7 +183,7 @@ class ParleyServiceServicer:
 
     Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
     opaque page_token, and return next_page_token (empty on the last page); Update methods take a
-    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley.v1") and, for
+    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
     INVALID_ARGUMENT, a google.rpc.BadRequest naming the offending fields.
     """
 
@@ -512,7 +512,7 @@ class ParleyService:
 
     Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
     opaque page_token, and return next_page_token (empty on the last page); Update methods take a
-    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley.v1") and, for
+    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
     INVALID_ARGUMENT, a google.rpc.BadRequest naming the offending fields.
     """
 
