@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 
 from parley_client._gen.parley.internal.v1.page_token_pb2 import PageToken
-from parley_server.domain import TimeCursor
+from parley_server.domain import Page, TimeCursor
 from parley_server.errors import InvalidArgument
 
 _FIELD = "page_token"
@@ -47,22 +49,59 @@ def decode(raw: str, *, method: str, filters: bytes) -> PageToken | None:
     return token
 
 
-def time_cursor(token: PageToken | None) -> TimeCursor | None:
-    if token is None:
-        return None
-    return TimeCursor(
-        time=_EPOCH + timedelta(microseconds=token.last_time_micros), id=token.last_id
-    )
+class Timed(Protocol):
+    @property
+    def create_time(self) -> datetime: ...
+    @property
+    def id(self) -> str: ...
 
 
-def time_token(method: str, filters: bytes, time: datetime, item_id: str) -> str:
-    micros = (time - _EPOCH) // timedelta(microseconds=1)
-    return encode(
-        PageToken(
-            method=method, filter_fingerprint=filters, last_time_micros=micros, last_id=item_id
+@dataclass(frozen=True)
+class Keyset:
+    """The paging state of one List request: where it resumes and how to say where the next does."""
+
+    method: str
+    filters: bytes
+    token: PageToken | None
+
+    @classmethod
+    def of(cls, method: str, page_token: str, *filters: object) -> Keyset:
+        """Check page_token against this request's method and filter arguments."""
+        digest = fingerprint(*filters)
+        return cls(method, digest, decode(page_token, method=method, filters=digest))
+
+    @property
+    def after_time(self) -> TimeCursor | None:
+        """For lists ordered by (create_time, id)."""
+        if self.token is None:
+            return None
+        micros = timedelta(microseconds=self.token.last_time_micros)
+        return TimeCursor(time=_EPOCH + micros, id=self.token.last_id)
+
+    @property
+    def after_seq(self) -> int:
+        """For lists ordered by seq."""
+        return self.token.last_seq if self.token is not None else 0
+
+    def next_after_time(self, page: Page[Any]) -> str:
+        if not page.has_more:
+            return ""
+        last: Timed = page.items[-1]
+        micros = (last.create_time - _EPOCH) // timedelta(microseconds=1)
+        return encode(
+            PageToken(
+                method=self.method,
+                filter_fingerprint=self.filters,
+                last_time_micros=micros,
+                last_id=last.id,
+            )
         )
-    )
 
-
-def seq_token(method: str, filters: bytes, last_seq: int) -> str:
-    return encode(PageToken(method=method, filter_fingerprint=filters, last_seq=last_seq))
+    def next_after_seq(self, page: Page[Any]) -> str:
+        if not page.has_more:
+            return ""
+        return encode(
+            PageToken(
+                method=self.method, filter_fingerprint=self.filters, last_seq=page.items[-1].seq
+            )
+        )

@@ -20,7 +20,8 @@ from parley_client._gen.parley.v1 import (
     parley_service_pb2 as pb,
 )
 from parley_server import domain
-from parley_server.api import convert, pagination
+from parley_server.api import convert
+from parley_server.api.pagination import Keyset
 from parley_server.api.validate import Violations
 from parley_server.store import Store
 
@@ -49,15 +50,11 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        filters = pagination.fingerprint()
-        token = pagination.decode(request.page_token, method="ListUsers", filters=filters)
-        page = await self._store.users.list(after=pagination.time_cursor(token), limit=size)
-        last = page.items[-1] if page.has_more else None
+        keyset = Keyset.of("ListUsers", request.page_token)
+        page = await self._store.users.list(after=keyset.after_time, limit=size)
         return pb.ListUsersResponse(
             users=[convert.user_pb(u) for u in page.items],
-            next_page_token=pagination.time_token("ListUsers", filters, last.create_time, last.id)
-            if last
-            else "",
+            next_page_token=keyset.next_after_time(page),
         )
 
     async def UpdateUser(self, request: pb.UpdateUserRequest, context: Context) -> user_pb2.User:
@@ -95,19 +92,11 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         user_id = v.uuid("user_id", request.user_id, required=False)
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        filters = pagination.fingerprint(user_id)
-        token = pagination.decode(request.page_token, method="ListSessions", filters=filters)
-        page = await self._store.sessions.list(
-            user_id=user_id, after=pagination.time_cursor(token), limit=size
-        )
-        last = page.items[-1] if page.has_more else None
+        keyset = Keyset.of("ListSessions", request.page_token, user_id)
+        page = await self._store.sessions.list(user_id=user_id, after=keyset.after_time, limit=size)
         return pb.ListSessionsResponse(
             sessions=[convert.session_pb(s) for s in page.items],
-            next_page_token=pagination.time_token(
-                "ListSessions", filters, last.create_time, last.id
-            )
-            if last
-            else "",
+            next_page_token=keyset.next_after_time(page),
             total_size=page.total_size or 0,
         )
 
@@ -209,16 +198,13 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
             after_seq=request.after_seq,
         )
         v.raise_if_any()
-        filters = pagination.fingerprint(session_id, where)
-        token = pagination.decode(request.page_token, method="ListMessages", filters=filters)
+        keyset = Keyset.of("ListMessages", request.page_token, session_id, where)
         page = await self._store.messages.list(
-            session_id, where, after_seq=token.last_seq if token else 0, limit=size
+            session_id, where, after_seq=keyset.after_seq, limit=size
         )
         return pb.ListMessagesResponse(
             messages=[convert.message_pb(m) for m in page.items],
-            next_page_token=pagination.seq_token("ListMessages", filters, page.items[-1].seq)
-            if page.has_more
-            else "",
+            next_page_token=keyset.next_after_seq(page),
             total_size=page.total_size or 0,
         )
 
@@ -251,19 +237,13 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         context_type = v.label("type", request.type)
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        filters = pagination.fingerprint(session_id, context_type)
-        token = pagination.decode(request.page_token, method="ListContexts", filters=filters)
+        keyset = Keyset.of("ListContexts", request.page_token, session_id, context_type)
         page = await self._store.contexts.list(
-            session_id, type=context_type, after=pagination.time_cursor(token), limit=size
+            session_id, type=context_type, after=keyset.after_time, limit=size
         )
-        last = page.items[-1] if page.has_more else None
         return pb.ListContextsResponse(
             contexts=[convert.context_pb(c) for c in page.items],
-            next_page_token=pagination.time_token(
-                "ListContexts", filters, last.create_time, last.id
-            )
-            if last
-            else "",
+            next_page_token=keyset.next_after_time(page),
         )
 
     async def DeleteContext(self, request: pb.DeleteContextRequest, context: Context) -> Empty:
@@ -297,17 +277,11 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         )
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        filters = pagination.fingerprint(where)
-        token = pagination.decode(request.page_token, method="ListRatings", filters=filters)
-        page = await self._store.ratings.list(
-            where, after=pagination.time_cursor(token), limit=size
-        )
-        last = page.items[-1] if page.has_more else None
+        keyset = Keyset.of("ListRatings", request.page_token, where)
+        page = await self._store.ratings.list(where, after=keyset.after_time, limit=size)
         return pb.ListRatingsResponse(
             ratings=[convert.rating_pb(r) for r in page.items],
-            next_page_token=pagination.time_token("ListRatings", filters, last.create_time, last.id)
-            if last
-            else "",
+            next_page_token=keyset.next_after_time(page),
         )
 
     async def DeleteRating(self, request: pb.DeleteRatingRequest, context: Context) -> Empty:
