@@ -228,8 +228,12 @@ async def raw(target: str) -> AsyncIterator[RawCall]:
     stub = ParleyServiceStub(channel)
 
     async def call(method: str, request: ProtoMessage) -> Any:
+        """The response, or for a server stream the list of its responses."""
         try:
-            return await getattr(stub, method)(request, timeout=20)
+            rpc = getattr(stub, method)(request, timeout=20)
+            if isinstance(rpc, grpc.aio.UnaryStreamCall):
+                return [response async for response in rpc]
+            return await rpc
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error) from None
 

@@ -22,8 +22,8 @@ from parley_client import (
     new_message,
     to_role,
 )
+from parley_client._gen.parley.v1 import message_pb2, user_pb2
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
-from parley_client._gen.parley.v1 import user_pb2
 from parley_client._gen.parley.v1.parley_service_pb2_grpc import (
     ParleyServiceServicer,
     add_ParleyServiceServicer_to_server,
@@ -203,3 +203,37 @@ def test_role_names(name: Any, expected: int) -> None:
 def test_unknown_role_name() -> None:
     with pytest.raises(ValueError, match="system, user, assistant, tool"):
         to_role("robot")
+
+
+class CutStream(ParleyServiceServicer):
+    """Streams seqs 1..10, but the first call is cut with UNAVAILABLE after seq 4."""
+
+    def __init__(self) -> None:
+        self.requests: list[int] = []
+
+    async def StreamMessages(
+        self, request: pb.StreamMessagesRequest, context: Context
+    ) -> AsyncIterator[pb.StreamMessagesResponse]:
+        self.requests.append(request.after_seq)
+        for seq in range(request.after_seq + 1, 11):
+            yield pb.StreamMessagesResponse(messages=[message_pb2.Message(seq=seq)])
+            if len(self.requests) == 1 and seq == 4:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "connection lost")
+
+
+async def test_a_cut_stream_resumes_where_it_stopped() -> None:
+    service = CutStream()  # type: ignore[abstract]  # the base answers UNIMPLEMENTED for the rest
+    server = grpc.aio.server()
+    add_ParleyServiceServicer_to_server(service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with ParleyClient(f"127.0.0.1:{port}") as client:
+            seqs = [m.seq async for m in client.stream_messages("s", retry=FAST)]
+            assert seqs == list(range(1, 11))
+            assert service.requests == [0, 4]
+            service.requests.clear()
+            with pytest.raises(UnavailableError):
+                _ = [m async for m in client.stream_messages("s")]  # no retry: the cut surfaces
+    finally:
+        await server.stop(None)

@@ -72,6 +72,13 @@ CASES: list[tuple[str, Callable[[str], ProtoMessage], str, str]] = [
     ("GetMessage", lambda i: pb.GetMessageRequest(id=i), "id", "message"),
     ("ListMessages", lambda i: pb.ListMessagesRequest(session_id=i), "session_id", "session"),
     ("DeleteMessage", lambda i: pb.DeleteMessageRequest(id=i), "id", "message"),
+    ("StreamMessages", lambda i: pb.StreamMessagesRequest(session_id=i), "session_id", "session"),
+    (
+        "GetContextWindow",
+        lambda i: pb.GetContextWindowRequest(session_id=i),
+        "session_id",
+        "session",
+    ),
     (
         "CreateContext",
         lambda i: pb.CreateContextRequest(context=context_pb2.Context(session_id=i, type="system")),

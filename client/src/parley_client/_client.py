@@ -221,9 +221,7 @@ class ParleyClient:
                 " delete, then retry"
             )
         timeout = options.get("timeout", self._default_timeout)
-        metadata = self._metadata + tuple(
-            (key.lower(), value) for key, value in options.get("call_metadata", {}).items()
-        )
+        metadata = self._call_metadata(options)
         delays = policy.delays() if policy is not None else iter(())
         while True:
             try:
@@ -233,6 +231,11 @@ class ParleyClient:
                 if delay is None or not retryable(safety, error.code()):
                     raise from_rpc_error(error) from None
             await asyncio.sleep(delay)
+
+    def _call_metadata(self, options: CallOptions) -> tuple[tuple[str, str], ...]:
+        return self._metadata + tuple(
+            (key.lower(), value) for key, value in options.get("call_metadata", {}).items()
+        )
 
     # --- users ------------------------------------------------------------------------------------
 
@@ -481,11 +484,13 @@ class ParleyClient:
         invocation_id: str = "",
         role: RoleLike | None = None,
         after_seq: int = 0,
+        newest_first: bool = False,
         page_size: int = 0,
         page_token: str = "",
         **options: Unpack[CallOptions],
     ) -> pb.ListMessagesResponse:
-        """A page of the session's history in seq order; empty filters do not filter."""
+        """A page of the session's history in seq order (or newest first); empty filters do not
+        filter. `page_size=50, newest_first=True` reads the last 50 messages."""
         request = pb.ListMessagesRequest(
             session_id=session_id,
             chapter=chapter,
@@ -493,6 +498,7 @@ class ParleyClient:
             invocation_id=invocation_id,
             role=to_role(role) if role is not None else Role.ROLE_UNSPECIFIED,
             after_seq=after_seq,
+            order_by="seq desc" if newest_first else "",
             page_size=page_size,
             page_token=page_token,
         )
@@ -507,10 +513,11 @@ class ParleyClient:
         invocation_id: str = "",
         role: RoleLike | None = None,
         after_seq: int = 0,
+        newest_first: bool = False,
         page_size: int = 0,
         **options: Unpack[CallOptions],
     ) -> AsyncIterator[Message]:
-        """Every matching message in seq order, fetching page after page."""
+        """Every matching message in seq order (or newest first), fetching page after page."""
 
         async def page(token: str) -> tuple[Sequence[Message], str]:
             response = await self.list_messages(
@@ -520,6 +527,7 @@ class ParleyClient:
                 invocation_id=invocation_id,
                 role=role,
                 after_seq=after_seq,
+                newest_first=newest_first,
                 page_size=page_size,
                 page_token=token,
                 **options,
@@ -527,6 +535,58 @@ class ParleyClient:
             return response.messages, response.next_page_token
 
         return _every_item(page)
+
+    async def stream_messages(
+        self,
+        session_id: str,
+        *,
+        chapter: str = "",
+        thread_id: str = "",
+        invocation_id: str = "",
+        role: RoleLike | None = None,
+        after_seq: int = 0,
+        **options: Unpack[CallOptions],
+    ) -> AsyncIterator[Message]:
+        """Every matching message in seq order, over one server stream (timeout covers it all).
+
+        With retry, a stream cut by UNAVAILABLE resumes after the last message received, so no
+        message is repeated or skipped."""
+        stub = self._open()[1]
+        policy = _policy(options.get("retry", False))
+        delays = policy.delays() if policy is not None else iter(())
+        timeout = options.get("timeout", self._default_timeout)
+        metadata = self._call_metadata(options)
+        position = after_seq
+        while True:
+            request = pb.StreamMessagesRequest(
+                session_id=session_id,
+                chapter=chapter,
+                thread_id=thread_id,
+                invocation_id=invocation_id,
+                role=to_role(role) if role is not None else Role.ROLE_UNSPECIFIED,
+                after_seq=position,
+            )
+            try:
+                async for response in stub.StreamMessages(
+                    request, timeout=timeout, metadata=metadata
+                ):
+                    for message in response.messages:
+                        position = message.seq
+                        yield message
+                return
+            except grpc.aio.AioRpcError as error:
+                delay = next(delays, None)
+                if delay is None or not retryable(Safety.READ, error.code()):
+                    raise from_rpc_error(error) from None
+            await asyncio.sleep(delay)
+
+    async def get_context_window(
+        self, session_id: str, *, max_messages: int = 0, **options: Unpack[CallOptions]
+    ) -> pb.GetContextWindowResponse:
+        """The session, its contexts and its newest max_messages messages (0 means 100) in seq
+        order, read at one moment: what an agent needs for its next prompt."""
+        request = pb.GetContextWindowRequest(session_id=session_id, max_messages=max_messages)
+        return await self._call(lambda s: s.GetContextWindow, request, Safety.READ, options)
 
     async def delete_message(
         self, message_id: str, *, allow_missing: bool = False, **options: Unpack[CallOptions]

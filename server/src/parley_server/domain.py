@@ -189,6 +189,16 @@ class MessageFilter:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ContextWindow:
+    """A session with its contexts and newest messages, read at one moment."""
+
+    session: Session
+    contexts: list[Context]
+    messages: list[Message]
+    has_earlier_messages: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NewContext:
     id: str | None
     session_id: str

@@ -3,6 +3,7 @@ status.ErrorInterceptor turns them into statuses."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -26,6 +27,7 @@ from parley_server.api.validate import Violations
 from parley_server.store import Store
 
 MAX_BATCH_MESSAGES = 1000
+STREAM_BATCH = 500  # messages per StreamMessagesResponse: few writes, each well under 4 MB
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -183,29 +185,52 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         session_id = v.uuid("session_id", request.session_id, required=True)
         size = v.page_size("page_size", request.page_size)
-        role = (
-            convert.role(request.role, "role", v)
-            if request.role != message_pb2.ROLE_UNSPECIFIED
-            else None
-        )
-        if request.after_seq < 0:
-            v.add("after_seq", "must not be negative")
-        where = domain.MessageFilter(
-            chapter=v.label("chapter", request.chapter),
-            thread_id=v.label("thread_id", request.thread_id),
-            invocation_id=v.label("invocation_id", request.invocation_id),
-            role=role,
-            after_seq=request.after_seq,
-        )
+        where = _message_filter(request, v)
+        newest_first = _newest_first(request.order_by, v)
         v.raise_if_any()
-        keyset = Keyset.of("ListMessages", request.page_token, session_id, where)
+        keyset = Keyset.of("ListMessages", request.page_token, session_id, where, newest_first)
         page = await self._store.messages.list(
-            session_id, where, after_seq=keyset.after_seq, limit=size
+            session_id, where, position=keyset.after_seq, limit=size, newest_first=newest_first
         )
         return pb.ListMessagesResponse(
             messages=[convert.message_pb(m) for m in page.items],
             next_page_token=keyset.next_after_seq(page),
             total_size=page.total_size or 0,
+        )
+
+    async def StreamMessages(
+        self, request: pb.StreamMessagesRequest, context: Context
+    ) -> AsyncIterator[pb.StreamMessagesResponse]:
+        v = Violations()
+        session_id = v.uuid("session_id", request.session_id, required=True)
+        where = _message_filter(request, v)
+        v.raise_if_any()
+        position = 0
+        while True:
+            page = await self._store.messages.list(
+                session_id, where, position=position, limit=STREAM_BATCH, count_total=False
+            )
+            if page.items:
+                yield pb.StreamMessagesResponse(
+                    messages=[convert.message_pb(m) for m in page.items]
+                )
+                position = page.items[-1].seq
+            if not page.has_more:
+                return
+
+    async def GetContextWindow(
+        self, request: pb.GetContextWindowRequest, context: Context
+    ) -> pb.GetContextWindowResponse:
+        v = Violations()
+        session_id = v.uuid("session_id", request.session_id, required=True)
+        max_messages = v.page_size("max_messages", request.max_messages)
+        v.raise_if_any()
+        window = await self._store.messages.context_window(session_id, max_messages)
+        return pb.GetContextWindowResponse(
+            session=convert.session_pb(window.session),
+            contexts=[convert.context_pb(c) for c in window.contexts],
+            messages=[convert.message_pb(m) for m in window.messages],
+            has_earlier_messages=window.has_earlier_messages,
         )
 
     async def DeleteMessage(self, request: pb.DeleteMessageRequest, context: Context) -> Empty:
@@ -305,6 +330,35 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
                 session_id=_id(request.session_id, "session_id")
             )
         return rating_pb2.RatingSummary(count=summary.count, mean=summary.mean)
+
+
+def _message_filter(
+    request: pb.ListMessagesRequest | pb.StreamMessagesRequest, v: Violations
+) -> domain.MessageFilter:
+    role = (
+        convert.role(request.role, "role", v)
+        if request.role != message_pb2.ROLE_UNSPECIFIED
+        else None
+    )
+    if request.after_seq < 0:
+        v.add("after_seq", "must not be negative")
+    return domain.MessageFilter(
+        chapter=v.label("chapter", request.chapter),
+        thread_id=v.label("thread_id", request.thread_id),
+        invocation_id=v.label("invocation_id", request.invocation_id),
+        role=role,
+        after_seq=request.after_seq,
+    )
+
+
+def _newest_first(order_by: str, v: Violations) -> bool:
+    normalized = " ".join(order_by.split()).lower()
+    if normalized in ("", "seq", "seq asc"):
+        return False
+    if normalized == "seq desc":
+        return True
+    v.add("order_by", f'must be "seq" or "seq desc", not {order_by[:64]!r}')
+    return False
 
 
 def _id(value: str, field: str) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import grpc
@@ -75,6 +76,7 @@ _INTERNAL = status_pb2.Status(
 )
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+StreamBehavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in stubs
@@ -89,45 +91,70 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  #
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
         method: str = handler_call_details.method
-        return grpc.unary_unary_rpc_method_handler(
-            _guard(method, cast(Behavior, handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        if handler is not None and handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _guard(method, cast(Behavior, handler.unary_unary)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler is not None and handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_stream(method, cast(StreamBehavior, handler.unary_stream)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler
 
 
 def _guard(method: str, behavior: Behavior) -> Behavior:
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        started = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
-            if isinstance(request, ProtoMessage):
-                unstorable = find_unstorable(request)
-                if unstorable:
-                    raise InvalidArgument(unstorable)
+        async with _guarded_call(method, request, context):
             return await behavior(request, context)
-        except ParleyError as error:
-            code = status_code(error)
-            await _abort(context, to_status(error))
-        except grpc.aio.AbortError:
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed unexpectedly", method)
-            await _abort(context, rpc_status.to_status(_INTERNAL))
-        finally:
-            log.info(
-                "%s %s %.1fms peer=%s",
-                method,
-                code.name,
-                (time.perf_counter() - started) * 1000,
-                context.peer(),
-            )
 
     return guarded
+
+
+def _guard_stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
+    async def guarded(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        async with _guarded_call(method, request, context):
+            async for response in behavior(request, context):
+                yield response
+
+    return guarded
+
+
+@asynccontextmanager
+async def _guarded_call(
+    method: str, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+) -> AsyncIterator[None]:
+    started = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        if isinstance(request, ProtoMessage):
+            unstorable = find_unstorable(request)
+            if unstorable:
+                raise InvalidArgument(unstorable)
+        yield
+    except ParleyError as error:
+        code = status_code(error)
+        await _abort(context, to_status(error))
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        code = grpc.StatusCode.INTERNAL
+        log.exception("%s failed unexpectedly", method)
+        await _abort(context, rpc_status.to_status(_INTERNAL))
+    finally:
+        log.info(
+            "%s %s %.1fms peer=%s",
+            method,
+            code.name,
+            (time.perf_counter() - started) * 1000,
+            context.peer(),
+        )
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:

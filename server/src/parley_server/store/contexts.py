@@ -11,7 +11,7 @@ from parley_server.store.database import Database
 from parley_server.store.tables import after_cursor, contexts, new_id, sessions, utcnow
 
 
-def _to_context(row: RowMapping) -> Context:
+def to_context(row: RowMapping) -> Context:
     return Context(
         id=row["id"],
         session_id=row["session_id"],
@@ -54,7 +54,7 @@ class ContextStore:
                 row = (await session.execute(statement)).one()
         except IntegrityError as error:
             raise await self._conflict(values["id"]) from error
-        return _to_context(row._mapping)
+        return to_context(row._mapping)
 
     async def get(self, context_id: str) -> Context:
         async with self._db.read() as session:
@@ -63,7 +63,7 @@ class ContextStore:
             ).first()
         if row is None:
             raise NotFound.resource("context", context_id)
-        return _to_context(row._mapping)
+        return to_context(row._mapping)
 
     async def list(
         self, session_id: str, *, type: str, after: TimeCursor | None, limit: int
@@ -84,7 +84,7 @@ class ContextStore:
             if not await session.scalar(select(exists().where(sessions.c.id == session_id))):
                 raise NotFound.resource("session", session_id)
             rows = (await session.execute(query)).all()
-        return Page([_to_context(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
+        return Page([to_context(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
 
     async def delete(self, context_id: str, *, allow_missing: bool) -> None:
         async with self._db.write() as session:

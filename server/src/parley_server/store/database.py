@@ -96,10 +96,25 @@ class Database:
         self._writer = async_sessionmaker(
             engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
+        # Several reads that must agree: one snapshot (SQLite's WAL read transactions already are).
+        self._snapshot = (
+            async_sessionmaker(
+                engine.execution_options(isolation_level="REPEATABLE READ"),
+                expire_on_commit=False,
+            )
+            if self.dialect == "postgresql"
+            else self._reader
+        )
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
         async with _translated_errors(), self._reader() as session, session.begin():
+            yield session
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[AsyncSession]:
+        """A read-only transaction whose statements all see the database at one moment."""
+        async with _translated_errors(), self._snapshot() as session, session.begin():
             yield session
 
     @asynccontextmanager

@@ -3,13 +3,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import ColumnElement, Select, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import (
     Attachment,
     Citation,
+    ContextWindow,
     Message,
     MessageFilter,
     NewMessage,
@@ -18,8 +19,10 @@ from parley_server.domain import (
     ToolCall,
 )
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from parley_server.store.contexts import to_context
 from parley_server.store.database import Database
-from parley_server.store.tables import messages, new_id, sessions, users, utcnow
+from parley_server.store.sessions import to_session
+from parley_server.store.tables import contexts, messages, new_id, sessions, users, utcnow
 
 
 def _tool_calls_json(calls: Sequence[ToolCall]) -> list[dict[str, Any]] | None:
@@ -73,6 +76,28 @@ def _to_message(row: Mapping[Any, Any]) -> Message:
         user_id=row["user_id"] or "",
         create_time=row["create_time"],
     )
+
+
+MAX_WINDOW_CONTEXTS = 1000
+
+
+def _conditions(session_id: str, where: MessageFilter) -> list[ColumnElement[bool]]:
+    conditions = [messages.c.session_id == session_id]
+    if where.chapter:
+        conditions.append(messages.c.chapter == where.chapter)
+    if where.thread_id:
+        conditions.append(messages.c.thread_id == where.thread_id)
+    if where.invocation_id:
+        conditions.append(messages.c.invocation_id == where.invocation_id)
+    if where.role is not None:
+        conditions.append(messages.c.role == where.role.value)
+    if where.after_seq:
+        conditions.append(messages.c.seq > where.after_seq)
+    return conditions
+
+
+def _message_count(session_id: str) -> Select[int]:
+    return select(sessions.c.message_count).where(sessions.c.id == session_id)
 
 
 class MessageStore:
@@ -139,44 +164,83 @@ class MessageStore:
         return _to_message(row._mapping)
 
     async def list(
-        self, session_id: str, where: MessageFilter, *, after_seq: int, limit: int
+        self,
+        session_id: str,
+        where: MessageFilter,
+        *,
+        position: int,
+        limit: int,
+        newest_first: bool = False,
+        count_total: bool = True,
     ) -> Page[Message]:
-        """Messages in seq order after max(where.after_seq, after_seq), with the filter's total."""
-        conditions = [messages.c.session_id == session_id]
-        if where.chapter:
-            conditions.append(messages.c.chapter == where.chapter)
-        if where.thread_id:
-            conditions.append(messages.c.thread_id == where.thread_id)
-        if where.invocation_id:
-            conditions.append(messages.c.invocation_id == where.invocation_id)
-        if where.role is not None:
-            conditions.append(messages.c.role == where.role.value)
-        if where.after_seq:
-            conditions.append(messages.c.seq > where.after_seq)
+        """Messages matching `where` after keyset `position` (a seq; 0 to start): in seq order, or
+        newest first. With count_total, the page says how many match in all."""
+        conditions = _conditions(session_id, where)
         filtered = len(conditions) > 1
-        query = (
-            select(messages)
-            .where(*conditions, messages.c.seq > after_seq)
-            .order_by(messages.c.seq)
-            .limit(limit + 1)
-        )
+        query = select(messages).where(*conditions).limit(limit + 1)
+        if newest_first:
+            query = query.order_by(messages.c.seq.desc())
+            if position:
+                query = query.where(messages.c.seq < position)
+        else:
+            query = query.order_by(messages.c.seq).where(messages.c.seq > position)
+        if count_total and not filtered:
+            # The session's own counter is the total: no scan, and no second round trip.
+            query = query.add_columns(_message_count(session_id).scalar_subquery().label("total"))
         async with self._db.read() as session:
-            message_count = await session.scalar(
-                select(sessions.c.message_count).where(sessions.c.id == session_id)
-            )
-            if message_count is None:
-                raise NotFound.resource("session", session_id)
             rows = (await session.execute(query)).all()
-            # Unfiltered, the session's own counter is the total; no scan needed.
-            total = (
-                await session.scalar(select(func.count()).select_from(messages).where(*conditions))
-                if filtered
-                else message_count
-            )
+            total: int | None = None
+            if rows and count_total and not filtered:
+                total = rows[0].total
+            elif not rows or count_total:
+                message_count = await session.scalar(_message_count(session_id))
+                if message_count is None:
+                    raise NotFound.resource("session", session_id)
+                if count_total:
+                    total = (
+                        await session.scalar(
+                            select(func.count()).select_from(messages).where(*conditions)
+                        )
+                        if filtered
+                        else message_count
+                    )
         return Page(
             [_to_message(r._mapping) for r in rows[:limit]],
             has_more=len(rows) > limit,
-            total_size=total or 0,
+            total_size=total,
+        )
+
+    async def context_window(self, session_id: str, max_messages: int) -> ContextWindow:
+        """The session, its contexts (oldest first, at most MAX_WINDOW_CONTEXTS) and its newest
+        max_messages messages in seq order, all from one snapshot."""
+        async with self._db.snapshot() as session:
+            session_row = (
+                await session.execute(select(sessions).where(sessions.c.id == session_id))
+            ).first()
+            if session_row is None:
+                raise NotFound.resource("session", session_id)
+            context_rows = (
+                await session.execute(
+                    select(contexts)
+                    .where(contexts.c.session_id == session_id)
+                    .order_by(contexts.c.create_time, contexts.c.id)
+                    .limit(MAX_WINDOW_CONTEXTS)
+                )
+            ).all()
+            message_rows = (
+                await session.execute(
+                    select(messages)
+                    .where(messages.c.session_id == session_id)
+                    .order_by(messages.c.seq.desc())
+                    .limit(max_messages + 1)
+                )
+            ).all()
+        newest = message_rows[:max_messages]
+        return ContextWindow(
+            session=to_session(session_row._mapping),
+            contexts=[to_context(r._mapping) for r in context_rows],
+            messages=[_to_message(r._mapping) for r in reversed(newest)],
+            has_earlier_messages=len(message_rows) > max_messages,
         )
 
     async def delete(self, message_id: str, *, allow_missing: bool) -> None:

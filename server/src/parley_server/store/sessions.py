@@ -12,7 +12,7 @@ from parley_server.store.database import Database
 from parley_server.store.tables import after_cursor, new_id, sessions, users, utcnow
 
 
-def _to_session(row: RowMapping) -> Session:
+def to_session(row: RowMapping) -> Session:
     return Session(
         id=row["id"],
         user_id=row["user_id"] or "",
@@ -65,7 +65,7 @@ class SessionStore:
                 ).one()
         except IntegrityError as error:
             raise await self._conflict(values["id"], new.user_id) from error
-        return _to_session(row._mapping)
+        return to_session(row._mapping)
 
     async def get(self, session_id: str) -> Session:
         async with self._db.read() as session:
@@ -74,7 +74,7 @@ class SessionStore:
             ).first()
         if row is None:
             raise NotFound.resource("session", session_id)
-        return _to_session(row._mapping)
+        return to_session(row._mapping)
 
     async def list(self, *, user_id: str, after: TimeCursor | None, limit: int) -> Page[Session]:
         """Newest first; only user_id's sessions when it is not empty."""
@@ -96,7 +96,7 @@ class SessionStore:
             rows = (await session.execute(query)).all()
             total = await session.scalar(count) or 0
         return Page(
-            [_to_session(r._mapping) for r in rows[:limit]],
+            [to_session(r._mapping) for r in rows[:limit]],
             has_more=len(rows) > limit,
             total_size=total,
         )
@@ -121,7 +121,7 @@ class SessionStore:
             row = (await session.execute(statement)).first()
         if row is None:
             raise NotFound.resource("session", session_id)
-        return _to_session(row._mapping)
+        return to_session(row._mapping)
 
     async def close(self, session_id: str) -> Session:
         """Set end_time; a session that is already closed is returned unchanged."""
@@ -141,7 +141,7 @@ class SessionStore:
                 ).first()
         if closed is None:
             raise NotFound.resource("session", session_id)
-        return _to_session(closed._mapping)
+        return to_session(closed._mapping)
 
     async def delete(self, session_id: str, *, allow_missing: bool) -> None:
         """Delete the session; the database cascades to its messages, contexts and ratings."""
@@ -171,10 +171,10 @@ class SessionStore:
                 )
             ).first()
             if row is not None:
-                return _to_session(row._mapping), False
+                return to_session(row._mapping), False
             values = _new_session_values(template, user_id)
             row = (await session.execute(insert(sessions).values(values).returning(sessions))).one()
-        return _to_session(row._mapping), True
+        return to_session(row._mapping), True
 
     async def latest(self, user_id: str) -> Session:
         """The user's session with the latest update_time, open or closed."""
@@ -194,7 +194,7 @@ class SessionStore:
                 reason="SESSION_NOT_FOUND",
                 metadata={"userId": user_id},
             )
-        return _to_session(row._mapping)
+        return to_session(row._mapping)
 
     async def _conflict(self, session_id: str, user_id: str) -> Exception:
         async with self._db.read() as session:

@@ -496,6 +496,7 @@ class ListMessagesRequest(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    ORDER_BY_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
@@ -506,6 +507,10 @@ class ListMessagesRequest(_message.Message):
     after_seq: _builtins.int
     """Only messages with seq greater than this."""
     invocation_id: _builtins.str
+    order_by: _builtins.str
+    """"seq" (the default) for oldest first, "seq desc" for newest first: page_size 50 with "seq desc"
+    reads the last 50 messages.
+    """
     def __init__(
         self,
         *,
@@ -517,10 +522,11 @@ class ListMessagesRequest(_message.Message):
         role: _message_pb2.Role.ValueType = ...,
         after_seq: _builtins.int = ...,
         invocation_id: _builtins.str = ...,
+        order_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "chapter", b"chapter", "invocation_id", b"invocation_id", "page_size", b"page_size", "page_token", b"page_token", "role", b"role", "session_id", b"session_id", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "chapter", b"chapter", "invocation_id", b"invocation_id", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "role", b"role", "session_id", b"session_id", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -552,6 +558,123 @@ class ListMessagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMessagesResponse: _TypeAlias = ListMessagesResponse  # noqa: Y015
+
+@_typing.final
+class StreamMessagesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    CHAPTER_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    after_seq: _builtins.int
+    """Only messages with seq greater than this (to resume a stream)."""
+    chapter: _builtins.str
+    """Filters; an empty value does not filter."""
+    thread_id: _builtins.str
+    role: _message_pb2.Role.ValueType
+    invocation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+        chapter: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        role: _message_pb2.Role.ValueType = ...,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "chapter", b"chapter", "invocation_id", b"invocation_id", "role", b"role", "session_id", b"session_id", "thread_id", b"thread_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMessagesRequest: _TypeAlias = StreamMessagesRequest  # noqa: Y015
+
+@_typing.final
+class StreamMessagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
+        """The next messages in seq order."""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_message_pb2.Message] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamMessagesResponse: _TypeAlias = StreamMessagesResponse  # noqa: Y015
+
+@_typing.final
+class GetContextWindowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    MAX_MESSAGES_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    max_messages: _builtins.int
+    """How many of the newest messages to include; 0 means 100, at most 1000."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        max_messages: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_messages", b"max_messages", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContextWindowRequest: _TypeAlias = GetContextWindowRequest  # noqa: Y015
+
+@_typing.final
+class GetContextWindowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    CONTEXTS_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    HAS_EARLIER_MESSAGES_FIELD_NUMBER: _builtins.int
+    has_earlier_messages: _builtins.bool
+    """True when older messages exist beyond those returned."""
+    @_builtins.property
+    def session(self) -> _session_pb2.Session: ...
+    @_builtins.property
+    def contexts(self) -> _containers.RepeatedCompositeFieldContainer[_context_pb2.Context]:
+        """Every context of the session, oldest first."""
+
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
+        """The newest max_messages messages, in seq order."""
+
+    def __init__(
+        self,
+        *,
+        session: _session_pb2.Session | None = ...,
+        contexts: _abc.Iterable[_context_pb2.Context] | None = ...,
+        messages: _abc.Iterable[_message_pb2.Message] | None = ...,
+        has_earlier_messages: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contexts", b"contexts", "has_earlier_messages", b"has_earlier_messages", "messages", b"messages", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContextWindowResponse: _TypeAlias = GetContextWindowResponse  # noqa: Y015
 
 @_typing.final
 class DeleteMessageRequest(_message.Message):

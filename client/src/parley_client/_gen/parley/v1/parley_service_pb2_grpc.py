@@ -131,6 +131,16 @@ class ParleyServiceStub:
                 request_serializer=parley_dot_v1_dot_parley__service__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_parley__service__pb2.ListMessagesResponse.FromString,
                 _registered_method=True)
+        self.StreamMessages = channel.unary_stream(
+                '/parley.v1.ParleyService/StreamMessages',
+                request_serializer=parley_dot_v1_dot_parley__service__pb2.StreamMessagesRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_parley__service__pb2.StreamMessagesResponse.FromString,
+                _registered_method=True)
+        self.GetContextWindow = channel.unary_unary(
+                '/parley.v1.ParleyService/GetContextWindow',
+                request_serializer=parley_dot_v1_dot_parley__service__pb2.GetContextWindowRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_parley__service__pb2.GetContextWindowResponse.FromString,
+                _registered_method=True)
         self.DeleteMessage = channel.unary_unary(
                 '/parley.v1.ParleyService/DeleteMessage',
                 request_serializer=parley_dot_v1_dot_parley__service__pb2.DeleteMessageRequest.SerializeToString,
@@ -299,7 +309,23 @@ class ParleyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMessages(self, request, context):
-        """In seq order, optionally filtered.
+        """In seq order (or newest first), optionally filtered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMessages(self, request, context):
+        """The session's history in seq order as a server stream, in batches of up to 500 messages. Each
+        batch is read when it is sent, so messages appended meanwhile may arrive at the end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetContextWindow(self, request, context):
+        """What an agent needs to build its next prompt, read at one moment: the session, its contexts
+        (oldest first) and its newest messages (in seq order).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -453,6 +479,16 @@ def add_ParleyServiceServicer_to_server(servicer, server):
                     servicer.ListMessages,
                     request_deserializer=parley_dot_v1_dot_parley__service__pb2.ListMessagesRequest.FromString,
                     response_serializer=parley_dot_v1_dot_parley__service__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'StreamMessages': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMessages,
+                    request_deserializer=parley_dot_v1_dot_parley__service__pb2.StreamMessagesRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_parley__service__pb2.StreamMessagesResponse.SerializeToString,
+            ),
+            'GetContextWindow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContextWindow,
+                    request_deserializer=parley_dot_v1_dot_parley__service__pb2.GetContextWindowRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_parley__service__pb2.GetContextWindowResponse.SerializeToString,
             ),
             'DeleteMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteMessage,
@@ -965,6 +1001,60 @@ class ParleyService:
             '/parley.v1.ParleyService/ListMessages',
             parley_dot_v1_dot_parley__service__pb2.ListMessagesRequest.SerializeToString,
             parley_dot_v1_dot_parley__service__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.v1.ParleyService/StreamMessages',
+            parley_dot_v1_dot_parley__service__pb2.StreamMessagesRequest.SerializeToString,
+            parley_dot_v1_dot_parley__service__pb2.StreamMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContextWindow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.ParleyService/GetContextWindow',
+            parley_dot_v1_dot_parley__service__pb2.GetContextWindowRequest.SerializeToString,
+            parley_dot_v1_dot_parley__service__pb2.GetContextWindowResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,7 +80,15 @@ class ParleyServiceStub:
     """Appends several messages atomically (all or none) with consecutive seqs, in request order."""
     GetMessage: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.GetMessageRequest, _message_pb2.Message]
     ListMessages: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.ListMessagesRequest, _parley_service_pb2.ListMessagesResponse]
-    """In seq order, optionally filtered."""
+    """In seq order (or newest first), optionally filtered."""
+    StreamMessages: _grpc.UnaryStreamMultiCallable[_parley_service_pb2.StreamMessagesRequest, _parley_service_pb2.StreamMessagesResponse]
+    """The session's history in seq order as a server stream, in batches of up to 500 messages. Each
+    batch is read when it is sent, so messages appended meanwhile may arrive at the end.
+    """
+    GetContextWindow: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.GetContextWindowRequest, _parley_service_pb2.GetContextWindowResponse]
+    """What an agent needs to build its next prompt, read at one moment: the session, its contexts
+    (oldest first) and its newest messages (in seq order).
+    """
     DeleteMessage: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.DeleteMessageRequest, _empty_pb2.Empty]
     """Deletes the message and its ratings. Its seq is not reused."""
     CreateContext: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.CreateContextRequest, _context_pb2.Context]
@@ -145,7 +153,15 @@ class ParleyServiceAsyncStub(ParleyServiceStub):
     """Appends several messages atomically (all or none) with consecutive seqs, in request order."""
     GetMessage: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.GetMessageRequest, _message_pb2.Message]  # type: ignore[assignment]
     ListMessages: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.ListMessagesRequest, _parley_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
-    """In seq order, optionally filtered."""
+    """In seq order (or newest first), optionally filtered."""
+    StreamMessages: _aio.UnaryStreamMultiCallable[_parley_service_pb2.StreamMessagesRequest, _parley_service_pb2.StreamMessagesResponse]  # type: ignore[assignment]
+    """The session's history in seq order as a server stream, in batches of up to 500 messages. Each
+    batch is read when it is sent, so messages appended meanwhile may arrive at the end.
+    """
+    GetContextWindow: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.GetContextWindowRequest, _parley_service_pb2.GetContextWindowResponse]  # type: ignore[assignment]
+    """What an agent needs to build its next prompt, read at one moment: the session, its contexts
+    (oldest first) and its newest messages (in seq order).
+    """
     DeleteMessage: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.DeleteMessageRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes the message and its ratings. Its seq is not reused."""
     CreateContext: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.CreateContextRequest, _context_pb2.Context]  # type: ignore[assignment]
@@ -309,7 +325,27 @@ class ParleyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _parley_service_pb2.ListMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_parley_service_pb2.ListMessagesResponse, _abc.Awaitable[_parley_service_pb2.ListMessagesResponse]]:
-        """In seq order, optionally filtered."""
+        """In seq order (or newest first), optionally filtered."""
+
+    @_abc_1.abstractmethod
+    def StreamMessages(
+        self,
+        request: _parley_service_pb2.StreamMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_parley_service_pb2.StreamMessagesResponse], _abc.AsyncIterator[_parley_service_pb2.StreamMessagesResponse]]:
+        """The session's history in seq order as a server stream, in batches of up to 500 messages. Each
+        batch is read when it is sent, so messages appended meanwhile may arrive at the end.
+        """
+
+    @_abc_1.abstractmethod
+    def GetContextWindow(
+        self,
+        request: _parley_service_pb2.GetContextWindowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_parley_service_pb2.GetContextWindowResponse, _abc.Awaitable[_parley_service_pb2.GetContextWindowResponse]]:
+        """What an agent needs to build its next prompt, read at one moment: the session, its contexts
+        (oldest first) and its newest messages (in seq order).
+        """
 
     @_abc_1.abstractmethod
     def DeleteMessage(

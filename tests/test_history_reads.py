@@ -1,0 +1,112 @@
+"""Reading history the way agents do: newest first, as a stream, and as a context window."""
+
+from __future__ import annotations
+
+import pytest
+
+from parley_client import InvalidArgumentError, Message, ParleyClient, new_message
+from parley_client._gen.parley.v1 import parley_service_pb2 as pb
+from tests.conftest import RawCall
+from tests.factories import a_session
+
+
+async def _history(client: ParleyClient, session_id: str, count: int) -> list[Message]:
+    appended: list[Message] = []
+    for start in range(0, count, 1000):
+        appended += await client.batch_append_messages(
+            session_id,
+            [
+                new_message(
+                    role="user" if n % 2 else "assistant", content=str(n), chapter=f"c{n % 3}"
+                )
+                for n in range(start, min(start + 1000, count))
+            ],
+        )
+    return appended
+
+
+async def test_last_fifty_newest_first(client: ParleyClient) -> None:
+    _, session = await a_session(client)
+    appended = await _history(client, session.id, 120)
+    last = await client.list_messages(session.id, page_size=50, newest_first=True)
+    assert [m.seq for m in last.messages] == list(range(120, 70, -1))
+    assert last.total_size == 120
+    walked = [m.seq async for m in client.iter_messages(session.id, newest_first=True, page_size=7)]
+    assert walked == [m.seq for m in reversed(appended)]
+
+
+async def test_newest_first_with_filters(client: ParleyClient) -> None:
+    _, session = await a_session(client)
+    await _history(client, session.id, 30)
+    response = await client.list_messages(
+        session.id, chapter="c0", role="assistant", after_seq=10, newest_first=True
+    )
+    expected = [n + 1 for n in range(29, 9, -1) if n % 3 == 0 and n % 2 == 0]
+    assert [m.seq for m in response.messages] == expected
+    assert response.total_size == len(expected)
+
+
+async def test_order_by_is_checked(client: ParleyClient, raw: RawCall) -> None:
+    _, session = await a_session(client)
+    await _history(client, session.id, 3)
+    with pytest.raises(InvalidArgumentError) as caught:
+        await raw("ListMessages", pb.ListMessagesRequest(session_id=session.id, order_by="content"))
+    assert caught.value.field_violations[0].field == "order_by"
+    assert await raw(
+        "ListMessages", pb.ListMessagesRequest(session_id=session.id, order_by=" SEQ  DESC ")
+    )
+    first = await client.list_messages(session.id, page_size=1, newest_first=True)
+    with pytest.raises(InvalidArgumentError):
+        await client.list_messages(session.id, page_size=1, page_token=first.next_page_token)
+
+
+async def test_stream_sends_the_whole_history_in_batches(
+    client: ParleyClient, raw: RawCall
+) -> None:
+    _, session = await a_session(client)
+    appended = await _history(client, session.id, 1201)
+    streamed = [m async for m in client.stream_messages(session.id)]
+    assert streamed == appended
+    batches = await raw("StreamMessages", pb.StreamMessagesRequest(session_id=session.id))
+    assert [len(b.messages) for b in batches] == [500, 500, 201]
+
+
+async def test_stream_filters_and_resumes_after_a_seq(client: ParleyClient) -> None:
+    _, session = await a_session(client)
+    await _history(client, session.id, 40)
+    by_chapter = [m.seq async for m in client.stream_messages(session.id, chapter="c1")]
+    assert by_chapter == [n + 1 for n in range(40) if n % 3 == 1]
+    resumed = [m.seq async for m in client.stream_messages(session.id, after_seq=35)]
+    assert resumed == [36, 37, 38, 39, 40]
+
+
+async def test_stream_of_an_empty_session(client: ParleyClient) -> None:
+    _, session = await a_session(client)
+    assert [m async for m in client.stream_messages(session.id)] == []
+
+
+async def test_context_window(client: ParleyClient) -> None:
+    _, session = await a_session(client)
+    system = await client.create_context(session.id, type="system", content="be brief")
+    profile = await client.create_context(session.id, type="user", content="likes tea")
+    appended = await _history(client, session.id, 30)
+
+    window = await client.get_context_window(session.id, max_messages=10)
+    assert window.session.id == session.id
+    assert window.session.message_count == 30
+    assert list(window.contexts) == [system, profile]
+    assert list(window.messages) == appended[-10:]
+    assert window.has_earlier_messages
+
+    everything = await client.get_context_window(session.id)  # 0 means 100
+    assert list(everything.messages) == appended
+    assert not everything.has_earlier_messages
+
+
+async def test_context_window_of_a_new_session(client: ParleyClient) -> None:
+    _, session = await a_session(client)
+    window = await client.get_context_window(session.id)
+    assert (list(window.contexts), list(window.messages)) == ([], [])
+    assert not window.has_earlier_messages
+    with pytest.raises(InvalidArgumentError):
+        await client.get_context_window(session.id, max_messages=-5)
