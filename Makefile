@@ -6,7 +6,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 
-.PHONY: help uv sync run test test-sqlite protos check-protos lint fmt clean
+.PHONY: help uv sync run test bench protos check-protos lint fmt clean
 
 help:
 	@echo "make run           install everything and serve on 127.0.0.1:50051 (SQLite by default)"
@@ -14,6 +14,7 @@ help:
 	@echo "make protos        regenerate client/src/parley_client/_gen from protos/"
 	@echo "make check-protos  fail if the committed generated code is stale"
 	@echo "make lint          ruff, mypy --strict, buf lint, check-protos"
+	@echo "make bench         benchmark against this machine's ceilings (PostgreSQL and SQLite)"
 
 # Bootstraps uv with pip when it is missing, so a machine with only Python and make suffices.
 uv:
@@ -22,7 +23,7 @@ uv:
 		python3 -m pip install --user --quiet --break-system-packages uv
 
 sync: uv
-	@$(UV) sync --frozen --all-packages --group dev --quiet
+	@$(UV) sync --frozen --all-packages --all-groups --quiet
 
 run: sync
 	$(RUN) parley serve
@@ -30,10 +31,16 @@ run: sync
 test: sync
 	$(RUN) pytest -n 2 $(PYTEST_ARGS)
 
+bench: sync
+	$(RUN) python bench/run.py $(BENCH_ARGS)
+
 protos: sync
 	$(RUN) python scripts/gen_protos.py
 
-check-protos: sync
+check-bench: sync
+	$(RUN) python bench/run.py $(BENCH_ARGS)
+
+protos: sync
 	$(RUN) python scripts/gen_protos.py --check
 
 # Schema drift (alembic check) is a test: tests/test_migrations.py compares the migrated schema with
@@ -41,7 +48,7 @@ check-protos: sync
 lint: sync check-protos
 	$(RUN) ruff check .
 	$(RUN) ruff format --check .
-	$(RUN) mypy client/src server/src examples tests scripts
+	$(RUN) mypy client/src server/src examples tests scripts bench
 	npm ci --silent --no-audit --no-fund && npx --no-install buf lint
 
 fmt: sync

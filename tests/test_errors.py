@@ -138,3 +138,5 @@ async def test_database_outage_is_unavailable(unreachable_database_client: Parle
     assert caught.value.reason == "DATABASE_UNAVAILABLE"
     with pytest.raises(UnavailableError):
         await unreachable_database_client.create_user(display_name="x")
+    with pytest.raises(UnavailableError):  # the append path (group commit) too
+        await unreachable_database_client.append_message(new_id(), role="user")

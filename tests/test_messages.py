@@ -441,3 +441,36 @@ async def test_author_must_exist(client: ParleyClient) -> None:
     author = await a_user(client)
     stored = await client.append_message(session.id, role="user", user_id=author.id)
     assert stored.user_id == author.id
+
+
+async def test_concurrent_appends_fail_alone(client: ParleyClient) -> None:
+    """Appends that arrive together may share a statement (group commit); each still succeeds or
+    fails on its own."""
+    user = await a_user(client)
+    sessions = [await client.create_session(user_id=user.id) for _ in range(6)]
+    closed = sessions[4]
+    await client.close_session(closed.id)
+    (taken,) = await some_messages(client, sessions[5].id, 1)
+
+    results = await asyncio.gather(
+        *(
+            client.append_message(s.id, role="user", content=f"{s.id}-{n}")
+            for n in range(5)
+            for s in sessions[:4]
+        ),
+        client.append_message(closed.id, role="user"),
+        client.append_message(sessions[5].id, role="user", id=taken.id),
+        client.append_message(sessions[5].id, role="user", user_id=new_id()),
+        return_exceptions=True,
+    )
+    appended, failures = results[:20], results[20:]
+    assert all(isinstance(m, Message) for m in appended)
+    for session in sessions[:4]:
+        seqs = [m.seq for m in appended if isinstance(m, Message) and m.session_id == session.id]
+        assert sorted(seqs) == [1, 2, 3, 4, 5]
+    assert [type(f).__name__ for f in failures] == [
+        "FailedPreconditionError",
+        "AlreadyExistsError",
+        "NotFoundError",
+    ]
+    assert (await client.get_session(sessions[5].id)).message_count == 1

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from parley_server.config import Settings
@@ -36,6 +36,18 @@ async def _migrate(settings: Settings, revision: str) -> None:
         await engine.dispose()
 
 
+def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if settings.event_loop == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if settings.event_loop == "uvloop":
+            raise SystemExit("PARLEY_EVENT_LOOP=uvloop, but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="parley", description="Chat history for AI agents, over gRPC."
@@ -57,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
-            asyncio.run(serve(settings))
+            with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
+                runner.run(serve(settings))
         else:
             asyncio.run(_migrate(settings, args.revision))
             print(f"database schema at {args.revision}", file=sys.stderr)

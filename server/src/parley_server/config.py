@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from platformdirs import user_data_path
 from pydantic import Field
@@ -22,9 +23,18 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
     )
     listen_address: str = Field("127.0.0.1:50051", description="host:port to serve gRPC on")
-    db_pool_size: int = Field(10, ge=1, description="database connections kept open")
-    db_max_overflow: int = Field(10, ge=0, description="extra connections allowed under load")
+    # Measured: overflow connections are opened and closed again under steady load (882 vs 1,280
+    # appends/s at 64 clients), and 8 to 32 connections served that load alike.
+    db_pool_size: int = Field(16, ge=1, description="database connections kept open")
+    db_max_overflow: int = Field(0, ge=0, description="extra connections allowed under load")
     db_pool_timeout_seconds: float = Field(10.0, gt=0, description="wait for a free connection")
+    # Measured (64 clients): 1 lane 2.4k appends/s, 2 lanes 1.9k: one lane coalesces more appends
+    # per statement. More lanes let a huge batch hold up fewer other sessions' appends.
+    write_lanes: int = Field(
+        1,
+        ge=1,
+        description="PostgreSQL append statements in flight at once (each coalesces appends)",
+    )
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="on SIGTERM, how long in-flight RPCs may take to finish"
     )
@@ -32,6 +42,9 @@ class Settings(BaseSettings):
         16 * 1024 * 1024, ge=1024, description="largest request the server accepts"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="auto: uvloop where it is installed, else asyncio's own"
+    )
     auto_migrate: bool | None = Field(
         None,
         description="migrate the schema on start; default: yes for SQLite, no for other databases",

@@ -24,12 +24,12 @@ class Store:
     ratings: RatingStore
 
     @classmethod
-    def over(cls, db: Database) -> Store:
+    def over(cls, db: Database, *, write_lanes: int = 1) -> Store:
         return cls(
             db=db,
             users=UserStore(db),
             sessions=SessionStore(db),
-            messages=MessageStore(db),
+            messages=MessageStore(db, write_lanes=write_lanes),
             contexts=ContextStore(db),
             ratings=RatingStore(db),
         )

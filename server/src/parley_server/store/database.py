@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
+import asyncpg
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
@@ -27,6 +28,11 @@ SQLITE_BUSY_TIMEOUT_MS = 10_000
 # PostgreSQL SQLSTATEs meaning "a concurrent transaction won; run yours again".
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _WRITE_OPTION = "parley_write"
+# Connection lost, or the server shutting down or starting up.
+_UNAVAILABLE_ASYNCPG_ERRORS = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -43,14 +49,21 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
-        # A connection broken by a database restart is noticed and replaced before use.
-        pool_pre_ping=True,
     )
     _configure_postgresql(engine)
     return engine
 
 
 def _configure_postgresql(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection: Any, _record: ConnectionPoolEntry, _proxy: Any) -> None:
+        # A connection the database closed (a restart, an idle timeout) is already known closed to
+        # asyncpg, which saw the EOF while it sat in the pool: replace it before use. This costs no
+        # round trip, unlike pool_pre_ping, which costs one per checkout (measured: 4.4k -> 2.9k
+        # appends/s at 64 clients).
+        if dbapi_connection.driver_connection.is_closed():
+            raise exc.DisconnectionError("connection closed by the database")
+
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # parley acknowledges a write only once it is durable; with synchronous_commit=off (set for
@@ -93,6 +106,8 @@ class Database:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._reader = async_sessionmaker(engine, expire_on_commit=False)
+        # Single statements that are atomic on their own (the PostgreSQL append): no BEGIN/COMMIT.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._writer = async_sessionmaker(
             engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
@@ -108,27 +123,42 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        async with _translated_errors(), self._reader() as session, session.begin():
+        async with translated_errors(), self._reader() as session, session.begin():
             yield session
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[AsyncSession]:
         """A read-only transaction whose statements all see the database at one moment."""
-        async with _translated_errors(), self._snapshot() as session, session.begin():
+        async with translated_errors(), self._snapshot() as session, session.begin():
             yield session
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A transaction that commits when the block ends; the caller answers only after that."""
-        async with _translated_errors(), self._writer() as session, session.begin():
+        async with translated_errors(), self._writer() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """PostgreSQL only: the pool's asyncpg connection itself, in autocommit mode, for hot-path
+        statements that are atomic on their own. Bypasses SQLAlchemy's per-statement work, which
+        cost 0.4 ms per append (measured: 3.2k -> 4.4k appends/s at 64 clients)."""
+        async with translated_errors(), self._autocommit.connect() as connection:
+            raw = await connection.get_raw_connection()
+            driver_connection = cast(asyncpg.Connection, raw.driver_connection)
+            try:
+                yield driver_connection
+            except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError):
+                await connection.invalidate()  # never hand a broken connection out again
+                raise
 
     async def dispose(self) -> None:
         await self.engine.dispose()
 
 
 @asynccontextmanager
-async def _translated_errors() -> AsyncIterator[None]:
+async def translated_errors() -> AsyncIterator[None]:
+    """Database failures as domain errors: outages as Unavailable, lost races as Aborted."""
     try:
         yield
     except exc.DBAPIError as error:
@@ -144,7 +174,17 @@ async def _translated_errors() -> AsyncIterator[None]:
             log.warning("database unavailable: %s", error)
             raise Unavailable("the database is unavailable; retry with backoff") from error
         raise
-    except (exc.TimeoutError, OSError) as error:
+    except asyncpg.PostgresError as error:  # raised by driver() statements
+        if error.sqlstate in _RETRYABLE_SQLSTATES:
+            raise Aborted(
+                "the operation conflicted with a concurrent one; retry it",
+                reason="CONCURRENT_CONFLICT",
+            ) from error
+        if isinstance(error, _UNAVAILABLE_ASYNCPG_ERRORS):
+            log.warning("database unavailable: %s", error)
+            raise Unavailable("the database is unavailable; retry with backoff") from error
+        raise
+    except (exc.TimeoutError, asyncpg.InterfaceError, OSError) as error:
         # Pool exhausted, or the database refused the connection.
         log.warning("database unavailable: %s", error)
         raise Unavailable("the database is unavailable; retry with backoff") from error

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import asyncpg
 from sqlalchemy import ColumnElement, Select, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,7 +22,8 @@ from parley_server.domain import (
 )
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from parley_server.store.contexts import to_context
-from parley_server.store.database import Database
+from parley_server.store.database import Database, translated_errors
+from parley_server.store.group_commit import GroupCommit
 from parley_server.store.sessions import to_session
 from parley_server.store.tables import contexts, messages, new_id, sessions, users, utcnow
 
@@ -80,6 +83,51 @@ def _to_message(row: Mapping[Any, Any]) -> Message:
 
 MAX_WINDOW_CONTEXTS = 1000
 
+# The PostgreSQL append, for the rows of several appends at once: `batch` numbers the rows in
+# order; `reserved` takes each session's seqs in one UPDATE, which locks the session rows (appends
+# to one session queue there) and matches nothing for a closed or missing session, whose rows are
+# then not inserted; each row gets the next seq of its session, in order.
+_UNNESTED = (
+    "session_id", "id", "role", "content", "name", "tool_calls", "tool_call_id", "invocation_id",
+    "thread_id", "reply_to", "chapter", "attachments", "citations", "metadata", "user_id",
+)  # fmt: skip
+_JSON_INDEXES = tuple(
+    _UNNESTED.index(name) for name in ("tool_calls", "attachments", "citations", "metadata")
+)
+_APPEND_POSTGRESQL = """
+WITH batch AS (
+    SELECT * FROM unnest(
+        $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[],
+        $9::text[], $10::text[], $11::uuid[], $12::text[], $13::jsonb[], $14::jsonb[],
+        $15::jsonb[], $16::uuid[]
+    ) WITH ORDINALITY AS m(
+        session_id, id, role, content, name, tool_calls, tool_call_id, invocation_id, thread_id,
+        reply_to, chapter, attachments, citations, metadata, user_id, position
+    )
+), wanted AS (
+    SELECT session_id, count(*) AS n FROM batch GROUP BY session_id
+), reserved AS (
+    UPDATE sessions
+    SET last_seq = last_seq + wanted.n, message_count = message_count + wanted.n,
+        last_message_time = $1, update_time = $1
+    FROM wanted
+    WHERE sessions.id = wanted.session_id AND sessions.end_time IS NULL
+    RETURNING sessions.id, sessions.last_seq, wanted.n
+)
+INSERT INTO messages (
+    id, session_id, seq, role, content, name, tool_calls, tool_call_id, invocation_id, thread_id,
+    reply_to, chapter, attachments, citations, metadata, user_id, create_time
+)
+SELECT
+    b.id, b.session_id,
+    reserved.last_seq - reserved.n
+        + row_number() OVER (PARTITION BY b.session_id ORDER BY b.position),
+    b.role, b.content, b.name, b.tool_calls, b.tool_call_id, b.invocation_id, b.thread_id,
+    b.reply_to, b.chapter, b.attachments, b.citations, b.metadata, b.user_id, $1
+FROM batch b JOIN reserved ON reserved.id = b.session_id
+RETURNING id, seq
+"""
+
 
 def _conditions(session_id: str, where: MessageFilter) -> list[ColumnElement[bool]]:
     conditions = [messages.c.session_id == session_id]
@@ -101,8 +149,18 @@ def _message_count(session_id: str) -> Select[int]:
 
 
 class MessageStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, write_lanes: int = 1) -> None:
         self._db = db
+        self._group_commit = (
+            GroupCommit(
+                db.driver,
+                self._write_batch_postgresql,
+                lanes=write_lanes,
+                isolate=(asyncpg.IntegrityConstraintViolationError,),
+            )
+            if db.dialect == "postgresql"
+            else None
+        )
 
     async def append(self, session_id: str, news: Sequence[NewMessage]) -> list[Message]:
         """Append news in order with consecutive seqs, atomically; the batch must not be empty."""
@@ -129,6 +187,9 @@ class MessageStore:
             }
             for new in news
         ]
+        if self._group_commit is not None:
+            await self._append_postgresql(self._group_commit, session_id, rows)
+            return [_to_message(row) for row in rows]
         try:
             async with self._db.write() as session:
                 # Reserving the seqs locks the session row, so appends to one session queue here and
@@ -153,6 +214,38 @@ class MessageStore:
         except IntegrityError as error:
             raise await self._conflict(rows) from error
         return [_to_message(row) for row in rows]
+
+    async def _append_postgresql(
+        self,
+        group_commit: GroupCommit[asyncpg.Connection],
+        session_id: str,
+        rows: list[dict[str, Any]],
+    ) -> None:
+        """Append through group commit: this append shares its statement with concurrent ones."""
+        try:
+            async with translated_errors():
+                seqs = await group_commit.append(session_id, rows)
+        except asyncpg.IntegrityConstraintViolationError as error:
+            raise await self._conflict(rows) from error
+        if seqs is None:
+            async with self._db.read() as session:
+                raise await _closed_or_missing(session, session_id)
+        for row, seq in zip(rows, seqs, strict=True):
+            row["seq"] = seq
+
+    async def _write_batch_postgresql(
+        self, connection: asyncpg.Connection, rows: list[dict[str, Any]]
+    ) -> dict[str, int]:
+        """One statement for the rows of several appends (to several sessions): one round trip,
+        atomic and durable on its own."""
+        now = utcnow()
+        for row in rows:
+            row["create_time"] = now
+        columns = [[row[name] for row in rows] for name in _UNNESTED]
+        for index in _JSON_INDEXES:
+            columns[index] = [None if v is None else json.dumps(v) for v in columns[index]]
+        records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
+        return {str(record["id"]): record["seq"] for record in records}
 
     async def get(self, message_id: str) -> Message:
         async with self._db.read() as session:

@@ -1,0 +1,733 @@
+"""make bench: parley's throughput and latency, measured against this machine's own ceilings.
+
+For each backend (PostgreSQL, SQLite) a real `parley serve` process runs over a fresh database, and
+this process drives it over gRPC on loopback with closed-loop clients (each sends its next request
+when the previous one is answered) at several concurrencies. In the same run it measures two
+ceilings at the same concurrencies, so every figure reads as a ratio, not as a machine-dependent
+absolute:
+
+  ceiling 1  the database alone: the same message rows inserted into the same table by raw asyncpg
+             (aiosqlite on SQLite) with the same durability, one autocommit INSERT per operation;
+  ceiling 2  gRPC alone: a no-op unary RPC (the standard health Check) on the same server process,
+             through the same interceptor and options.
+
+A parley figure's "fraction of ceiling" is its operations per second divided by the smaller
+ceiling at the same concurrency. Growth: append and list-last-50 latency at session sizes of 1k,
+10k and 100k messages. Results go to bench/results/*.json and bench/results/chart.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import asyncpg
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.engine import make_url
+
+from parley_client import ParleyClient, new_message
+
+RESULTS = Path(__file__).resolve().parent / "results"
+POSTGRES_URL = os.environ.get(
+    "PARLEY_BENCH_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+CONTENT = "The quick brown fox jumps over the lazy dog. " * 6  # ~270 characters, a typical turn
+SERVICE = "parley.v1.ParleyService"
+console = Console(width=max(120, Console().width))
+
+Operation = Callable[[int], Awaitable[None]]
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    """One workload at one concurrency on one backend."""
+
+    backend: str
+    workload: str
+    clients: int
+    ops_per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    operations: int
+    errors: int
+    fraction_of_ceiling: float | None = None
+    # CPU time per operation, microseconds: where the machine's two cores went.
+    cpu_us_per_op: dict[str, float] = field(default_factory=dict)
+
+
+def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
+    return sorted_values[index]
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+CPU_WATCH: dict[str, Callable[[], list[int]]] = {}  # name -> pids whose CPU time to report
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / _TICKS
+
+
+def _postgres_pids() -> list[int]:
+    return [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _read(p / "comm") == "postgres"
+    ]
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+async def closed_loop(
+    backend: str, workload: str, operation: Operation, clients: int, seconds: float, warmup: float
+) -> Cell:
+    """`clients` workers, each repeating operation(worker) back to back; latencies after warmup."""
+    cpu_before: dict[str, float] = {}
+
+    async def start_cpu_clock() -> None:
+        await asyncio.sleep(warmup)
+        for name, pids in CPU_WATCH.items():
+            cpu_before[name] = _cpu_seconds(pids())
+
+    clock = asyncio.create_task(start_cpu_clock())
+    latencies: list[float] = []
+    errors: list[BaseException] = []
+    started = time.perf_counter()
+    measure_from = started + warmup
+    stop_at = measure_from + seconds
+    finished_at = measure_from
+
+    async def worker(index: int) -> None:
+        nonlocal finished_at
+        while (now := time.perf_counter()) < stop_at:
+            try:
+                await operation(index)
+            except Exception as error:
+                errors.append(error)
+                continue
+            done = time.perf_counter()
+            if now >= measure_from:
+                latencies.append(done - now)
+                finished_at = max(finished_at, done)
+
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    await clock
+    used = {name: _cpu_seconds(pids()) - cpu_before[name] for name, pids in CPU_WATCH.items()}
+    if errors:
+        console.print(f"[red]{workload}@{clients}: {len(errors)} errors, e.g. {errors[0]!r}")
+    latencies.sort()
+    elapsed = max(finished_at - measure_from, 1e-9)
+    return Cell(
+        backend=backend,
+        workload=workload,
+        clients=clients,
+        ops_per_second=len(latencies) / elapsed,
+        p50_ms=_percentile(latencies, 0.50) * 1000,
+        p95_ms=_percentile(latencies, 0.95) * 1000,
+        p99_ms=_percentile(latencies, 0.99) * 1000,
+        operations=len(latencies),
+        errors=len(errors),
+        cpu_us_per_op={
+            name: round(seconds_used / max(len(latencies), 1) * 1e6, 1)
+            for name, seconds_used in used.items()
+        },
+    )
+
+
+# --- databases and the server -----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def fresh_database(backend: str) -> AsyncIterator[str]:
+    if backend == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="parley-bench-") as directory:
+            yield f"sqlite+aiosqlite:///{directory}/parley.db"
+        return
+    admin = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(False)
+    name = f"parley_bench_{uuid.uuid4().hex[:12]}"
+    connection = await asyncpg.connect(admin)
+    await connection.execute(f'CREATE DATABASE "{name}"')
+    await connection.close()
+    try:
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(False)
+    finally:
+        connection = await asyncpg.connect(admin)
+        await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await connection.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Server:
+    address: str
+    pid: int
+
+
+@asynccontextmanager
+async def parley_server(database_url: str, extra_env: dict[str, str]) -> AsyncIterator[Server]:
+    """A `parley serve` process over database_url (migrated first)."""
+    parley = [sys.executable, "-m", "parley_server.cli", "--database-url", database_url]
+    migrate = await asyncio.create_subprocess_exec(*parley, "migrate", stderr=subprocess.PIPE)
+    _, stderr = await migrate.communicate()
+    if migrate.returncode != 0:
+        raise SystemExit(f"parley migrate failed: {stderr.decode()}")
+    address = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "PARLEY_LOG_LEVEL": "WARNING", **extra_env}
+    process = await asyncio.create_subprocess_exec(*parley, "serve", "--address", address, env=env)
+    try:
+        probe = await ParleyClient.connect(address, connect_timeout=30)
+        await probe.close()
+        CPU_WATCH["server"] = lambda: [process.pid]
+        try:
+            yield Server(address, process.pid)
+        finally:
+            CPU_WATCH.pop("server", None)
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 30)
+
+
+# --- workloads --------------------------------------------------------------------------------
+
+
+@dataclass
+class Fixtures:
+    """What the workloads read and write, created once per backend."""
+
+    append_sessions: list[str]
+    ceiling_sessions: list[str]
+    list_session: str
+    stream_session: str
+    window_session: str
+
+
+async def _fill(client: ParleyClient, session_id: str, count: int) -> None:
+    for start in range(0, count, 1000):
+        await client.batch_append_messages(
+            session_id,
+            [
+                new_message(role="user" if n % 2 else "assistant", content=CONTENT)
+                for n in range(start, min(start + 1000, count))
+            ],
+            timeout=120,
+        )
+
+
+async def prepare(client: ParleyClient, max_clients: int) -> Fixtures:
+    user = await client.create_user(display_name="bench")
+
+    async def sessions(count: int) -> list[str]:
+        return [(await client.create_session(user_id=user.id)).id for _ in range(count)]
+
+    append_sessions, ceiling_sessions = await sessions(max_clients), await sessions(max_clients)
+    list_session, stream_session, window_session = await sessions(3)
+    await _fill(client, list_session, 1000)
+    await _fill(client, stream_session, 1000)
+    for kind in ("system", "user", "file"):
+        await client.create_context(window_session, type=kind, content=CONTENT)
+    await _fill(client, window_session, 500)
+    return Fixtures(append_sessions, ceiling_sessions, list_session, stream_session, window_session)
+
+
+def workloads(clients: list[ParleyClient], fixtures: Fixtures) -> dict[str, Operation]:
+    batch = [new_message(role="user", content=CONTENT) for _ in range(10)]
+
+    async def append(i: int) -> None:
+        await clients[i].append_message(fixtures.append_sessions[i], role="user", content=CONTENT)
+
+    async def batch_append(i: int) -> None:
+        await clients[i].batch_append_messages(fixtures.append_sessions[i], batch)
+
+    async def list_last_50(i: int) -> None:
+        page = await clients[i].list_messages(
+            fixtures.list_session, page_size=50, newest_first=True
+        )
+        assert len(page.messages) == 50
+
+    async def stream_1000(i: int) -> None:
+        count = 0
+        async for _ in clients[i].stream_messages(fixtures.stream_session):
+            count += 1
+        assert count == 1000
+
+    async def context_window(i: int) -> None:
+        window = await clients[i].get_context_window(fixtures.window_session, max_messages=50)
+        assert len(window.messages) == 50
+
+    return {
+        "append": append,
+        "batch_append_10": batch_append,
+        "list_last_50": list_last_50,
+        "stream_1000": stream_1000,
+        "context_window": context_window,
+    }
+
+
+# --- ceilings ---------------------------------------------------------------------------------
+
+
+def _message_row(session_id: str, seq: int) -> tuple[Any, ...]:
+    return (str(uuid.uuid4()), session_id, seq, "user", CONTENT, datetime.now(UTC))
+
+
+_INSERT_COLUMNS = (
+    "id, session_id, seq, role, content, create_time, name, tool_call_id, invocation_id,"
+    " thread_id, chapter"
+)
+
+
+async def database_ceiling(
+    backend: str,
+    database_url: str,
+    sessions: list[str],
+    clients: int,
+    seconds: float,
+    warmup: float,
+) -> Cell:
+    """Ceiling 1: the same rows into the same table, one autocommit INSERT each, no gRPC."""
+    next_seq = [10_000_000 * (clients + 1)] * clients
+    if backend == "postgresql":
+        dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+        pool = await asyncpg.create_pool(dsn, min_size=clients, max_size=clients)
+        sql = (
+            f"INSERT INTO messages ({_INSERT_COLUMNS})"
+            " VALUES ($1, $2, $3, $4, $5, $6, '', '', '', '', '')"
+        )
+
+        async def insert(i: int) -> None:
+            next_seq[i] += 1
+            async with pool.acquire() as connection:
+                await connection.execute(sql, *_message_row(sessions[i], next_seq[i]))
+
+        try:
+            return await closed_loop(
+                backend, "ceiling_1_database", insert, clients, seconds, warmup
+            )
+        finally:
+            await pool.close()
+
+    path = str(make_url(database_url).database)
+    connections = [await aiosqlite.connect(path, isolation_level=None) for _ in range(clients)]
+    for connection in connections:  # the same durability and waiting as parley's own connections
+        for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=10000"):
+            await connection.execute(f"PRAGMA {pragma}")
+    sql = f"INSERT INTO messages ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, '', '', '', '', '')"
+
+    async def insert_sqlite(i: int) -> None:
+        next_seq[i] += 1
+        row = _message_row(sessions[i].replace("-", ""), next_seq[i])
+        row = (row[0].replace("-", ""), *row[1:5], row[5].replace(tzinfo=None).isoformat(" "))
+        await connections[i].execute("BEGIN IMMEDIATE")
+        await connections[i].execute(sql, row)
+        await connections[i].execute("COMMIT")
+
+    try:
+        return await closed_loop(
+            backend, "ceiling_1_database", insert_sqlite, clients, seconds, warmup
+        )
+    finally:
+        for connection in connections:
+            await connection.close()
+
+
+async def grpc_ceiling(
+    backend: str, clients: list[ParleyClient], count: int, seconds: float, warmup: float
+) -> Cell:
+    """Ceiling 2: a no-op unary RPC (health Check) on the same server, same channels."""
+    stubs = [health_pb2_grpc.HealthStub(client._open()[0]) for client in clients]
+    request = health_pb2.HealthCheckRequest(service=SERVICE)
+
+    async def check(i: int) -> None:
+        await stubs[i].Check(request, timeout=30)
+
+    return await closed_loop(backend, "ceiling_2_grpc", check, count, seconds, warmup)
+
+
+# --- growth -----------------------------------------------------------------------------------
+
+
+@dataclass
+class GrowthPoint:
+    backend: str
+    session_size: int
+    append_p50_ms: float
+    append_p99_ms: float
+    list_last_50_p50_ms: float
+    list_last_50_p99_ms: float
+
+
+async def growth(
+    backend: str, client: ParleyClient, sizes: list[int], seconds: float, warmup: float
+) -> list[GrowthPoint]:
+    user = await client.create_user(display_name="growth")
+    points = []
+    for size in sizes:
+        session = (await client.create_session(user_id=user.id)).id
+        await _fill(client, session, size)
+
+        async def append(_: int, session: str = session) -> None:
+            await client.append_message(session, role="user", content=CONTENT)
+
+        async def last_50(_: int, session: str = session) -> None:
+            await client.list_messages(session, page_size=50, newest_first=True)
+
+        appended = await closed_loop(backend, "growth_append", append, 1, seconds, warmup)
+        listed = await closed_loop(backend, "growth_list", last_50, 1, seconds, warmup)
+        points.append(
+            GrowthPoint(
+                backend, size, appended.p50_ms, appended.p99_ms, listed.p50_ms, listed.p99_ms
+            )
+        )
+        console.print(
+            f"  growth {size:>7} messages: append p50 {appended.p50_ms:.2f} ms,"
+            f" list-last-50 p50 {listed.p50_ms:.2f} ms"
+        )
+    return points
+
+
+# --- one backend ------------------------------------------------------------------------------
+
+
+@dataclass
+class BackendResult:
+    backend: str
+    cells: list[Cell] = field(default_factory=list)
+    ceilings: list[Cell] = field(default_factory=list)
+    growth: list[GrowthPoint] = field(default_factory=list)
+
+
+async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult:
+    result = BackendResult(backend)
+    max_clients = max(args.clients)
+    extra_env = {"PARLEY_EVENT_LOOP": args.server_loop, **dict(args.server_env)}
+    async with fresh_database(backend) as url, parley_server(url, extra_env) as server:
+        dialect = "postgresql" if backend == "postgres" else "sqlite"
+        # Clients share args.channels connections (round robin), as threads of a service would.
+        channels = [
+            ParleyClient(server.address, default_timeout=60)
+            for _ in range(min(args.channels, max_clients))
+        ]
+        clients = [channels[i % len(channels)] for i in range(max_clients)]
+        fixtures = await prepare(clients[0], max_clients)
+        operations = workloads(clients, fixtures)
+        for count in args.clients:
+            ceiling = float("nan")
+            if not args.skip_ceilings:
+                ceiling_1 = await database_ceiling(
+                    dialect, url, fixtures.ceiling_sessions, count, args.seconds, args.warmup
+                )
+                ceiling_2 = await grpc_ceiling(backend, clients, count, args.seconds, args.warmup)
+                ceiling_1.backend = backend
+                result.ceilings += [ceiling_1, ceiling_2]
+                ceiling = min(ceiling_1.ops_per_second, ceiling_2.ops_per_second)
+            for name, operation in operations.items():
+                if args.workloads and name not in args.workloads:
+                    continue
+                measuring = closed_loop(backend, name, operation, count, args.seconds, args.warmup)
+                if args.profile:
+                    cell = await profiled(server.pid, f"{backend}-{name}-{count}", measuring, args)
+                else:
+                    cell = await measuring
+                cell.fraction_of_ceiling = cell.ops_per_second / ceiling
+                result.cells.append(cell)
+                cpu = ", ".join(f"{k} {v:.0f}" for k, v in cell.cpu_us_per_op.items())
+                console.print(
+                    f"  {backend:<8} {name:<16} {count:>3} clients: {cell.ops_per_second:>8.0f}"
+                    f" ops/s p50 {cell.p50_ms:6.2f} p99 {cell.p99_ms:6.2f} ms"
+                    f" ({cell.fraction_of_ceiling:.0%} of ceiling); CPU us/op: {cpu}"
+                )
+        if args.growth:
+            result.growth = await growth(
+                backend, clients[0], args.growth, args.growth_seconds, args.warmup
+            )
+        for client in channels:
+            await client.close()
+    return result
+
+
+# --- profiling --------------------------------------------------------------------------------
+
+
+async def profiled(
+    pid: int, label: str, measuring: Awaitable[Cell], args: argparse.Namespace
+) -> Cell:
+    """Run a cell while py-spy samples the server, then print where the server spent its time."""
+    raw = RESULTS / f"profile-{label}.raw"
+    RESULTS.mkdir(exist_ok=True)
+    recorder = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+        "--duration", str(int(args.seconds)), "--rate", "250", "--format", "raw",
+        "--output", str(raw), "--nonblocking", *(["--native"] if args.native else []),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    cell = await measuring
+    await recorder.wait()
+    summarize_profile(raw, args.profile_top)
+    return cell
+
+
+def summarize_profile(raw: Path, top: int) -> None:
+    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    self_samples: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        frames = [
+            f.split(" (")[0] + " " + f.rsplit("/", 1)[-1].rstrip(")") for f in stack.split(";")
+        ]
+        total += count
+        self_samples[frames[-1]] = self_samples.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    if not total:
+        console.print(f"[yellow]no samples in {raw}")
+        return
+    console.print(f"[bold]{raw.name}: {total} samples")
+    for title, counts in (("self", self_samples), ("inclusive", inclusive)):
+        console.print(f"  top {title}:")
+        for frame, count in sorted(counts.items(), key=lambda kv: -kv[1])[:top]:
+            console.print(f"    {count / total:6.1%}  {frame}")
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+
+def table(results: list[BackendResult]) -> Table:
+    out = Table(title="parley benchmark (closed-loop clients over gRPC on loopback)")
+    for column in ("backend", "workload", "clients", "ops/s", "p50 ms", "p95 ms", "p99 ms"):
+        out.add_column(column, justify="left" if column in ("backend", "workload") else "right")
+    out.add_column("fraction of ceiling", justify="right")
+    for result in results:
+        for cell in sorted(result.ceilings + result.cells, key=lambda c: (c.clients, c.workload)):
+            fraction = (
+                f"{cell.fraction_of_ceiling:.0%}" if cell.fraction_of_ceiling is not None else "-"
+            )
+            out.add_row(
+                cell.backend,
+                cell.workload,
+                str(cell.clients),
+                f"{cell.ops_per_second:,.0f}",
+                f"{cell.p50_ms:.2f}",
+                f"{cell.p95_ms:.2f}",
+                f"{cell.p99_ms:.2f}",
+                fraction,
+            )
+        out.add_section()
+    return out
+
+
+@dataclass
+class Check:
+    target: str
+    measured: str
+    passed: bool
+
+
+def checks(results: list[BackendResult]) -> list[Check]:
+    found: list[Check] = []
+    for result in results:
+        if result.backend != "postgres":
+            continue
+
+        def cell(workload: str, clients: int, cells: list[Cell] = result.cells) -> Cell | None:
+            return next((c for c in cells if c.workload == workload and c.clients == clients), None)
+
+        if (append := cell("append", 64)) is not None:
+            assert append.fraction_of_ceiling is not None
+            found.append(
+                Check(
+                    "PostgreSQL single append at 64 clients >= 60% of min(ceilings)",
+                    f"{append.fraction_of_ceiling:.0%}",
+                    append.fraction_of_ceiling >= 0.60,
+                )
+            )
+            found.append(
+                Check(
+                    "PostgreSQL append p99 at 64 clients < 25 ms",
+                    f"{append.p99_ms:.1f} ms",
+                    append.p99_ms < 25,
+                )
+            )
+        if (stream := cell("stream_1000", 1)) is not None:
+            found.append(
+                Check(
+                    "PostgreSQL stream of 1,000 messages p50 < 20 ms (1 client)",
+                    f"{stream.p50_ms:.1f} ms",
+                    stream.p50_ms < 20,
+                )
+            )
+        if result.growth:
+            for name, key in (("append", "append_p50_ms"), ("list-last-50", "list_last_50_p50_ms")):
+                values = [getattr(point, key) for point in result.growth]
+                spread = max(values) / min(values) - 1
+                found.append(
+                    Check(
+                        f"PostgreSQL {name} p50 flat from {result.growth[0].session_size:,} to"
+                        f" {result.growth[-1].session_size:,} messages (within 20%)",
+                        " / ".join(f"{v:.2f}" for v in values) + f" ms (spread {spread:.0%})",
+                        spread <= 0.20,
+                    )
+                )
+    return found
+
+
+def chart(results: list[BackendResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(results), 2, figsize=(13, 4.6 * len(results)), squeeze=False)
+    for row, result in enumerate(results):
+        throughput, latency = axes[row]
+        for name in dict.fromkeys(c.workload for c in result.ceilings + result.cells):
+            series = sorted(
+                (c for c in result.ceilings + result.cells if c.workload == name),
+                key=lambda c: c.clients,
+            )
+            style = "--" if name.startswith("ceiling") else "-"
+            clients = [c.clients for c in series]
+            throughput.plot(
+                clients, [c.ops_per_second for c in series], style, marker="o", label=name
+            )
+            latency.plot(clients, [c.p99_ms for c in series], style, marker="o", label=name)
+        for axis, label in ((throughput, "operations / second"), (latency, "p99 latency (ms)")):
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.set_xlabel("concurrent clients")
+            axis.set_ylabel(label)
+            axis.set_title(f"{result.backend}: {label}")
+            axis.grid(True, which="both", alpha=0.3)
+        throughput.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+async def main(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    CPU_WATCH["load generator"] = lambda: [os.getpid()]
+    CPU_WATCH["postgres"] = _postgres_pids
+    results = []
+    for backend in args.backends:
+        console.rule(f"{backend}")
+        results.append(await bench_backend(backend, args))
+    console.print(table(results))
+    found = checks(results)
+    for check in found:
+        mark = "[green]PASS" if check.passed else "[red]FAIL"
+        console.print(f"{mark}[/] {check.target}: {check.measured}")
+    RESULTS.mkdir(exist_ok=True)
+    summary = {
+        "machine": machine(),
+        "settings": {k: v for k, v in vars(args).items()},
+        "seconds": round(time.perf_counter() - started, 1),
+        "checks": [asdict(c) for c in found],
+    }
+    for result in results:
+        (RESULTS / f"{result.backend}.json").write_text(
+            json.dumps({**summary, **asdict(result)}, indent=2) + "\n"
+        )
+    chart(results, RESULTS / "chart.png")
+    console.print(
+        f"wrote {RESULTS.relative_to(Path.cwd())}/*.json and chart.png"
+        f" in {summary['seconds']:.0f} s"
+    )
+    return 0
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", type=lambda s: s.split(","), default=["postgres", "sqlite"])
+    parser.add_argument(
+        "--clients", type=lambda s: [int(n) for n in s.split(",")], default=[1, 16, 64]
+    )
+    parser.add_argument("--workloads", type=lambda s: s.split(","), default=[])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured time per cell")
+    parser.add_argument("--warmup", type=float, default=0.5, help="unmeasured time per cell")
+    parser.add_argument(
+        "--growth",
+        type=lambda s: [int(n) for n in s.split(",")] if s else [],
+        default=[1_000, 10_000, 100_000],
+        help="session sizes for the growth check; empty to skip",
+    )
+    parser.add_argument("--growth-seconds", type=float, default=2.0)
+    parser.add_argument("--server-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
+    parser.add_argument("--client-loop", choices=["uvloop", "asyncio"], default="uvloop")
+    parser.add_argument(
+        "--channels", type=int, default=64, help="gRPC connections the clients share"
+    )
+    parser.add_argument("--skip-ceilings", action="store_true", help="for quick iteration only")
+    parser.add_argument(
+        "--server-env",
+        action="append",
+        type=lambda s: tuple(s.split("=", 1)),
+        default=[],
+        help="KEY=VALUE for the parley server, e.g. PARLEY_DB_POOL_SIZE=16 (repeatable)",
+    )
+    parser.add_argument("--profile", action="store_true", help="py-spy the server during cells")
+    parser.add_argument("--profile-top", type=int, default=25)
+    parser.add_argument("--native", action="store_true", help="profile C frames too")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    arguments = parse()
+    loop_factory = None
+    if arguments.client_loop == "uvloop":
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        sys.exit(runner.run(main(arguments)))
