@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format
@@ -24,62 +24,61 @@ from parley_server import domain
 from parley_server.api.validate import Violations
 
 # --- domain -> proto ------------------------------------------------------------------------------
+# Messages are built by assigning fields, only those that are set: upb's keyword constructor took
+# 5.3 us per message, assignment about 1 us, and history is converted by the thousand.
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_SECOND = timedelta(seconds=1)
 
 
-def _timestamp(value: datetime | None) -> Timestamp | None:
-    if value is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(value)
-    return stamp
+def _set_time(target: Timestamp, value: datetime) -> None:
+    """Integer arithmetic: exact, and faster than Timestamp.FromDatetime."""
+    target.seconds = (value - _EPOCH) // _SECOND
+    target.nanos = value.microsecond * 1000  # the same in every zone: offsets are whole seconds
 
 
-def _struct(value: Mapping[str, Any]) -> Struct | None:
-    if not value:
-        return None
-    struct = Struct()
-    struct.update(value)
-    return struct
+def _set_struct(target: Struct, value: Mapping[str, Any]) -> None:
+    if value:
+        target.update(value)
 
 
 def user_pb(user: domain.User) -> user_pb2.User:
-    profile = user.profile
-    return user_pb2.User(
-        id=user.id,
-        display_name=user.display_name,
-        email=user.email,
-        profile=user_pb2.UserProfile(
-            picture_url=profile.picture_url,
-            status_message=profile.status_message,
-            bio=profile.bio,
-            location=profile.location,
-            website=profile.website,
-            social_links=profile.social_links,
-        ),
-        role=user.role,
-        preferences=_struct(user.preferences),
-        create_time=_timestamp(user.create_time),
-        update_time=_timestamp(user.update_time),
+    result = user_pb2.User(
+        id=user.id, display_name=user.display_name, email=user.email, role=user.role
     )
+    profile, target = user.profile, result.profile
+    target.picture_url = profile.picture_url
+    target.status_message = profile.status_message
+    target.bio = profile.bio
+    target.location = profile.location
+    target.website = profile.website
+    target.social_links.update(profile.social_links)
+    _set_struct(result.preferences, user.preferences)
+    _set_time(result.create_time, user.create_time)
+    _set_time(result.update_time, user.update_time)
+    return result
 
 
 def session_pb(session: domain.Session) -> session_pb2.Session:
-    info = session.client_info
-    return session_pb2.Session(
+    result = session_pb2.Session(
         id=session.id,
         user_id=session.user_id,
         title=session.title,
-        metadata=_struct(session.metadata),
-        client_info=session_pb2.ClientInfo(
-            ip_address=info.ip_address, user_agent=info.user_agent, device=info.device
-        ),
-        create_time=_timestamp(session.create_time),
-        update_time=_timestamp(session.update_time),
-        end_time=_timestamp(session.end_time),
         message_count=session.message_count,
-        last_message_time=_timestamp(session.last_message_time),
         last_seq=session.last_seq,
     )
+    _set_struct(result.metadata, session.metadata)
+    info = session.client_info
+    result.client_info.ip_address = info.ip_address
+    result.client_info.user_agent = info.user_agent
+    result.client_info.device = info.device
+    _set_time(result.create_time, session.create_time)
+    _set_time(result.update_time, session.update_time)
+    if session.end_time is not None:
+        _set_time(result.end_time, session.end_time)
+    if session.last_message_time is not None:
+        _set_time(result.last_message_time, session.last_message_time)
+    return result
 
 
 _ROLE_TO_PB = {
@@ -92,71 +91,72 @@ _ROLE_FROM_PB = {number: role for role, number in _ROLE_TO_PB.items()}
 
 
 def message_pb(message: domain.Message) -> message_pb2.Message:
-    return message_pb2.Message(
-        id=message.id,
-        session_id=message.session_id,
-        seq=message.seq,
-        role=_ROLE_TO_PB[message.role],
-        content=message.content,
-        name=message.name,
-        tool_calls=[
-            message_pb2.ToolCall(id=c.id, name=c.name, arguments=c.arguments)
-            for c in message.tool_calls
-        ],
-        tool_call_id=message.tool_call_id,
-        invocation_id=message.invocation_id,
-        thread_id=message.thread_id,
-        reply_to=message.reply_to,
-        chapter=message.chapter,
-        attachments=[
-            message_pb2.Attachment(
-                name=a.name,
-                mime_type=a.mime_type,
-                uri=a.uri,
-                size_bytes=a.size_bytes,
-                metadata=_struct(a.metadata),
-            )
-            for a in message.attachments
-        ],
-        citations=[
-            message_pb2.Citation(
-                uri=c.uri,
-                title=c.title,
-                snippet=c.snippet,
-                start_index=c.start_index,
-                end_index=c.end_index,
-                metadata=_struct(c.metadata),
-            )
-            for c in message.citations
-        ],
-        metadata=_struct(message.metadata),
-        user_id=message.user_id,
-        create_time=_timestamp(message.create_time),
-    )
+    result = message_pb2.Message()
+    result.id = message.id
+    result.session_id = message.session_id
+    result.seq = message.seq
+    result.role = _ROLE_TO_PB[message.role]
+    result.content = message.content
+    if message.name:
+        result.name = message.name
+    for call in message.tool_calls:
+        added = result.tool_calls.add()
+        added.id, added.name, added.arguments = call.id, call.name, call.arguments
+    if message.tool_call_id:
+        result.tool_call_id = message.tool_call_id
+    if message.invocation_id:
+        result.invocation_id = message.invocation_id
+    if message.thread_id:
+        result.thread_id = message.thread_id
+    if message.reply_to:
+        result.reply_to = message.reply_to
+    if message.chapter:
+        result.chapter = message.chapter
+    for attachment in message.attachments:
+        item = result.attachments.add(
+            name=attachment.name,
+            mime_type=attachment.mime_type,
+            uri=attachment.uri,
+            size_bytes=attachment.size_bytes,
+        )
+        _set_struct(item.metadata, attachment.metadata)
+    for citation in message.citations:
+        cited = result.citations.add(
+            uri=citation.uri,
+            title=citation.title,
+            snippet=citation.snippet,
+            start_index=citation.start_index,
+            end_index=citation.end_index,
+        )
+        _set_struct(cited.metadata, citation.metadata)
+    _set_struct(result.metadata, message.metadata)
+    if message.user_id:
+        result.user_id = message.user_id
+    _set_time(result.create_time, message.create_time)
+    return result
 
 
 def context_pb(context: domain.Context) -> context_pb2.Context:
-    return context_pb2.Context(
-        id=context.id,
-        session_id=context.session_id,
-        type=context.type,
-        content=context.content,
-        metadata=_struct(context.metadata),
-        create_time=_timestamp(context.create_time),
+    result = context_pb2.Context(
+        id=context.id, session_id=context.session_id, type=context.type, content=context.content
     )
+    _set_struct(result.metadata, context.metadata)
+    _set_time(result.create_time, context.create_time)
+    return result
 
 
 def rating_pb(rating: domain.Rating) -> rating_pb2.Rating:
-    return rating_pb2.Rating(
+    result = rating_pb2.Rating(
         id=rating.id,
         message_id=rating.message_id,
         user_id=rating.user_id,
         session_id=rating.session_id,
         value=rating.value,
         comment=rating.comment,
-        create_time=_timestamp(rating.create_time),
-        update_time=_timestamp(rating.update_time),
     )
+    _set_time(result.create_time, rating.create_time)
+    _set_time(result.update_time, rating.update_time)
+    return result
 
 
 # --- proto -> domain ------------------------------------------------------------------------------

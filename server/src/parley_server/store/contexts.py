@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import RowMapping, delete, exists, insert, select
+from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from parley_server.domain import Context, NewContext, Page, TimeCursor
@@ -11,10 +12,11 @@ from parley_server.store.database import Database
 from parley_server.store.tables import after_cursor, contexts, new_id, sessions, utcnow
 
 
-def to_context(row: RowMapping) -> Context:
+def to_context(row: Mapping[Any, Any]) -> Context:
+    """From a row (SQLAlchemy's, or asyncpg's, whose ids are UUID objects)."""
     return Context(
-        id=row["id"],
-        session_id=row["session_id"],
+        id=str(row["id"]),
+        session_id=str(row["session_id"]),
         type=row["type"],
         content=row["content"],
         metadata=row["metadata"],

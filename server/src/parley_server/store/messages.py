@@ -1,11 +1,23 @@
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-from sqlalchemy import ColumnElement, Select, delete, exists, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    bindparam,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,24 +71,30 @@ def _citations_json(items: Sequence[Citation]) -> list[dict[str, Any]] | None:
     ] or None
 
 
+_ROLES = {role.value: role for role in Role}
+
+
 def _to_message(row: Mapping[Any, Any]) -> Message:
+    """From a row (SQLAlchemy or asyncpg, whose ids are UUID objects) or an inserted row dict."""
+    reply_to, user_id = row["reply_to"], row["user_id"]
+    tool_calls, attachments, citations = row["tool_calls"], row["attachments"], row["citations"]
     return Message(
-        id=row["id"],
-        session_id=row["session_id"],
+        id=str(row["id"]),
+        session_id=str(row["session_id"]),
         seq=row["seq"],
-        role=Role(row["role"]),
+        role=_ROLES[row["role"]],
         content=row["content"],
         name=row["name"],
-        tool_calls=tuple(ToolCall(**c) for c in row["tool_calls"] or ()),
+        tool_calls=tuple(ToolCall(**c) for c in tool_calls) if tool_calls else (),
         tool_call_id=row["tool_call_id"],
         invocation_id=row["invocation_id"],
         thread_id=row["thread_id"],
-        reply_to=row["reply_to"] or "",
+        reply_to=str(reply_to) if reply_to else "",
         chapter=row["chapter"],
-        attachments=tuple(Attachment(**a) for a in row["attachments"] or ()),
-        citations=tuple(Citation(**c) for c in row["citations"] or ()),
+        attachments=tuple(Attachment(**a) for a in attachments) if attachments else (),
+        citations=tuple(Citation(**c) for c in citations) if citations else (),
         metadata=row["metadata"] or {},
-        user_id=row["user_id"] or "",
+        user_id=str(user_id) if user_id else "",
         create_time=row["create_time"],
     )
 
@@ -129,23 +147,84 @@ RETURNING id, seq
 """
 
 
-def _conditions(session_id: str, where: MessageFilter) -> list[ColumnElement[bool]]:
-    conditions = [messages.c.session_id == session_id]
-    if where.chapter:
-        conditions.append(messages.c.chapter == where.chapter)
-    if where.thread_id:
-        conditions.append(messages.c.thread_id == where.thread_id)
-    if where.invocation_id:
-        conditions.append(messages.c.invocation_id == where.invocation_id)
-    if where.role is not None:
-        conditions.append(messages.c.role == where.role.value)
-    if where.after_seq:
-        conditions.append(messages.c.seq > where.after_seq)
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """Which conditions a list query has: each shape is built and compiled once."""
+
+    chapter: bool
+    thread_id: bool
+    invocation_id: bool
+    role: bool
+    after_seq: bool
+    newest_first: bool
+    after_position: bool
+
+    @classmethod
+    def of(cls, where: MessageFilter, *, newest_first: bool, after_position: bool) -> _Shape:
+        return cls(
+            chapter=bool(where.chapter),
+            thread_id=bool(where.thread_id),
+            invocation_id=bool(where.invocation_id),
+            role=where.role is not None,
+            after_seq=where.after_seq > 0,
+            newest_first=newest_first,
+            after_position=after_position,
+        )
+
+    @property
+    def filtered(self) -> bool:
+        return self.chapter or self.thread_id or self.invocation_id or self.role or self.after_seq
+
+
+def _filter(shape: _Shape) -> list[ColumnElement[bool]]:
+    """The conditions of `shape`'s filter (not its keyset position), over named parameters."""
+    conditions = [messages.c.session_id == bindparam("session_id")]
+    for column, present in (
+        (messages.c.chapter, shape.chapter),
+        (messages.c.thread_id, shape.thread_id),
+        (messages.c.invocation_id, shape.invocation_id),
+        (messages.c.role, shape.role),
+    ):
+        if present:
+            conditions.append(column == bindparam(column.name))
+    if shape.after_seq:
+        conditions.append(messages.c.seq > bindparam("after_seq"))
     return conditions
 
 
-def _message_count(session_id: str) -> Select[int]:
-    return select(sessions.c.message_count).where(sessions.c.id == session_id)
+@functools.cache
+def _page_query(shape: _Shape, with_total: bool) -> Select[Any]:
+    query = select(messages).where(*_filter(shape)).limit(bindparam("limit"))
+    if shape.newest_first:
+        query = query.order_by(messages.c.seq.desc())
+        if shape.after_position:
+            query = query.where(messages.c.seq < bindparam("position"))
+    else:
+        query = query.order_by(messages.c.seq).where(messages.c.seq > bindparam("position"))
+    if with_total:
+        query = query.add_columns(_MESSAGE_COUNT.scalar_subquery().label("total"))
+    return query
+
+
+@functools.cache
+def _count_query(shape: _Shape) -> Select[Any]:
+    return select(func.count().label("count")).select_from(messages).where(*_filter(shape))
+
+
+_MESSAGE_COUNT = select(sessions.c.message_count).where(sessions.c.id == bindparam("session_id"))
+_WINDOW_SESSION = select(sessions).where(sessions.c.id == bindparam("session_id"))
+_WINDOW_CONTEXTS = (
+    select(contexts)
+    .where(contexts.c.session_id == bindparam("session_id"))
+    .order_by(contexts.c.create_time, contexts.c.id)
+    .limit(MAX_WINDOW_CONTEXTS)
+)
+_WINDOW_MESSAGES = (
+    select(messages)
+    .where(messages.c.session_id == bindparam("session_id"))
+    .order_by(messages.c.seq.desc())
+    .limit(bindparam("limit"))
+)
 
 
 class MessageStore:
@@ -268,37 +347,34 @@ class MessageStore:
     ) -> Page[Message]:
         """Messages matching `where` after keyset `position` (a seq; 0 to start): in seq order, or
         newest first. With count_total, the page says how many match in all."""
-        conditions = _conditions(session_id, where)
-        filtered = len(conditions) > 1
-        query = select(messages).where(*conditions).limit(limit + 1)
-        if newest_first:
-            query = query.order_by(messages.c.seq.desc())
-            if position:
-                query = query.where(messages.c.seq < position)
-        else:
-            query = query.order_by(messages.c.seq).where(messages.c.seq > position)
-        if count_total and not filtered:
-            # The session's own counter is the total: no scan, and no second round trip.
-            query = query.add_columns(_message_count(session_id).scalar_subquery().label("total"))
-        async with self._db.read() as session:
-            rows = (await session.execute(query)).all()
-            total: int | None = None
-            if rows and count_total and not filtered:
-                total = rows[0].total
-            elif not rows or count_total:
-                message_count = await session.scalar(_message_count(session_id))
-                if message_count is None:
-                    raise NotFound.resource("session", session_id)
-                if count_total:
-                    total = (
-                        await session.scalar(
-                            select(func.count()).select_from(messages).where(*conditions)
-                        )
-                        if filtered
-                        else message_count
-                    )
+        shape = _Shape.of(where, newest_first=newest_first, after_position=position > 0)
+        filtered = shape.filtered
+        # Unfiltered, the session's own counter is the total: no scan, and no second round trip.
+        total_inline = count_total and not filtered
+        values = {
+            "session_id": session_id,
+            "chapter": where.chapter,
+            "thread_id": where.thread_id,
+            "invocation_id": where.invocation_id,
+            "role": where.role.value if where.role is not None else "",
+            "after_seq": where.after_seq,
+            "position": position,
+            "limit": limit + 1,
+        }
+        rows = await self._db.fetch(_page_query(shape, total_inline), values)
+        total: int | None = rows[0]["total"] if rows and total_inline else None
+        if not rows or (count_total and filtered):
+            found = await self._db.fetch(_MESSAGE_COUNT, values)
+            if not found:
+                raise NotFound.resource("session", session_id)
+            if count_total:
+                total = (
+                    (await self._db.fetch(_count_query(shape), values))[0]["count"]
+                    if filtered
+                    else found[0]["message_count"]
+                )
         return Page(
-            [_to_message(r._mapping) for r in rows[:limit]],
+            [_to_message(row) for row in rows[:limit]],
             has_more=len(rows) > limit,
             total_size=total,
         )
@@ -306,33 +382,17 @@ class MessageStore:
     async def context_window(self, session_id: str, max_messages: int) -> ContextWindow:
         """The session, its contexts (oldest first, at most MAX_WINDOW_CONTEXTS) and its newest
         max_messages messages in seq order, all from one snapshot."""
-        async with self._db.snapshot() as session:
-            session_row = (
-                await session.execute(select(sessions).where(sessions.c.id == session_id))
-            ).first()
-            if session_row is None:
-                raise NotFound.resource("session", session_id)
-            context_rows = (
-                await session.execute(
-                    select(contexts)
-                    .where(contexts.c.session_id == session_id)
-                    .order_by(contexts.c.create_time, contexts.c.id)
-                    .limit(MAX_WINDOW_CONTEXTS)
-                )
-            ).all()
-            message_rows = (
-                await session.execute(
-                    select(messages)
-                    .where(messages.c.session_id == session_id)
-                    .order_by(messages.c.seq.desc())
-                    .limit(max_messages + 1)
-                )
-            ).all()
+        values = {"session_id": session_id, "limit": max_messages + 1}
+        session_rows, context_rows, message_rows = await self._db.fetch_snapshot(
+            [(_WINDOW_SESSION, values), (_WINDOW_CONTEXTS, values), (_WINDOW_MESSAGES, values)]
+        )
+        if not session_rows:
+            raise NotFound.resource("session", session_id)
         newest = message_rows[:max_messages]
         return ContextWindow(
-            session=to_session(session_row._mapping),
-            contexts=[to_context(r._mapping) for r in context_rows],
-            messages=[_to_message(r._mapping) for r in reversed(newest)],
+            session=to_session(session_rows[0]),
+            contexts=[to_context(row) for row in context_rows],
+            messages=[_to_message(row) for row in reversed(newest)],
             has_earlier_messages=len(message_rows) > max_messages,
         )
 

@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import RowMapping, delete, exists, func, insert, select, update
+from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -12,10 +13,12 @@ from parley_server.store.database import Database
 from parley_server.store.tables import after_cursor, new_id, sessions, users, utcnow
 
 
-def to_session(row: RowMapping) -> Session:
+def to_session(row: Mapping[Any, Any]) -> Session:
+    """From a row (SQLAlchemy's, or asyncpg's, whose ids are UUID objects)."""
+    user_id = row["user_id"]
     return Session(
-        id=row["id"],
-        user_id=row["user_id"] or "",
+        id=str(row["id"]),
+        user_id=str(user_id) if user_id else "",
         title=row["title"],
         metadata=row["metadata"],
         client_info=ClientInfo(
