@@ -10,10 +10,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from parley_client import ParleyClient
 from parley_server.config import Settings
 from parley_server.store.database import Database, create_engine
 from parley_server.store.schema import UTCDateTime
 from tests.conftest import _admin
+from tests.factories import a_session, some_messages
 
 
 async def test_commits_are_durable_even_where_the_database_says_otherwise(
@@ -61,3 +63,23 @@ def test_naive_datetimes_are_refused() -> None:
     column = UTCDateTime()
     with pytest.raises(ValueError, match="naive"):
         column.process_bind_param(datetime(2026, 1, 1), dialect=None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite has no server to close connections
+async def test_connections_the_database_closed_are_replaced(
+    client: ParleyClient, database_url: str
+) -> None:
+    """Without a pre-ping round trip: a pooled connection that the database closed (a restart, an
+    admin's pg_terminate_backend) is noticed at checkout and replaced, so no RPC fails for it."""
+    url = make_url(database_url)
+    _, session = await a_session(client)
+    await some_messages(client, session.id, 3)  # the pool now holds open connections
+    await _admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE datname = '{url.database}' AND pid <> pg_backend_pid()"
+    )
+    await asyncio.sleep(0.2)  # the event loop sees the connections' EOF
+    for _ in range(5):  # reads, writes and the group-commit writer all get fresh connections
+        await client.append_message(session.id, role="user", content="after")
+        assert len((await client.list_messages(session.id)).messages) >= 4
+        await client.get_session(session.id)

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -227,10 +229,18 @@ _WINDOW_MESSAGES = (
 )
 
 
+@asynccontextmanager
+async def _no_writer() -> AsyncIterator[None]:
+    yield
+
+
 class MessageStore:
     def __init__(self, db: Database, *, write_lanes: int = 1) -> None:
         self._db = db
-        self._group_commit = (
+        # Every append goes through group commit. PostgreSQL: one statement per batch on a driver
+        # connection held while the lane is busy. SQLite: one transaction per batch, one lane (it
+        # has one writer anyway).
+        self._group_commit: GroupCommit[Any] = (
             GroupCommit(
                 db.driver,
                 self._write_batch_postgresql,
@@ -238,14 +248,16 @@ class MessageStore:
                 isolate=(asyncpg.IntegrityConstraintViolationError,),
             )
             if db.dialect == "postgresql"
-            else None
+            else GroupCommit(
+                _no_writer, self._write_batch_sqlite, lanes=1, isolate=(IntegrityError,)
+            )
         )
 
     async def append(self, session_id: str, news: Sequence[NewMessage]) -> list[Message]:
-        """Append news in order with consecutive seqs, atomically; the batch must not be empty."""
-        count = len(news)
+        """Append news in order with consecutive seqs, atomically; the batch must not be empty.
+        Its create_time is when the statement carrying it runs (see group_commit)."""
         now = utcnow()
-        rows = [
+        rows: list[dict[str, Any]] = [
             {
                 "id": new.id or new_id(),
                 "session_id": session_id,
@@ -266,51 +278,17 @@ class MessageStore:
             }
             for new in news
         ]
-        if self._group_commit is not None:
-            await self._append_postgresql(self._group_commit, session_id, rows)
-            return [_to_message(row) for row in rows]
-        try:
-            async with self._db.write() as session:
-                # Reserving the seqs locks the session row, so appends to one session queue here and
-                # each takes the next range; a closed session matches nothing.
-                last_seq = await session.scalar(
-                    update(sessions)
-                    .where(sessions.c.id == session_id, sessions.c.end_time.is_(None))
-                    .values(
-                        last_seq=sessions.c.last_seq + count,
-                        message_count=sessions.c.message_count + count,
-                        last_message_time=now,
-                        update_time=now,
-                    )
-                    .returning(sessions.c.last_seq)
-                )
-                if last_seq is None:
-                    raise await _closed_or_missing(session, session_id)
-                first_seq = last_seq - count + 1
-                for offset, row in enumerate(rows):
-                    row["seq"] = first_seq + offset
-                await session.execute(insert(messages), rows)
-        except IntegrityError as error:
-            raise await self._conflict(rows) from error
-        return [_to_message(row) for row in rows]
-
-    async def _append_postgresql(
-        self,
-        group_commit: GroupCommit[asyncpg.Connection],
-        session_id: str,
-        rows: list[dict[str, Any]],
-    ) -> None:
-        """Append through group commit: this append shares its statement with concurrent ones."""
         try:
             async with translated_errors():
-                seqs = await group_commit.append(session_id, rows)
-        except asyncpg.IntegrityConstraintViolationError as error:
+                seqs = await self._group_commit.append(session_id, rows)
+        except (IntegrityError, asyncpg.IntegrityConstraintViolationError) as error:
             raise await self._conflict(rows) from error
         if seqs is None:
             async with self._db.read() as session:
                 raise await _closed_or_missing(session, session_id)
         for row, seq in zip(rows, seqs, strict=True):
             row["seq"] = seq
+        return [_to_message(row) for row in rows]
 
     async def _write_batch_postgresql(
         self, connection: asyncpg.Connection, rows: list[dict[str, Any]]
@@ -325,6 +303,36 @@ class MessageStore:
             columns[index] = [None if v is None else json.dumps(v) for v in columns[index]]
         records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
         return {str(record["id"]): record["seq"] for record in records}
+
+    async def _write_batch_sqlite(self, _: None, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """The rows of several appends in one transaction (one fsync): per session, an UPDATE that
+        reserves its seqs (and matches nothing if it is closed or missing), then one INSERT."""
+        now = utcnow()
+        wanted = Counter(row["session_id"] for row in rows)
+        async with self._db.write() as session:
+            next_seq: dict[str, int] = {}
+            for session_id, count in wanted.items():
+                last_seq = await session.scalar(
+                    update(sessions)
+                    .where(sessions.c.id == session_id, sessions.c.end_time.is_(None))
+                    .values(
+                        last_seq=sessions.c.last_seq + count,
+                        message_count=sessions.c.message_count + count,
+                        last_message_time=now,
+                        update_time=now,
+                    )
+                    .returning(sessions.c.last_seq)
+                )
+                if last_seq is not None:
+                    next_seq[session_id] = last_seq - count + 1
+            written = [row for row in rows if row["session_id"] in next_seq]
+            for row in written:
+                row["seq"] = next_seq[row["session_id"]]
+                next_seq[row["session_id"]] += 1
+                row["create_time"] = now
+            if written:
+                await session.execute(insert(messages), written)
+        return {row["id"]: row["seq"] for row in written}
 
     async def get(self, message_id: str) -> Message:
         async with self._db.read() as session:

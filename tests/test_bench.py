@@ -1,0 +1,34 @@
+"""`make bench` stays runnable: the whole benchmark, end to end, with tiny durations."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    command = [
+        sys.executable, str(ROOT / "bench" / "run.py"), "--backends", "sqlite",
+        "--clients", "1,2", "--seconds", "0.3", "--warmup", "0.1",
+        "--growth", "100,200", "--growth-seconds", "0.4", "--results", str(tmp_path),
+    ]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    results = json.loads((tmp_path / "sqlite.json").read_text())
+    workloads = {cell["workload"] for cell in results["cells"]}
+    assert workloads == {
+        "append", "batch_append_10", "list_last_50", "stream_1000", "context_window",
+    }  # fmt: skip
+    assert all(cell["errors"] == 0 and cell["operations"] > 0 for cell in results["cells"])
+    assert {c["workload"] for c in results["ceilings"]} == {
+        "ceiling_1_database",
+        "ceiling_2_grpc",
+    }
+    assert all(cell["fraction_of_ceiling"] > 0 for cell in results["cells"])
+    assert [point["session_size"] for point in results["growth"]] == [100, 200]
+    assert (tmp_path / "chart.png").stat().st_size > 10_000
+    assert "fraction of ceiling" in finished.stdout
