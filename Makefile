@@ -37,10 +37,7 @@ bench: sync
 protos: sync
 	$(RUN) python scripts/gen_protos.py
 
-check-bench: sync
-	$(RUN) python bench/run.py $(BENCH_ARGS)
-
-protos: sync
+check-protos: sync
 	$(RUN) python scripts/gen_protos.py --check
 
 # Schema drift (alembic check) is a test: tests/test_migrations.py compares the migrated schema with

@@ -72,3 +72,28 @@ def test_importing_the_client_loads_no_server_dependency() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
     ).stdout
     assert output.strip() == "[]"
+
+
+def _recipe(target: str) -> str:
+    finished = subprocess.run(
+        ["make", "-n", "--no-print-directory", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "warning" not in finished.stderr, finished.stderr  # e.g. a target defined twice
+    return finished.stdout
+
+
+def test_the_makefile_targets_do_what_ci_relies_on() -> None:
+    lint = _recipe("lint")
+    for step in ("gen_protos.py --check", "ruff check", "ruff format --check", "mypy", "buf lint"):
+        assert step in lint, f"make lint no longer runs {step}"
+    assert "pytest" in _recipe("test")
+    protos = _recipe("protos")
+    assert "gen_protos.py" in protos
+    assert "--check" not in protos
+    assert "bench/run.py" in _recipe("bench")
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    assert "PARLEY_REQUIRE_POSTGRES=1" in (ROOT / ".ci" / "run").read_text()
