@@ -103,10 +103,12 @@ def _to_message(row: Mapping[Any, Any]) -> Message:
 
 MAX_WINDOW_CONTEXTS = 1000
 
-# The PostgreSQL append, for the rows of several appends at once: `batch` numbers the rows in
-# order; `reserved` takes each session's seqs in one UPDATE, which locks the session rows (appends
-# to one session queue there) and matches nothing for a closed or missing session, whose rows are
-# then not inserted; each row gets the next seq of its session, in order.
+# The PostgreSQL append, for the rows of several appends at once. `batch` numbers the rows in
+# order. `locked` locks the open sessions among them in id order: the UPDATE only reaches a session
+# through it, so every statement (of every server process) takes its locks in one global order and
+# two never wait on each other in a cycle (a test caught that deadlock without it). A closed or
+# missing session is not locked, so its rows are not inserted. `reserved` takes each session's
+# seqs; each row gets the next seq of its session, in order.
 _UNNESTED = (
     "session_id", "id", "role", "content", "name", "tool_calls", "tool_call_id", "invocation_id",
     "thread_id", "reply_to", "chapter", "attachments", "citations", "metadata", "user_id",
@@ -126,13 +128,19 @@ WITH batch AS (
     )
 ), wanted AS (
     SELECT session_id, count(*) AS n FROM batch GROUP BY session_id
+), locked AS (
+    SELECT sessions.id, wanted.n
+    FROM sessions JOIN wanted ON wanted.session_id = sessions.id
+    WHERE sessions.end_time IS NULL
+    ORDER BY sessions.id
+    FOR NO KEY UPDATE OF sessions
 ), reserved AS (
     UPDATE sessions
-    SET last_seq = last_seq + wanted.n, message_count = message_count + wanted.n,
+    SET last_seq = last_seq + locked.n, message_count = message_count + locked.n,
         last_message_time = $1, update_time = $1
-    FROM wanted
-    WHERE sessions.id = wanted.session_id AND sessions.end_time IS NULL
-    RETURNING sessions.id, sessions.last_seq, wanted.n
+    FROM locked
+    WHERE sessions.id = locked.id
+    RETURNING sessions.id, sessions.last_seq, locked.n
 )
 INSERT INTO messages (
     id, session_id, seq, role, content, name, tool_calls, tool_call_id, invocation_id, thread_id,
