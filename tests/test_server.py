@@ -127,6 +127,8 @@ async def test_parley_serve_migrates_sqlite_and_stops_on_sigterm(tmp_path: Path)
         assert await asyncio.wait_for(process.wait(), 30) == 0
         rest = (await process.stderr.read()).decode()
         assert "stopped" in rest
+        # One log line per RPC: method, status and duration.
+        assert re.search(r"/parley\.v1\.ParleyService/CreateUser OK [\d.]+ms", rest), rest
     finally:
         if process.returncode is None:
             process.kill()

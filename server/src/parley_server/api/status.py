@@ -148,13 +148,14 @@ async def _guarded_call(
         log.exception("%s failed unexpectedly", method)
         await _abort(context, rpc_status.to_status(_INTERNAL))
     finally:
-        log.info(
-            "%s %s %.1fms peer=%s",
-            method,
-            code.name,
-            (time.perf_counter() - started) * 1000,
-            context.peer(),
-        )
+        if log.isEnabledFor(logging.INFO):  # peer() costs, even when the line is dropped
+            log.info(
+                "%s %s %.1fms peer=%s",
+                method,
+                code.name,
+                (time.perf_counter() - started) * 1000,
+                context.peer(),
+            )
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> None:
