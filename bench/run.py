@@ -327,7 +327,7 @@ async def database_ceiling(
 ) -> Cell:
     """Ceiling 1: the same rows into the same table, one autocommit INSERT each, no gRPC."""
     next_seq = [10_000_000 * (clients + 1)] * clients
-    if backend == "postgresql":
+    if make_url(database_url).get_backend_name() == "postgresql":
         dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
         pool = await asyncpg.create_pool(dsn, min_size=clients, max_size=clients)
         sql = (
@@ -461,7 +461,6 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
     max_clients = max(args.clients)
     extra_env = {"PARLEY_EVENT_LOOP": args.server_loop, **dict(args.server_env)}
     async with fresh_database(backend) as url, parley_server(url, extra_env) as server:
-        dialect = "postgresql" if backend == "postgres" else "sqlite"
         # Clients share args.channels connections (round robin), as threads of a service would.
         channels = [
             ParleyClient(server.address, default_timeout=60)
@@ -474,10 +473,9 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
             ceiling = float("nan")
             if not args.skip_ceilings:
                 ceiling_1 = await database_ceiling(
-                    dialect, url, fixtures.ceiling_sessions, count, args.seconds, args.warmup
+                    backend, url, fixtures.ceiling_sessions, count, args.seconds, args.warmup
                 )
                 ceiling_2 = await grpc_ceiling(backend, clients, count, args.seconds, args.warmup)
-                ceiling_1.backend = backend
                 result.ceilings += [ceiling_1, ceiling_2]
                 ceiling = min(ceiling_1.ops_per_second, ceiling_2.ops_per_second)
             for name, operation in operations.items():

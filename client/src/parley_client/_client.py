@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypedDict, TypeVar, Unpack
 
@@ -213,16 +213,7 @@ class ParleyClient:
         options: CallOptions,
     ) -> ResponseT:
         method = rpc(self._open()[1])
-        policy = _policy(options.get("retry", False))
-        if policy is not None and safety is Safety.UNSAFE:
-            raise ValueError(
-                "retrying this call could write twice; give the new resource an id (which makes"
-                " a repeat fail with AlreadyExistsError instead) or pass allow_missing=True to a"
-                " delete, then retry"
-            )
-        timeout = options.get("timeout", self._default_timeout)
-        metadata = self._call_metadata(options)
-        delays = policy.delays() if policy is not None else iter(())
+        timeout, metadata, delays = self._prepare(options, safety)
         while True:
             try:
                 return await method(request, timeout=timeout, metadata=metadata)
@@ -232,10 +223,22 @@ class ParleyClient:
                     raise from_rpc_error(error) from None
             await asyncio.sleep(delay)
 
-    def _call_metadata(self, options: CallOptions) -> tuple[tuple[str, str], ...]:
-        return self._metadata + tuple(
+    def _prepare(
+        self, options: CallOptions, safety: Safety
+    ) -> tuple[float | None, tuple[tuple[str, str], ...], Iterator[float]]:
+        """A call's deadline, its metadata, and the waits before each retry it may make."""
+        policy = _policy(options.get("retry", False))
+        if policy is not None and safety is Safety.UNSAFE:
+            raise ValueError(
+                "retrying this call could write twice; give the new resource an id (which makes"
+                " a repeat fail with AlreadyExistsError instead) or pass allow_missing=True to a"
+                " delete, then retry"
+            )
+        metadata = self._metadata + tuple(
             (key.lower(), value) for key, value in options.get("call_metadata", {}).items()
         )
+        delays = policy.delays() if policy is not None else iter(())
+        return options.get("timeout", self._default_timeout), metadata, delays
 
     # --- users ------------------------------------------------------------------------------------
 
@@ -552,10 +555,7 @@ class ParleyClient:
         With retry, a stream cut by UNAVAILABLE resumes after the last message received, so no
         message is repeated or skipped."""
         stub = self._open()[1]
-        policy = _policy(options.get("retry", False))
-        delays = policy.delays() if policy is not None else iter(())
-        timeout = options.get("timeout", self._default_timeout)
-        metadata = self._call_metadata(options)
+        timeout, metadata, delays = self._prepare(options, Safety.READ)
         position = after_seq
         while True:
             request = pb.StreamMessagesRequest(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -132,15 +132,6 @@ class Database:
         self._writer = async_sessionmaker(
             engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
-        # Several reads that must agree: one snapshot (SQLite's WAL read transactions already are).
-        self._snapshot = (
-            async_sessionmaker(
-                engine.execution_options(isolation_level="REPEATABLE READ"),
-                expire_on_commit=False,
-            )
-            if self.dialect == "postgresql"
-            else self._reader
-        )
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -148,29 +139,15 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def snapshot(self) -> AsyncIterator[AsyncSession]:
-        """A read-only transaction whose statements all see the database at one moment."""
-        async with translated_errors(), self._snapshot() as session, session.begin():
-            yield session
-
-    @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncSession]:
         """A transaction that commits when the block ends; the caller answers only after that."""
         async with (
-            self._queued_writer(),
+            self._write_lock or nullcontext(),
             translated_errors(),
             self._writer() as session,
             session.begin(),
         ):
             yield session
-
-    @asynccontextmanager
-    async def _queued_writer(self) -> AsyncIterator[None]:
-        if self._write_lock is None:
-            yield
-            return
-        async with self._write_lock:
-            yield
 
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[asyncpg.Connection]:
@@ -214,7 +191,7 @@ class Database:
                     cast(Rows, await connection.fetch(query.sql, *query.arguments(values)))
                     for query, values in compiled
                 ]
-        async with self.snapshot() as session:
+        async with self.read() as session:  # an SQLite WAL read transaction is one snapshot
             return [
                 cast(Rows, (await session.execute(statement, values)).mappings().all())
                 for statement, values in queries
@@ -242,27 +219,29 @@ async def translated_errors() -> AsyncIterator[None]:
     except exc.DBAPIError as error:
         sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
         if sqlstate in _RETRYABLE_SQLSTATES:
-            raise Aborted(
-                "the operation conflicted with a concurrent one; retry it",
-                reason="CONCURRENT_CONFLICT",
-            ) from error
+            raise _lost_race() from error
         if error.connection_invalidated or isinstance(
             error, exc.OperationalError | exc.InterfaceError
         ):
-            log.warning("database unavailable: %s", error)
-            raise Unavailable("the database is unavailable; retry with backoff") from error
+            raise _outage(error) from error
         raise
     except asyncpg.PostgresError as error:  # raised by driver() statements
         if error.sqlstate in _RETRYABLE_SQLSTATES:
-            raise Aborted(
-                "the operation conflicted with a concurrent one; retry it",
-                reason="CONCURRENT_CONFLICT",
-            ) from error
+            raise _lost_race() from error
         if isinstance(error, _UNAVAILABLE_ASYNCPG_ERRORS):
-            log.warning("database unavailable: %s", error)
-            raise Unavailable("the database is unavailable; retry with backoff") from error
+            raise _outage(error) from error
         raise
     except (exc.TimeoutError, asyncpg.InterfaceError, OSError) as error:
         # Pool exhausted, or the database refused the connection.
-        log.warning("database unavailable: %s", error)
-        raise Unavailable("the database is unavailable; retry with backoff") from error
+        raise _outage(error) from error
+
+
+def _lost_race() -> Aborted:
+    return Aborted(
+        "the operation conflicted with a concurrent one; retry it", reason="CONCURRENT_CONFLICT"
+    )
+
+
+def _outage(error: BaseException) -> Unavailable:
+    log.warning("database unavailable: %s", error)
+    return Unavailable("the database is unavailable; retry with backoff")

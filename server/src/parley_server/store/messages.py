@@ -3,8 +3,8 @@ from __future__ import annotations
 import functools
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,11 +237,6 @@ _WINDOW_MESSAGES = (
 )
 
 
-@asynccontextmanager
-async def _no_writer() -> AsyncIterator[None]:
-    yield
-
-
 class MessageStore:
     def __init__(self, db: Database, *, write_lanes: int = 1) -> None:
         self._db = db
@@ -257,14 +252,13 @@ class MessageStore:
             )
             if db.dialect == "postgresql"
             else GroupCommit(
-                _no_writer, self._write_batch_sqlite, lanes=1, isolate=(IntegrityError,)
+                nullcontext, self._write_batch_sqlite, lanes=1, isolate=(IntegrityError,)
             )
         )
 
     async def append(self, session_id: str, news: Sequence[NewMessage]) -> list[Message]:
         """Append news in order with consecutive seqs, atomically; the batch must not be empty.
         Its create_time is when the statement carrying it runs (see group_commit)."""
-        now = utcnow()
         rows: list[dict[str, Any]] = [
             {
                 "id": new.id or new_id(),
@@ -282,7 +276,6 @@ class MessageStore:
                 "citations": _citations_json(new.citations),
                 "metadata": new.metadata or None,
                 "user_id": new.user_id or None,
-                "create_time": now,
             }
             for new in news
         ]
