@@ -512,8 +512,10 @@ async def profiled(
     recorder = await asyncio.create_subprocess_exec(
         str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
         "--duration", str(int(args.seconds)), "--rate", "250", "--format", "raw",
-        "--output", str(raw), "--nonblocking", *(["--native"] if args.native else []),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        "--output", str(raw),
+        # Native frames need the target paused for each sample; Python frames alone do not.
+        *(["--native"] if args.native else ["--nonblocking"]),
+        stdout=subprocess.DEVNULL,
     )  # fmt: skip
     cell = await measuring
     await recorder.wait()
