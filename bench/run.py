@@ -389,30 +389,32 @@ async def grpc_ceiling(
 
 @dataclass
 class GrowthPoint:
-    """Median over rounds of each round's p50; "worst" is the highest round p50."""
+    """One session size. The p50s are medians over rounds of each round's p50. The ratios compare
+    this size with the smallest one measured in the same round (the median over rounds), so that
+    the machine's drift between rounds cancels out."""
 
     backend: str
     session_size: int
     append_p50_ms: float
-    append_worst_p50_ms: float
     list_last_50_p50_ms: float
-    list_last_50_worst_p50_ms: float
+    append_ratio: float
+    list_last_50_ratio: float
 
 
 async def growth(
-    backend: str, client: ParleyClient, sizes: list[int], seconds: float, rounds: int = 4
+    backend: str, client: ParleyClient, sizes: list[int], seconds: float, rounds: int = 8
 ) -> list[GrowthPoint]:
-    """Append and list-last-50 latency (one client) in sessions of each size. The sizes are
-    measured in alternation, several short rounds each, so the machine's drift falls on all of
-    them alike rather than on whichever came first."""
+    """Append and list-last-50 latency (one client) in sessions of each size, over many short
+    rounds; each round measures every size back to back, in alternating order."""
     user = await client.create_user(display_name="growth")
     sessions = {}
     for size in sizes:
         sessions[size] = (await client.create_session(user_id=user.id)).id
         await _fill(client, sessions[size], size)
-    samples: dict[tuple[int, str], list[float]] = {(size, w): [] for size in sizes for w in "al"}
-    for _ in range(rounds):
-        for size in sizes:
+    workloads = ("append", "list_last_50")
+    p50s: dict[tuple[int, str], list[float]] = {(size, w): [] for size in sizes for w in workloads}
+    for round_number in range(rounds):
+        for size in sizes if round_number % 2 == 0 else reversed(sizes):
             session = sessions[size]
 
             async def append(_: int, session: str = session) -> None:
@@ -421,26 +423,34 @@ async def growth(
             async def last_50(_: int, session: str = session) -> None:
                 await client.list_messages(session, page_size=50, newest_first=True)
 
-            for key, operation in (("a", append), ("l", last_50)):
+            for name, operation in zip(workloads, (append, last_50), strict=True):
                 cell = await closed_loop(
-                    backend, "growth", operation, 1, seconds / rounds, warmup=0.1
+                    backend, "growth", operation, 1, seconds / rounds, warmup=0.05
                 )
-                samples[(size, key)].append(cell.p50_ms)
+                p50s[(size, name)].append(cell.p50_ms)
+
+    def median(values: list[float]) -> float:
+        return sorted(values)[len(values) // 2]
+
+    def ratio(size: int, name: str) -> float:
+        base = p50s[(sizes[0], name)]
+        return median([value / base[i] for i, value in enumerate(p50s[(size, name)])])
+
     points = []
     for size in sizes:
-        appended, listed = sorted(samples[(size, "a")]), sorted(samples[(size, "l")])
         point = GrowthPoint(
             backend,
             size,
-            append_p50_ms=appended[len(appended) // 2],
-            append_worst_p50_ms=max(appended),
-            list_last_50_p50_ms=listed[len(listed) // 2],
-            list_last_50_worst_p50_ms=max(listed),
+            append_p50_ms=median(p50s[(size, "append")]),
+            list_last_50_p50_ms=median(p50s[(size, "list_last_50")]),
+            append_ratio=ratio(size, "append"),
+            list_last_50_ratio=ratio(size, "list_last_50"),
         )
         points.append(point)
         console.print(
-            f"  growth {size:>7} messages: append p50 {point.append_p50_ms:.2f} ms,"
-            f" list-last-50 p50 {point.list_last_50_p50_ms:.2f} ms"
+            f"  growth {size:>7} messages: append p50 {point.append_p50_ms:.2f} ms"
+            f" (x{point.append_ratio:.2f}), list-last-50 p50 {point.list_last_50_p50_ms:.2f} ms"
+            f" (x{point.list_last_50_ratio:.2f})"
         )
     return points
 
@@ -616,14 +626,19 @@ def checks(results: list[BackendResult]) -> list[Check]:
                 )
             )
         if result.growth:
-            for name, key in (("append", "append_p50_ms"), ("list-last-50", "list_last_50_p50_ms")):
-                values = [getattr(point, key) for point in result.growth]
-                spread = max(values) / min(values) - 1
+            for name, key in (("append", "append"), ("list-last-50", "list_last_50")):
+                ratios = [getattr(point, f"{key}_ratio") for point in result.growth]
+                spread = max(ratios) / min(ratios) - 1
                 found.append(
                     Check(
                         f"PostgreSQL {name} p50 flat from {result.growth[0].session_size:,} to"
                         f" {result.growth[-1].session_size:,} messages (within 20%)",
-                        " / ".join(f"{v:.2f}" for v in values) + f" ms (spread {spread:.0%})",
+                        " / ".join(
+                            f"{getattr(point, f'{key}_p50_ms'):.2f}" for point in result.growth
+                        )
+                        + " ms; paired ratios "
+                        + " / ".join(f"{r:.2f}" for r in ratios)
+                        + f" (spread {spread:.0%})",
                         spread <= 0.20,
                     )
                 )
@@ -720,7 +735,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="session sizes for the growth check; empty to skip",
     )
     parser.add_argument(
-        "--growth-seconds", type=float, default=4.0, help="per size and workload, over 4 rounds"
+        "--growth-seconds", type=float, default=4.0, help="per size and workload, over 8 rounds"
     )
     parser.add_argument("--server-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     parser.add_argument("--client-loop", choices=["uvloop", "asyncio"], default="uvloop")

@@ -30,5 +30,6 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     }
     assert all(cell["fraction_of_ceiling"] > 0 for cell in results["cells"])
     assert [point["session_size"] for point in results["growth"]] == [100, 200]
+    assert results["growth"][0]["append_ratio"] == 1.0  # each size against the first
     assert (tmp_path / "chart.png").stat().st_size > 10_000
     assert "fraction of ceiling" in finished.stdout
