@@ -75,6 +75,9 @@ class Cell:
     fraction_of_ceiling: float | None = None
     # CPU time per operation, microseconds: where the machine's two cores went.
     cpu_us_per_op: dict[str, float] = field(default_factory=dict)
+    # The share of all the machine's cores those processes kept busy. Near 1, more clients only
+    # queue for CPU: latency grows with their number, and throughput does not.
+    machine_busy: float = 0.0
 
 
 def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
@@ -153,6 +156,7 @@ async def closed_loop(
         console.print(f"[red]{workload}@{clients}: {len(errors)} errors, e.g. {errors[0]!r}")
     latencies.sort()
     elapsed = max(finished_at - measure_from, 1e-9)
+    cpu_seconds = sum(used.values())
     return Cell(
         backend=backend,
         workload=workload,
@@ -167,6 +171,7 @@ async def closed_loop(
             name: round(seconds_used / max(len(latencies), 1) * 1e6, 1)
             for name, seconds_used in used.items()
         },
+        machine_busy=cpu_seconds / elapsed / (os.cpu_count() or 1),
     )
 
 
@@ -502,7 +507,8 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
                 console.print(
                     f"  {backend:<8} {name:<16} {count:>3} clients: {cell.ops_per_second:>8.0f}"
                     f" ops/s p50 {cell.p50_ms:6.2f} p99 {cell.p99_ms:6.2f} ms"
-                    f" ({cell.fraction_of_ceiling:.0%} of ceiling); CPU us/op: {cpu}"
+                    f" ({cell.fraction_of_ceiling:.0%} of ceiling); CPU us/op: {cpu};"
+                    f" machine {cell.machine_busy:.0%} busy"
                 )
         if args.growth:
             result.growth = await growth(backend, clients[0], args.growth, args.growth_seconds)
@@ -566,6 +572,7 @@ def table(results: list[BackendResult]) -> Table:
     for column in ("backend", "workload", "clients", "ops/s", "p50 ms", "p95 ms", "p99 ms"):
         out.add_column(column, justify="left" if column in ("backend", "workload") else "right")
     out.add_column("fraction of ceiling", justify="right")
+    out.add_column("CPU busy", justify="right")
     for result in results:
         for cell in sorted(result.ceilings + result.cells, key=lambda c: (c.clients, c.workload)):
             fraction = (
@@ -580,6 +587,7 @@ def table(results: list[BackendResult]) -> Table:
                 f"{cell.p95_ms:.2f}",
                 f"{cell.p99_ms:.2f}",
                 fraction,
+                f"{cell.machine_busy:.0%}",
             )
         out.add_section()
     return out
