@@ -172,7 +172,9 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
             v.add("messages", "two messages of the batch have the same id")
         v.raise_if_any()
         messages = await self._store.messages.append(session_id, news)
-        return pb.BatchAppendMessagesResponse(messages=[convert.message_pb(m) for m in messages])
+        response = pb.BatchAppendMessagesResponse()
+        convert.add_messages(response.messages, messages)
+        return response
 
     async def GetMessage(
         self, request: pb.GetMessageRequest, context: Context
@@ -192,11 +194,11 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         page = await self._store.messages.list(
             session_id, where, position=keyset.after_seq, limit=size, newest_first=newest_first
         )
-        return pb.ListMessagesResponse(
-            messages=[convert.message_pb(m) for m in page.items],
-            next_page_token=keyset.next_after_seq(page),
-            total_size=page.total_size or 0,
+        response = pb.ListMessagesResponse(
+            next_page_token=keyset.next_after_seq(page), total_size=page.total_size or 0
         )
+        convert.add_messages(response.messages, page.items)
+        return response
 
     async def StreamMessages(
         self, request: pb.StreamMessagesRequest, context: Context
@@ -211,9 +213,9 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
                 session_id, where, position=position, limit=STREAM_BATCH, count_total=False
             )
             if page.items:
-                yield pb.StreamMessagesResponse(
-                    messages=[convert.message_pb(m) for m in page.items]
-                )
+                response = pb.StreamMessagesResponse()
+                convert.add_messages(response.messages, page.items)
+                yield response
                 position = page.items[-1].seq
             if not page.has_more:
                 return
@@ -226,12 +228,13 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         max_messages = v.page_size("max_messages", request.max_messages)
         v.raise_if_any()
         window = await self._store.messages.context_window(session_id, max_messages)
-        return pb.GetContextWindowResponse(
+        response = pb.GetContextWindowResponse(
             session=convert.session_pb(window.session),
             contexts=[convert.context_pb(c) for c in window.contexts],
-            messages=[convert.message_pb(m) for m in window.messages],
             has_earlier_messages=window.has_earlier_messages,
         )
+        convert.add_messages(response.messages, window.messages)
+        return response
 
     async def DeleteMessage(self, request: pb.DeleteMessageRequest, context: Context) -> Empty:
         await self._store.messages.delete(
