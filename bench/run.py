@@ -634,7 +634,8 @@ def checks(results: list[BackendResult]) -> list[Check]:
                 )
             )
         if result.growth:
-            for name, key in (("append", "append"), ("list-last-50", "list_last_50")):
+            for key in ("append", "list_last_50"):
+                name = key.replace("_", "-")
                 ratios = [getattr(point, f"{key}_ratio") for point in result.growth]
                 spread = max(ratios) / min(ratios) - 1
                 found.append(
