@@ -156,7 +156,6 @@ async def closed_loop(
         console.print(f"[red]{workload}@{clients}: {len(errors)} errors, e.g. {errors[0]!r}")
     latencies.sort()
     elapsed = max(finished_at - measure_from, 1e-9)
-    cpu_seconds = sum(used.values())
     return Cell(
         backend=backend,
         workload=workload,
@@ -171,7 +170,7 @@ async def closed_loop(
             name: round(seconds_used / max(len(latencies), 1) * 1e6, 1)
             for name, seconds_used in used.items()
         },
-        machine_busy=cpu_seconds / elapsed / (os.cpu_count() or 1),
+        machine_busy=sum(used.values()) / elapsed / (os.cpu_count() or 1),
     )
 
 

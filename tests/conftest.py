@@ -15,6 +15,7 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,12 +151,8 @@ async def database_url(
         return
     if postgres_template.name is None:
         _skip_or_fail_postgres(postgres_template)
-    name = f"parley_test_{uuid.uuid4().hex[:16]}"
-    await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template.name}"')
-    try:
-        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    async with _postgres_database("parley_test", f'TEMPLATE "{postgres_template.name}"') as url:
+        yield url
 
 
 @pytest.fixture
@@ -168,8 +165,15 @@ async def empty_database_url(
         return
     if postgres_template.name is None:
         _skip_or_fail_postgres(postgres_template)
-    name = f"parley_empty_{uuid.uuid4().hex[:16]}"
-    await _admin(f'CREATE DATABASE "{name}"')
+    async with _postgres_database("parley_empty") as url:
+        yield url
+
+
+@asynccontextmanager
+async def _postgres_database(prefix: str, options: str = "") -> AsyncIterator[str]:
+    """The URL of a new PostgreSQL database of its own (CREATE DATABASE options), dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+    await _admin(f'CREATE DATABASE "{name}" {options}')
     try:
         yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
     finally:
