@@ -206,7 +206,7 @@ def store(database: Database) -> Store:
 async def running_server(store: Store) -> AsyncIterator[RunningServer]:
     running = await create_server("127.0.0.1:0", store=store)
     yield running
-    await running.stop(None)
+    await running.stop(None, quiet=0)
 
 
 @pytest.fixture

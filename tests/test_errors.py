@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -122,13 +123,15 @@ async def test_unexpected_failure_is_a_bare_internal_without_details(
 async def unreachable_database_client() -> AsyncIterator[ParleyClient]:
     # Port 1 on loopback refuses connections: a database that is down.
     settings = Settings(
-        database_url="postgresql+asyncpg://postgres@127.0.0.1:1/parley", db_pool_timeout_seconds=2
+        database_url="postgresql+asyncpg://postgres@127.0.0.1:1/parley",
+        db_pool_timeout_seconds=2,
+        page_token_secret=base64.b64encode(bytes(32)).decode(),
     )
     database = Database(create_engine(settings))
     running = await create_server("127.0.0.1:0", store=Store.over(database), settings=settings)
     async with ParleyClient(f"127.0.0.1:{running.port}", default_timeout=20) as client:
         yield client
-    await running.stop(None)
+    await running.stop(None, quiet=0)
     await database.dispose()
 
 

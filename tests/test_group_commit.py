@@ -71,7 +71,12 @@ def database() -> FakeDatabase:
 
 
 def group_commit(database: FakeDatabase, lanes: int = 1) -> GroupCommit[Any]:
-    return GroupCommit(database.writer, database.write, lanes=lanes, isolate=(TakenError,))
+    return GroupCommit(
+        database.writer,
+        database.write,
+        lanes=lanes,
+        wrote_nothing=lambda error: isinstance(error, TakenError),
+    )
 
 
 async def test_concurrent_appends_share_statements(database: FakeDatabase) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_path
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +39,22 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="on SIGTERM, how long in-flight RPCs may take to finish"
     )
+    stream_stall_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="cancel a server stream whose client has taken no response for this long",
+    )
+    response_budget_bytes: int = Field(
+        3 * 1024 * 1024,
+        ge=64 * 1024,
+        description="bytes of listed items per response or stream batch (clients accept 4 MiB"
+        " by default); a page ends early, with a next_page_token, rather than pass it",
+    )
+    page_token_secret: SecretStr | None = Field(
+        None,
+        description="key that signs page tokens (base64, 16+ bytes); default: the one the"
+        " migrations stored in the database, shared by every server over it",
+    )
     max_receive_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="largest request the server accepts"
     )
@@ -49,6 +66,12 @@ class Settings(BaseSettings):
         None,
         description="migrate the schema on start; default: yes for SQLite, no for other databases",
     )
+
+    def page_token_key(self) -> bytes | None:
+        """The configured page-token key, or None to use the database's."""
+        if self.page_token_secret is None:
+            return None
+        return base64.b64decode(self.page_token_secret.get_secret_value(), validate=True)
 
     @property
     def is_sqlite(self) -> bool:

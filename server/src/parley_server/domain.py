@@ -158,6 +158,8 @@ class NewMessage:
     citations: tuple[Citation, ...] = ()
     metadata: JsonObject = field(default_factory=dict)
     user_id: str = ""
+    # Its size in the API's encoding once stored, so reads can keep responses within a byte budget.
+    size_bytes: int = 0
 
 
 @dataclass(slots=True, kw_only=True)

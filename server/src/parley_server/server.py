@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +18,13 @@ from grpc_reflection.v1alpha import reflection
 from sqlalchemy.engine import make_url
 
 from parley_client._gen.parley.v1 import parley_service_pb2, parley_service_pb2_grpc
+from parley_server.api.interceptors import (
+    ErrorInterceptor,
+    LifecycleInterceptor,
+    LoggingInterceptor,
+)
+from parley_server.api.pagination import PageTokens
 from parley_server.api.servicer import ParleyServicer
-from parley_server.api.status import ErrorInterceptor
 from parley_server.config import Settings
 from parley_server.store import Database, Store
 from parley_server.store import migrate as migrations
@@ -25,6 +32,8 @@ from parley_server.store.database import create_engine
 
 log = logging.getLogger("parley")
 
+# After draining, how long no new call may have arrived before grpc is stopped.
+QUIET_BEFORE_STOP = 0.5
 SERVICE_NAME = parley_service_pb2.DESCRIPTOR.services_by_name["ParleyService"].full_name
 
 
@@ -33,11 +42,21 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped in grpc-stubs)
+    lifecycle: LifecycleInterceptor
 
-    async def stop(self, grace: float | None) -> None:
-        """Stop taking new RPCs and give in-flight ones `grace` seconds to finish."""
+    async def stop(self, grace: float | None, *, quiet: float = QUIET_BEFORE_STOP) -> None:
+        """Shut down so that no client loses a call it would not retry: health says NOT_SERVING,
+        new calls get UNAVAILABLE, streams end with UNAVAILABLE at their next response, and calls
+        in flight get `grace` seconds (None: as long as they take) to finish before the rest are
+        cancelled. grpc itself is stopped once no call has arrived for `quiet` seconds."""
+        deadline = None if grace is None else time.monotonic() + grace
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        self.lifecycle.drain()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                await self.lifecycle.settled(quiet=quiet)
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        await self.server.stop(left)
 
 
 async def create_server(
@@ -45,15 +64,20 @@ async def create_server(
 ) -> RunningServer:
     """Start a server for `store` on `address` ("host:port"; port 0 picks a free one)."""
     settings = settings or Settings()
+    lifecycle = LifecycleInterceptor(stall_timeout=settings.stream_stall_timeout_seconds)
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=[LoggingInterceptor(), ErrorInterceptor(), lifecycle],
         options=[
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
             # Fail to start, rather than silently share the port, when another server holds it.
             ("grpc.so_reuseport", 0),
         ],
     )
-    parley_service_pb2_grpc.add_ParleyServiceServicer_to_server(ParleyServicer(store), server)
+    tokens = PageTokens(settings.page_token_key() or await store.secrets.get("page_token"))
+    servicer = ParleyServicer(
+        store, tokens=tokens, response_budget_bytes=settings.response_budget_bytes
+    )
+    parley_service_pb2_grpc.add_ParleyServiceServicer_to_server(servicer, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -66,7 +90,7 @@ async def create_server(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server=server, port=port, health=health_servicer)
+    return RunningServer(server=server, port=port, health=health_servicer, lifecycle=lifecycle)
 
 
 async def prepare_database(settings: Settings) -> Database:

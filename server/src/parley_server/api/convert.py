@@ -335,6 +335,11 @@ def session_patch(
     return domain.SessionPatch(**SESSION_FIELDS.read(request_session, "session", paths, v))
 
 
+# What the server adds to a message it stores (id, session_id, seq, create_time) and its framing in
+# a response's repeated field, at most.
+SERVER_FIELDS_BYTES = 128
+
+
 def new_message(
     message: message_pb2.Message, prefix: str, session_id: str, v: Violations
 ) -> domain.NewMessage:
@@ -404,6 +409,7 @@ def new_message(
         citations=tuple(citations),
         metadata=struct_dict(message.metadata),
         user_id=v.uuid(f"{prefix}.user_id", message.user_id, required=False),
+        size_bytes=message.ByteSize() + SERVER_FIELDS_BYTES,
     )
 
 

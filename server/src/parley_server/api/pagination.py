@@ -1,10 +1,19 @@
-"""Opaque, keyset-based page tokens (AIP-158): a serialized internal proto, never an offset."""
+"""Opaque, signed, keyset-based page tokens (AIP-158): a serialized internal proto and its HMAC,
+never an offset.
+
+A token is honoured only if this service issued it for the same method and the same filter
+arguments: its tag is an HMAC-SHA256 over all of that, keyed with a secret that every server
+process over one database shares (made by a migration, kept in the database), so a page can be
+fetched from any process and a forged or altered token is INVALID_ARGUMENT.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import hmac
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -17,6 +26,9 @@ from parley_server.errors import InvalidArgument
 
 _FIELD = "page_token"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TAG_BYTES = 16
+_MAX_MICROS = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+_MIN_MICROS = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
 
 def fingerprint(*filters: object) -> bytes:
@@ -24,29 +36,55 @@ def fingerprint(*filters: object) -> bytes:
     return hashlib.sha256(repr(filters).encode()).digest()[:12]
 
 
-def encode(token: PageToken) -> str:
-    return base64.urlsafe_b64encode(token.SerializeToString()).rstrip(b"=").decode()
+def _invalid(problem: str) -> InvalidArgument:
+    return InvalidArgument.field(_FIELD, problem)
 
 
-def decode(raw: str, *, method: str, filters: bytes) -> PageToken | None:
-    """The token a List request carries, checked against the request; None on the first page."""
-    if not raw:
-        return None
-    try:
-        token = PageToken.FromString(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (binascii.Error, ValueError, DecodeError):
-        token = None
-    if token is None or token.method != method:
-        raise InvalidArgument.field(
-            _FIELD, f"is not a {method} page token; pass back next_page_token unchanged"
-        )
-    if token.filter_fingerprint != filters:
-        raise InvalidArgument.field(
-            _FIELD,
-            "was issued for different filter arguments; keep them the same across pages, or"
-            " start again without a page_token",
-        )
-    return token
+class PageTokens:
+    """Issues and checks page tokens with one signing key."""
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("a page-token key needs at least 16 bytes")
+        self._key = key
+
+    def _tag(self, payload: bytes) -> bytes:
+        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_TAG_BYTES]
+
+    def encode(self, token: PageToken) -> str:
+        payload = token.SerializeToString()
+        return base64.urlsafe_b64encode(payload + self._tag(payload)).rstrip(b"=").decode()
+
+    def decode(self, raw: str, *, method: str, filters: bytes) -> PageToken | None:
+        """The token a List request carries, checked against the request; None on the first
+        page."""
+        if not raw:
+            return None
+        not_ours = _invalid(f"is not a {method} page token; pass back next_page_token unchanged")
+        try:
+            data = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4))
+        except (binascii.Error, ValueError):
+            raise not_ours from None
+        payload, tag = data[:-_TAG_BYTES], data[-_TAG_BYTES:]
+        if len(data) <= _TAG_BYTES or not hmac.compare_digest(tag, self._tag(payload)):
+            raise not_ours
+        try:
+            token = PageToken.FromString(payload)
+        except DecodeError:
+            raise not_ours from None
+        if token.method != method:
+            raise not_ours
+        if token.filter_fingerprint != filters:
+            raise _invalid(
+                "was issued for different filter arguments; keep them the same across pages, or"
+                " start again without a page_token"
+            )
+        return token
+
+    def keyset(self, method: str, page_token: str, *filters: object) -> Keyset:
+        """Check page_token against this request's method and filter arguments."""
+        digest = fingerprint(*filters)
+        return Keyset(self, method, digest, self.decode(page_token, method=method, filters=digest))
 
 
 class Timed(Protocol):
@@ -60,35 +98,41 @@ class Timed(Protocol):
 class Keyset:
     """The paging state of one List request: where it resumes and how to say where the next does."""
 
+    tokens: PageTokens
     method: str
     filters: bytes
     token: PageToken | None
-
-    @classmethod
-    def of(cls, method: str, page_token: str, *filters: object) -> Keyset:
-        """Check page_token against this request's method and filter arguments."""
-        digest = fingerprint(*filters)
-        return cls(method, digest, decode(page_token, method=method, filters=digest))
 
     @property
     def after_time(self) -> TimeCursor | None:
         """For lists ordered by (create_time, id)."""
         if self.token is None:
             return None
-        micros = timedelta(microseconds=self.token.last_time_micros)
-        return TimeCursor(time=_EPOCH + micros, id=self.token.last_id)
+        # A signed token holds what parley wrote; these checks only keep a leaked key harmless.
+        micros = self.token.last_time_micros
+        try:
+            last_id = str(uuid.UUID(self.token.last_id))
+        except ValueError:
+            last_id = ""
+        if not _MIN_MICROS <= micros <= _MAX_MICROS or not last_id:
+            raise _invalid("holds a position no list has; start again without a page_token")
+        return TimeCursor(time=_EPOCH + timedelta(microseconds=micros), id=last_id)
 
     @property
     def after_seq(self) -> int:
         """For lists ordered by seq."""
-        return self.token.last_seq if self.token is not None else 0
+        if self.token is None:
+            return 0
+        if not 0 <= self.token.last_seq < 2**63:
+            raise _invalid("holds a position no list has; start again without a page_token")
+        return self.token.last_seq
 
     def next_after_time(self, page: Page[Any]) -> str:
         if not page.has_more:
             return ""
         last: Timed = page.items[-1]
         micros = (last.create_time - _EPOCH) // timedelta(microseconds=1)
-        return encode(
+        return self.tokens.encode(
             PageToken(
                 method=self.method,
                 filter_fingerprint=self.filters,
@@ -100,7 +144,7 @@ class Keyset:
     def next_after_seq(self, page: Page[Any]) -> str:
         if not page.has_more:
             return ""
-        return encode(
+        return self.tokens.encode(
             PageToken(
                 method=self.method, filter_fingerprint=self.filters, last_seq=page.items[-1].seq
             )

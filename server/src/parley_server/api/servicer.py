@@ -3,11 +3,12 @@ status.ErrorInterceptor turns them into statuses."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
+from google.protobuf.message import Message as ProtoMessage
 
 from parley_client._gen.parley.v1 import (
     context_pb2,
@@ -22,18 +23,25 @@ from parley_client._gen.parley.v1 import (
 )
 from parley_server import domain
 from parley_server.api import convert
-from parley_server.api.pagination import Keyset
+from parley_server.api.pagination import PageTokens
 from parley_server.api.validate import Violations
+from parley_server.domain import Page
 from parley_server.store import Store
 
 MAX_BATCH_MESSAGES = 1000
-STREAM_BATCH = 500  # messages per StreamMessagesResponse: few writes, each well under 4 MB
+STREAM_BATCH = 500  # messages per StreamMessagesResponse at most (and at most the byte budget)
 Context = grpc.aio.ServicerContext[Any, Any]
+ItemT = TypeVar("ItemT")
+ProtoT = TypeVar("ProtoT", bound=ProtoMessage)
 
 
 class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, tokens: PageTokens, response_budget_bytes: int) -> None:
+        """response_budget_bytes: how much of a response its listed items may fill; a page (or a
+        stream's batch) ends early rather than pass it, though one item always goes out."""
         self._store = store
+        self._tokens = tokens
+        self._budget = response_budget_bytes
 
     # --- users ------------------------------------------------------------------------------------
 
@@ -52,12 +60,10 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        keyset = Keyset.of("ListUsers", request.page_token)
+        keyset = self._tokens.keyset("ListUsers", request.page_token)
         page = await self._store.users.list(after=keyset.after_time, limit=size)
-        return pb.ListUsersResponse(
-            users=[convert.user_pb(u) for u in page.items],
-            next_page_token=keyset.next_after_time(page),
-        )
+        page, users = self._fit(page, convert.user_pb)
+        return pb.ListUsersResponse(users=users, next_page_token=keyset.next_after_time(page))
 
     async def UpdateUser(self, request: pb.UpdateUserRequest, context: Context) -> user_pb2.User:
         v = Violations()
@@ -94,10 +100,11 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         user_id = v.uuid("user_id", request.user_id, required=False)
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        keyset = Keyset.of("ListSessions", request.page_token, user_id)
+        keyset = self._tokens.keyset("ListSessions", request.page_token, user_id)
         page = await self._store.sessions.list(user_id=user_id, after=keyset.after_time, limit=size)
+        page, sessions = self._fit(page, convert.session_pb)
         return pb.ListSessionsResponse(
-            sessions=[convert.session_pb(s) for s in page.items],
+            sessions=sessions,
             next_page_token=keyset.next_after_time(page),
             total_size=page.total_size or 0,
         )
@@ -190,9 +197,16 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         where = _message_filter(request, v)
         newest_first = _newest_first(request.order_by, v)
         v.raise_if_any()
-        keyset = Keyset.of("ListMessages", request.page_token, session_id, where, newest_first)
+        keyset = self._tokens.keyset(
+            "ListMessages", request.page_token, session_id, where, newest_first
+        )
         page = await self._store.messages.list(
-            session_id, where, position=keyset.after_seq, limit=size, newest_first=newest_first
+            session_id,
+            where,
+            position=keyset.after_seq,
+            limit=size,
+            max_bytes=self._budget,
+            newest_first=newest_first,
         )
         response = pb.ListMessagesResponse(
             next_page_token=keyset.next_after_seq(page), total_size=page.total_size or 0
@@ -210,7 +224,12 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         position = 0
         while True:
             page = await self._store.messages.list(
-                session_id, where, position=position, limit=STREAM_BATCH, count_total=False
+                session_id,
+                where,
+                position=position,
+                limit=STREAM_BATCH,
+                max_bytes=self._budget,
+                count_total=False,
             )
             if page.items:
                 response = pb.StreamMessagesResponse()
@@ -227,7 +246,9 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         session_id = v.uuid("session_id", request.session_id, required=True)
         max_messages = v.page_size("max_messages", request.max_messages)
         v.raise_if_any()
-        window = await self._store.messages.context_window(session_id, max_messages)
+        window = await self._store.messages.context_window(
+            session_id, max_messages, max_bytes=self._budget
+        )
         response = pb.GetContextWindowResponse(
             session=convert.session_pb(window.session),
             contexts=[convert.context_pb(c) for c in window.contexts],
@@ -265,13 +286,13 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         context_type = v.label("type", request.type)
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        keyset = Keyset.of("ListContexts", request.page_token, session_id, context_type)
+        keyset = self._tokens.keyset("ListContexts", request.page_token, session_id, context_type)
         page = await self._store.contexts.list(
             session_id, type=context_type, after=keyset.after_time, limit=size
         )
+        page, contexts = self._fit(page, convert.context_pb)
         return pb.ListContextsResponse(
-            contexts=[convert.context_pb(c) for c in page.items],
-            next_page_token=keyset.next_after_time(page),
+            contexts=contexts, next_page_token=keyset.next_after_time(page)
         )
 
     async def DeleteContext(self, request: pb.DeleteContextRequest, context: Context) -> Empty:
@@ -305,12 +326,10 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         )
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        keyset = Keyset.of("ListRatings", request.page_token, where)
+        keyset = self._tokens.keyset("ListRatings", request.page_token, where)
         page = await self._store.ratings.list(where, after=keyset.after_time, limit=size)
-        return pb.ListRatingsResponse(
-            ratings=[convert.rating_pb(r) for r in page.items],
-            next_page_token=keyset.next_after_time(page),
-        )
+        page, ratings = self._fit(page, convert.rating_pb)
+        return pb.ListRatingsResponse(ratings=ratings, next_page_token=keyset.next_after_time(page))
 
     async def DeleteRating(self, request: pb.DeleteRatingRequest, context: Context) -> Empty:
         await self._store.ratings.delete(_id(request.id, "id"), allow_missing=request.allow_missing)
@@ -333,6 +352,21 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
                 session_id=_id(request.session_id, "session_id")
             )
         return rating_pb2.RatingSummary(count=summary.count, mean=summary.mean)
+
+    def _fit(
+        self, page: Page[ItemT], to_proto: Callable[[ItemT], ProtoT]
+    ) -> tuple[Page[ItemT], list[ProtoT]]:
+        """The page cut to the response byte budget (at least one item), and its items as
+        protos. Messages are cut in the database instead, by their stored sizes."""
+        protos: list[ProtoT] = []
+        total = 0
+        for item in page.items:
+            proto = to_proto(item)
+            total += proto.ByteSize()
+            if total > self._budget and protos:
+                return Page(page.items[: len(protos)], True, page.total_size), protos
+            protos.append(proto)
+        return page, protos
 
 
 def _message_filter(

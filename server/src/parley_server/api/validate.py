@@ -19,8 +19,9 @@ EMAIL_MAX_LENGTH = 320
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Used with fullmatch: `$` would also match before a trailing newline.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _UUID_EXAMPLE = "123e4567-e89b-12d3-a456-426614174000"
 
 
@@ -43,7 +44,7 @@ class Violations:
             if required:
                 self.add(field, f"is required: a UUID such as {_UUID_EXAMPLE}")
             return ""
-        if not _UUID.match(value):
+        if not _UUID.fullmatch(value):
             self.add(field, f"must be a UUID such as {_UUID_EXAMPLE}, not {value[:64]!r}")
             return ""
         return value.lower()
@@ -59,7 +60,7 @@ class Violations:
     def email(self, field: str, value: str) -> str:
         """Trimmed and lower-cased, so uniqueness ignores case; "" for none."""
         value = value.strip().lower()
-        if value and (len(value) > EMAIL_MAX_LENGTH or not _EMAIL.match(value)):
+        if value and (len(value) > EMAIL_MAX_LENGTH or not _EMAIL.fullmatch(value)):
             self.add(field, f"must be an email address such as ada@example.com, not {value[:64]!r}")
         return value
 

@@ -8,6 +8,7 @@ from parley_server.store.contexts import ContextStore
 from parley_server.store.database import Database
 from parley_server.store.messages import MessageStore
 from parley_server.store.ratings import RatingStore
+from parley_server.store.secrets import SecretStore
 from parley_server.store.sessions import SessionStore
 from parley_server.store.users import UserStore
 
@@ -22,6 +23,7 @@ class Store:
     messages: MessageStore
     contexts: ContextStore
     ratings: RatingStore
+    secrets: SecretStore
 
     @classmethod
     def over(cls, db: Database, *, write_lanes: int = 1) -> Store:
@@ -32,6 +34,7 @@ class Store:
             messages=MessageStore(db, write_lanes=write_lanes),
             contexts=ContextStore(db),
             ratings=RatingStore(db),
+            secrets=SecretStore(db),
         )
 
 

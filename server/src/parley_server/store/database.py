@@ -22,6 +22,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from parley_server.config import Settings
 from parley_server.errors import Aborted, Unavailable
+from parley_server.logs import throttled
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +30,11 @@ log = logging.getLogger(__name__)
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # PostgreSQL SQLSTATEs meaning "a concurrent transaction won; run yours again".
 _RETRYABLE_SQLSTATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+# Connection exceptions (08), insufficient resources (53, e.g. too many connections), and the
+# server shutting down (57P01 admin, 57P02 crash) or starting up (57P03 cannot connect now).
+_OUTAGE_SQLSTATE_CLASSES = {"08", "53"}
+_OUTAGE_SQLSTATES = {"57P01", "57P02", "57P03"}
 _WRITE_OPTION = "parley_write"
-# Connection lost, or the server shutting down or starting up.
-_UNAVAILABLE_ASYNCPG_ERRORS = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-)
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -43,7 +43,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         path = settings.sqlite_path()
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(settings.database_url)
+        engine = create_async_engine(settings.database_url, hide_parameters=True)
         _configure_sqlite(engine)
         return engine
     engine = create_async_engine(
@@ -51,6 +51,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout_seconds,
+        hide_parameters=True,  # errors would otherwise carry users' data into the log
     )
     _configure_postgresql(engine)
     return engine
@@ -157,11 +158,19 @@ class Database:
         async with translated_errors(), self._autocommit.connect() as connection:
             raw = await connection.get_raw_connection()
             driver_connection = cast(asyncpg.Connection, raw.driver_connection)
+            reusable = False
             try:
                 yield driver_connection
-            except (asyncpg.InterfaceError, asyncpg.PostgresConnectionError, OSError):
-                await connection.invalidate()  # never hand a broken connection out again
+                reusable = not driver_connection.is_in_transaction()
+            except Exception as error:
+                reusable = not is_outage(error) and not driver_connection.is_in_transaction()
                 raise
+            finally:
+                # Cancelled mid-statement, broken, or left inside a transaction (which the pool's
+                # reset knows nothing of, as it was begun on the driver connection): discard it,
+                # never hand it out again.
+                if not reusable:
+                    await asyncio.shield(connection.invalidate())
 
     async def fetch(
         self, statement: Select[Any], values: Mapping[str, Any]
@@ -216,24 +225,46 @@ async def translated_errors() -> AsyncIterator[None]:
     """Database failures as domain errors: outages as Unavailable, lost races as Aborted."""
     try:
         yield
-    except exc.DBAPIError as error:
-        sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
-        if sqlstate in _RETRYABLE_SQLSTATES:
+    except exc.TimeoutError as error:  # the pool had no free connection in time
+        raise _pool_exhausted() from error
+    except (exc.DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+        if _sqlstate(error) in _RETRYABLE_SQLSTATES:
             raise _lost_race() from error
-        if error.connection_invalidated or isinstance(
-            error, exc.OperationalError | exc.InterfaceError
-        ):
+        if is_outage(error):
             raise _outage(error) from error
         raise
-    except asyncpg.PostgresError as error:  # raised by driver() statements
-        if error.sqlstate in _RETRYABLE_SQLSTATES:
-            raise _lost_race() from error
-        if isinstance(error, _UNAVAILABLE_ASYNCPG_ERRORS):
-            raise _outage(error) from error
-        raise
-    except (exc.TimeoutError, asyncpg.InterfaceError, OSError) as error:
-        # Pool exhausted, or the database refused the connection.
-        raise _outage(error) from error
+
+
+def _sqlstate(error: BaseException) -> str:
+    """The SQLSTATE of a PostgreSQL error, raw (asyncpg) or wrapped (SQLAlchemy); "" if none."""
+    for candidate in (error, getattr(error, "orig", None)):
+        sqlstate = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(sqlstate, str):
+            return sqlstate
+    return ""
+
+
+def is_outage(error: BaseException) -> bool:
+    """Whether `error` says the database cannot be reached or used right now (not that a
+    statement was wrong): the connection-exception class 08, insufficient resources (53), the
+    server shutting down or starting (57P01..57P03), a broken connection, or SQLite's
+    operational errors (a locked or unreadable file)."""
+    sqlstate = _sqlstate(error)
+    if sqlstate[:2] in _OUTAGE_SQLSTATE_CLASSES or sqlstate in _OUTAGE_SQLSTATES:
+        return True
+    if isinstance(error, exc.DBAPIError):
+        if error.connection_invalidated:
+            return True
+        orig = getattr(error.orig, "__cause__", None) or error.orig
+        if isinstance(error, exc.OperationalError) and not sqlstate:
+            return True  # SQLite: database is locked, disk I/O error, unable to open
+        if isinstance(error, exc.InterfaceError) or isinstance(orig, OSError):
+            return True
+        return isinstance(orig, BaseException) and orig is not error and is_outage(orig)
+    if isinstance(error, asyncpg.InterfaceError):
+        # DataError is a value the driver could not encode: the statement was never sent.
+        return not isinstance(error, asyncpg.exceptions.DataError)
+    return isinstance(error, OSError | asyncpg.PostgresConnectionError)
 
 
 def _lost_race() -> Aborted:
@@ -243,5 +274,30 @@ def _lost_race() -> Aborted:
 
 
 def _outage(error: BaseException) -> Unavailable:
-    log.warning("database unavailable: %s", error)
+    throttled(log, logging.WARNING, f"database unavailable: {describe_outage(error)}")
     return Unavailable("the database is unavailable; retry with backoff")
+
+
+def _pool_exhausted() -> Unavailable:
+    throttled(
+        log,
+        logging.WARNING,
+        "every database connection stayed busy for PARLEY_DB_POOL_TIMEOUT_SECONDS; raise"
+        " PARLEY_DB_POOL_SIZE or find what holds them",
+    )
+    return Unavailable(
+        "the server's database connections are all busy; retry with backoff",
+        reason="DATABASE_CONNECTIONS_BUSY",
+    )
+
+
+def describe_outage(error: BaseException) -> str:
+    """Why the database is unreachable, without statement text or parameters."""
+    root = getattr(error, "orig", None) or error
+    sqlstate = _sqlstate(error)
+    kind = type(root).__name__
+    if sqlstate:
+        return f"{kind} (SQLSTATE {sqlstate})"
+    if isinstance(root, OSError) and root.strerror:
+        return f"{kind}: {root.strerror}"
+    return kind

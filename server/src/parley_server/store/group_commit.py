@@ -8,10 +8,11 @@ alone, 78 us sixteen at a time). Nothing waits on purpose, so a lone client sees
 Appends are spread over lanes by session id. A lane runs one statement at a time, so a session's
 appends are written in the order they arrived, and two statements in flight never touch the same
 session (so they cannot deadlock each other). Every caller is answered only after the statement
-carrying its append has committed. A statement that fails on a constraint (a taken id, a missing
-author) wrote nothing, so it is retried one append at a time and the error reaches only the append
-that caused it; any other failure (say, a lost connection, after which the statement may or may not
-have committed) reaches every append of the statement as it is.
+carrying its append has committed. A statement that failed in a way that wrote nothing (a taken
+id, a missing author, a value the database or its driver refused: anything but a lost connection)
+is split in halves and retried until the error reaches only the appends that caused it, so one
+caller's bad append never fails another's. A failure after which the statement may or may not
+have committed (a lost connection) reaches every append of the statement as it is.
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ class GroupCommit(Generic[W]):
         write_batch: WriteBatch[W],
         *,
         lanes: int,
-        isolate: tuple[type[BaseException], ...],
+        wrote_nothing: Callable[[Exception], bool],
     ) -> None:
         """open_writer: a connection for a run of statements (one checkout while a lane is busy).
-        isolate: the errors after which a statement wrote nothing and can be split up."""
+        wrote_nothing: whether a statement that raised this wrote nothing (and can be split up)."""
         self._open_writer = open_writer
         self._write_batch = write_batch
-        self._isolate = isolate
+        self._wrote_nothing = wrote_nothing
         self._queues: list[deque[_Append]] = [deque() for _ in range(lanes)]
         self._drains: list[asyncio.Task[None] | None] = [None] * lanes
 
@@ -92,17 +93,18 @@ class GroupCommit(Generic[W]):
             seqs = await self._write_batch(
                 writer, [row for pending in batch for row in pending.rows]
             )
-        except self._isolate as error:
+        except Exception as error:
+            if not self._wrote_nothing(error):
+                for pending in batch:
+                    _settle(pending, error=error)
+                raise  # so the writer's context sees it, and discards a broken connection
             if len(batch) == 1:
                 _settle(batch[0], error=error)
-            else:
-                for pending in batch:  # nothing was written: find the append at fault, each alone
-                    await self._write(writer, [pending])
+                return
+            middle = len(batch) // 2  # nothing was written: find the appends at fault
+            await self._write(writer, batch[:middle])
+            await self._write(writer, batch[middle:])
             return
-        except Exception as error:
-            for pending in batch:
-                _settle(pending, error=error)
-            raise  # so the writer's context sees it, and discards a broken connection
         for pending in batch:
             found = [seqs.get(row["id"]) for row in pending.rows]
             _settle(pending, result=None if None in found else [s for s in found if s is not None])

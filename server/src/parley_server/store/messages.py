@@ -17,6 +17,7 @@ from sqlalchemy import (
     exists,
     func,
     insert,
+    or_,
     select,
     update,
 )
@@ -36,7 +37,7 @@ from parley_server.domain import (
 )
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from parley_server.store.contexts import to_context
-from parley_server.store.database import Database, translated_errors
+from parley_server.store.database import Database, is_outage, translated_errors
 from parley_server.store.group_commit import GroupCommit
 from parley_server.store.sessions import to_session
 from parley_server.store.tables import contexts, messages, new_id, sessions, users, utcnow
@@ -112,6 +113,7 @@ MAX_WINDOW_CONTEXTS = 1000
 _UNNESTED = (
     "session_id", "id", "role", "content", "name", "tool_calls", "tool_call_id", "invocation_id",
     "thread_id", "reply_to", "chapter", "attachments", "citations", "metadata", "user_id",
+    "size_bytes",
 )  # fmt: skip
 _JSON_INDEXES = tuple(
     _UNNESTED.index(name) for name in ("tool_calls", "attachments", "citations", "metadata")
@@ -121,10 +123,10 @@ WITH batch AS (
     SELECT * FROM unnest(
         $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[],
         $9::text[], $10::text[], $11::uuid[], $12::text[], $13::jsonb[], $14::jsonb[],
-        $15::jsonb[], $16::uuid[]
+        $15::jsonb[], $16::uuid[], $17::bigint[]
     ) WITH ORDINALITY AS m(
         session_id, id, role, content, name, tool_calls, tool_call_id, invocation_id, thread_id,
-        reply_to, chapter, attachments, citations, metadata, user_id, position
+        reply_to, chapter, attachments, citations, metadata, user_id, size_bytes, position
     )
 ), wanted AS (
     SELECT session_id, count(*) AS n FROM batch GROUP BY session_id
@@ -144,14 +146,14 @@ WITH batch AS (
 )
 INSERT INTO messages (
     id, session_id, seq, role, content, name, tool_calls, tool_call_id, invocation_id, thread_id,
-    reply_to, chapter, attachments, citations, metadata, user_id, create_time
+    reply_to, chapter, attachments, citations, metadata, user_id, size_bytes, create_time
 )
 SELECT
     b.id, b.session_id,
     reserved.last_seq - reserved.n
         + row_number() OVER (PARTITION BY b.session_id ORDER BY b.position),
     b.role, b.content, b.name, b.tool_calls, b.tool_call_id, b.invocation_id, b.thread_id,
-    b.reply_to, b.chapter, b.attachments, b.citations, b.metadata, b.user_id, $1
+    b.reply_to, b.chapter, b.attachments, b.citations, b.metadata, b.user_id, b.size_bytes, $1
 FROM batch b JOIN reserved ON reserved.id = b.session_id
 RETURNING id, seq
 """
@@ -202,18 +204,54 @@ def _filter(shape: _Shape) -> list[ColumnElement[bool]]:
     return conditions
 
 
+def _within_budget(query: Select[Any], order: Any, *extra: Any) -> Select[Any]:
+    """`query`'s rows (a LIMITed select of messages, in `order`) up to the first whose running
+    total of size_bytes passes the `budget` parameter, and at least two: the database never
+    hands over (nor detoasts) much more than a response can carry, and the row past the budget
+    tells the caller that more follow."""
+    page = query.subquery("page")
+    running = func.sum(page.c.size_bytes).over(order_by=order(page.c.seq)).label("running")
+    position = func.row_number().over(order_by=order(page.c.seq)).label("position")
+    sized = select(page, running, position).subquery("sized")
+    return (
+        select(*(sized.c[column.name] for column in messages.c), *extra)
+        .where(
+            or_(sized.c.running - sized.c.size_bytes < bindparam("budget"), sized.c.position <= 2)
+        )
+        .order_by(order(sized.c.seq))
+    )
+
+
+def _ascending(column: Any) -> Any:
+    return column.asc()
+
+
+def _descending(column: Any) -> Any:
+    return column.desc()
+
+
 @functools.cache
 def _page_query(shape: _Shape, with_total: bool) -> Select[Any]:
-    query = select(messages).where(*_filter(shape)).limit(bindparam("limit"))
+    order = _descending if shape.newest_first else _ascending
+    query = select(messages).where(*_filter(shape)).order_by(order(messages.c.seq))
     if shape.newest_first:
-        query = query.order_by(messages.c.seq.desc())
         if shape.after_position:
             query = query.where(messages.c.seq < bindparam("position"))
     else:
-        query = query.order_by(messages.c.seq).where(messages.c.seq > bindparam("position"))
-    if with_total:
-        query = query.add_columns(_MESSAGE_COUNT.scalar_subquery().label("total"))
-    return query
+        query = query.where(messages.c.seq > bindparam("position"))
+    total = [_MESSAGE_COUNT.scalar_subquery().label("total")] if with_total else []
+    return _within_budget(query.limit(bindparam("limit")), order, *total)
+
+
+def fit(rows: Sequence[Mapping[str, Any]], *, limit: int, max_bytes: int) -> int:
+    """How many of `rows` (in order) a response carries: at most `limit`, and no more than
+    `max_bytes` of size_bytes, but always the first."""
+    total = 0
+    for count, row in enumerate(rows[:limit]):
+        total += row["size_bytes"]
+        if total > max_bytes and count > 0:
+            return count
+    return min(len(rows), limit)
 
 
 @functools.cache
@@ -229,11 +267,12 @@ _WINDOW_CONTEXTS = (
     .order_by(contexts.c.create_time, contexts.c.id)
     .limit(MAX_WINDOW_CONTEXTS)
 )
-_WINDOW_MESSAGES = (
+_WINDOW_MESSAGES = _within_budget(
     select(messages)
     .where(messages.c.session_id == bindparam("session_id"))
     .order_by(messages.c.seq.desc())
-    .limit(bindparam("limit"))
+    .limit(bindparam("limit")),
+    _descending,
 )
 
 
@@ -248,11 +287,12 @@ class MessageStore:
                 db.driver,
                 self._write_batch_postgresql,
                 lanes=write_lanes,
-                isolate=(asyncpg.IntegrityConstraintViolationError,),
+                wrote_nothing=lambda error: not is_outage(error),
             )
             if db.dialect == "postgresql"
+            # One transaction per statement, rolled back on any error.
             else GroupCommit(
-                nullcontext, self._write_batch_sqlite, lanes=1, isolate=(IntegrityError,)
+                nullcontext, self._write_batch_sqlite, lanes=1, wrote_nothing=lambda error: True
             )
         )
 
@@ -276,6 +316,7 @@ class MessageStore:
                 "citations": _citations_json(new.citations),
                 "metadata": new.metadata or None,
                 "user_id": new.user_id or None,
+                "size_bytes": new.size_bytes,
             }
             for new in news
         ]
@@ -351,11 +392,13 @@ class MessageStore:
         *,
         position: int,
         limit: int,
+        max_bytes: int,
         newest_first: bool = False,
         count_total: bool = True,
     ) -> Page[Message]:
         """Messages matching `where` after keyset `position` (a seq; 0 to start): in seq order, or
-        newest first. With count_total, the page says how many match in all."""
+        newest first; at most `limit` of them and `max_bytes` of their size (but at least one).
+        With count_total, the page says how many match in all."""
         shape = _Shape.of(where, newest_first=newest_first, after_position=position > 0)
         filtered = shape.filtered
         # Unfiltered, the session's own counter is the total: no scan, and no second round trip.
@@ -369,6 +412,7 @@ class MessageStore:
             "after_seq": where.after_seq,
             "position": position,
             "limit": limit + 1,
+            "budget": max_bytes,
         }
         rows = await self._db.fetch(_page_query(shape, total_inline), values)
         total: int | None = rows[0]["total"] if rows and total_inline else None
@@ -382,27 +426,31 @@ class MessageStore:
                     if filtered
                     else found[0]["message_count"]
                 )
+        fitting = fit(rows, limit=limit, max_bytes=max_bytes)
         return Page(
-            [_to_message(row) for row in rows[:limit]],
-            has_more=len(rows) > limit,
+            [_to_message(row) for row in rows[:fitting]],
+            has_more=len(rows) > fitting,
             total_size=total,
         )
 
-    async def context_window(self, session_id: str, max_messages: int) -> ContextWindow:
+    async def context_window(
+        self, session_id: str, max_messages: int, *, max_bytes: int
+    ) -> ContextWindow:
         """The session, its contexts (oldest first, at most MAX_WINDOW_CONTEXTS) and its newest
-        max_messages messages in seq order, all from one snapshot."""
-        values = {"session_id": session_id, "limit": max_messages + 1}
+        messages in seq order, at most max_messages of them and max_bytes of their size (but at
+        least one), all from one snapshot."""
+        values = {"session_id": session_id, "limit": max_messages + 1, "budget": max_bytes}
         session_rows, context_rows, message_rows = await self._db.fetch_snapshot(
             [(_WINDOW_SESSION, values), (_WINDOW_CONTEXTS, values), (_WINDOW_MESSAGES, values)]
         )
         if not session_rows:
             raise NotFound.resource("session", session_id)
-        newest = message_rows[:max_messages]
+        fitting = fit(message_rows, limit=max_messages, max_bytes=max_bytes)
         return ContextWindow(
             session=to_session(session_rows[0]),
             contexts=[to_context(row) for row in context_rows],
-            messages=[_to_message(row) for row in reversed(newest)],
-            has_earlier_messages=len(message_rows) > max_messages,
+            messages=[_to_message(row) for row in reversed(message_rows[:fitting])],
+            has_earlier_messages=len(message_rows) > fitting,
         )
 
     async def delete(self, message_id: str, *, allow_missing: bool) -> None:

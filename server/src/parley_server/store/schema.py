@@ -14,6 +14,7 @@ from sqlalchemy import (
     Dialect,
     ForeignKey,
     Index,
+    LargeBinary,
     MetaData,
     SmallInteger,
     String,
@@ -137,6 +138,9 @@ class MessageRow(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", Json)
     user_id: Mapped[str | None] = mapped_column(Id, ForeignKey("users.id", ondelete="SET NULL"))
     create_time: Mapped[datetime]
+    # The message's size in the API's encoding, so reads can stop at a response byte budget
+    # without reading what does not fit (rows from before migration 0002 hold an estimate).
+    size_bytes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (
         UniqueConstraint("session_id", "seq"),  # history in order; seq assignment
@@ -152,6 +156,16 @@ class MessageRow(Base):
             sqlite_where=text("user_id IS NOT NULL"),
         ),
     )
+
+
+class SecretRow(Base):
+    """Keys every server process over this database shares (the page-token signing key), made by
+    the migration that added them."""
+
+    __tablename__ = "parley_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ContextRow(Base):

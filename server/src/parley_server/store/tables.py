@@ -9,13 +9,21 @@ from typing import Any, cast
 from sqlalchemy import ColumnElement, Table, and_, or_
 
 from parley_server.domain import TimeCursor
-from parley_server.store.schema import ContextRow, MessageRow, RatingRow, SessionRow, UserRow
+from parley_server.store.schema import (
+    ContextRow,
+    MessageRow,
+    RatingRow,
+    SecretRow,
+    SessionRow,
+    UserRow,
+)
 
 users = cast(Table, UserRow.__table__)
 sessions = cast(Table, SessionRow.__table__)
 messages = cast(Table, MessageRow.__table__)
 contexts = cast(Table, ContextRow.__table__)
 ratings = cast(Table, RatingRow.__table__)
+secrets = cast(Table, SecretRow.__table__)
 
 
 def utcnow() -> datetime:

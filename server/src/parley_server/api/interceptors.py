@@ -1,0 +1,351 @@
+"""The server's interceptor chain: one interceptor per concern, each covering all four RPC kinds.
+
+    LoggingInterceptor    one line per call: method, final status, duration, peer
+    ErrorInterceptor      screens requests (undecodable, unstorable) and turns domain errors into
+                          rich statuses, anything unexpected into a bare INTERNAL
+    LifecycleInterceptor  refuses new calls with UNAVAILABLE while the server drains, ends streams
+                          with UNAVAILABLE (so clients resume elsewhere), and cuts streams whose
+                          client stopped reading
+
+`CallInterceptor` adapts a concern, written once as an async context manager around the call (and
+an optional hook over a stream's responses), to grpc's unary/stream request and response kinds.
+Interceptors run in the order given to the server, the first outermost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message as ProtoMessage
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
+
+from parley_server.api.status import status_code, to_status
+from parley_server.api.validate import find_unstorable
+from parley_server.errors import InvalidArgument, ParleyError, Unavailable
+from parley_server.logs import throttled
+
+log = logging.getLogger("parley.rpc")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+Deserializer = Callable[[bytes], Any]
+
+
+@dataclass(slots=True)
+class Call:
+    """One RPC as the interceptors see it."""
+
+    method: str
+    context: Context
+
+
+class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in stubs
+    """Wraps every handler, of every RPC kind, in `around` (and a stream's responses in
+    `responses`); subclasses implement one concern."""
+
+    def around(self, call: Call, request: Any) -> Any:
+        """An async context manager the call runs inside; `request` is the unary request, or
+        None for a request stream."""
+        raise NotImplementedError
+
+    def responses(self, call: Call, responses: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """A server stream's responses as the client gets them."""
+        return responses
+
+    def request_deserializer(self, method: str, inner: Deserializer | None) -> Deserializer | None:
+        return inner
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
+            return handler
+        method: str = handler_call_details.method
+        deserializer = self.request_deserializer(method, handler.request_deserializer)
+        serializer = handler.response_serializer
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(method, handler.unary_unary, streamed_request=False),
+                request_deserializer=deserializer,
+                response_serializer=serializer,
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(method, handler.stream_unary, streamed_request=True),
+                request_deserializer=deserializer,
+                response_serializer=serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(method, handler.unary_stream, streamed_request=False),
+                request_deserializer=deserializer,
+                response_serializer=serializer,
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(method, handler.stream_stream, streamed_request=True),
+            request_deserializer=deserializer,
+            response_serializer=serializer,
+        )
+
+    def _unary(self, method: str, behavior: Any, *, streamed_request: bool) -> Any:
+        async def unary(request: Any, context: Context) -> Any:
+            async with self.around(Call(method, context), None if streamed_request else request):
+                return await behavior(request, context)
+
+        return unary
+
+    def _stream(self, method: str, behavior: Any, *, streamed_request: bool) -> Any:
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            call = Call(method, context)
+            async with self.around(call, None if streamed_request else request):
+                async for response in self.responses(call, behavior(request, context)):
+                    yield response
+
+        return stream
+
+
+# --- logging --------------------------------------------------------------------------------------
+
+
+class LoggingInterceptor(CallInterceptor):
+    """One INFO line per call, without request data: method, status, duration and peer."""
+
+    @asynccontextmanager
+    async def around(self, call: Call, request: Any) -> AsyncIterator[None]:
+        if not log.isEnabledFor(logging.INFO):
+            yield
+            return
+        # Read while the call is alive: grpc's peer() on a call that has ended (a client that
+        # cancelled, a deadline) dereferences freed memory and crashes the process.
+        peer = call.context.peer()
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except grpc.aio.AbortError:
+            code = call.context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except BaseException:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            log.info("%s %s %.1fms peer=%s", call.method, code.name, elapsed_ms, peer)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Stands in for a request whose bytes did not parse, so the call can answer
+    INVALID_ARGUMENT instead of grpc's UNKNOWN."""
+
+    type_name: str
+    problem: str
+
+
+_INTERNAL = status_pb2.Status(
+    code=code_pb2.INTERNAL, message="internal error; the server log has the details"
+)
+
+
+class ErrorInterceptor(CallInterceptor):
+    """Every failure as a status a client can act on; see api/status.py for the table."""
+
+    def request_deserializer(self, method: str, inner: Deserializer | None) -> Deserializer | None:
+        if inner is None:
+            return None
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return inner(data)
+            except Exception as error:  # DecodeError: corrupt bytes, bad UTF-8, nesting too deep
+                return Undecodable(_request_type(inner), _decode_problem(error))
+
+        return deserialize
+
+    @asynccontextmanager
+    async def around(self, call: Call, request: Any) -> AsyncIterator[None]:
+        try:
+            _screen(request)
+            yield
+        except ParleyError as error:
+            await _abort(call.context, to_status(error))
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            log.error(
+                "%s failed unexpectedly: %s\n%s",
+                call.method,
+                describe(error),
+                "".join(traceback.format_tb(error.__traceback__)),
+            )
+            await _abort(call.context, rpc_status.to_status(_INTERNAL))
+
+
+def _screen(request: Any) -> None:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument.field(
+            "(request)",
+            f"could not be decoded as {request.type_name}: {request.problem}. Build it from the"
+            " parley.v1 protos; strings must be valid UTF-8 and nesting at most 100 levels deep",
+        )
+    if isinstance(request, ProtoMessage):
+        unstorable = find_unstorable(request)
+        if unstorable:
+            raise InvalidArgument(unstorable)
+
+
+def _request_type(deserializer: Deserializer) -> str:
+    owner = getattr(deserializer, "__self__", None)  # FromString, bound to the message class
+    descriptor = getattr(owner, "DESCRIPTOR", None)
+    return str(getattr(descriptor, "full_name", "the request message"))
+
+
+def _decode_problem(error: Exception) -> str:
+    text = str(error)
+    _, _, problem = text.rpartition("': ")  # "Error parsing message with type 'x': <problem>"
+    problem = problem or text
+    if "MaxDepth" in problem:
+        return "it is nested too deeply"
+    return problem[:200]
+
+
+_DATABASE_MODULES = ("sqlalchemy", "asyncpg", "sqlite3", "aiosqlite")
+
+
+def describe(error: BaseException) -> str:
+    """An exception chain for the log. Database errors appear by type and SQLSTATE only: their
+    messages quote the values (and SQLAlchemy's the parameters) they failed on, which are users'
+    data."""
+    parts: list[str] = []
+    seen: BaseException | None = error
+    while seen is not None and len(parts) < 5:
+        kind = type(seen)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        if kind.__module__.split(".")[0] in _DATABASE_MODULES:
+            sqlstate = getattr(seen, "sqlstate", None) or getattr(
+                getattr(seen, "orig", None), "sqlstate", None
+            )
+            parts.append(f"{name} (SQLSTATE {sqlstate})" if sqlstate else name)
+        else:
+            parts.append(f"{name}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    return " <- ".join(parts)
+
+
+async def _abort(context: Context, status: grpc.Status) -> None:
+    # What abort_with_status does, spelled with the calls the type stubs know.
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+# --- lifecycle ------------------------------------------------------------------------------------
+
+
+class LifecycleInterceptor(CallInterceptor):
+    """Graceful shutdown and stream hygiene.
+
+    While draining, a new call is refused with UNAVAILABLE (a client retries it on another server)
+    and a stream ends with UNAVAILABLE before its next response (the client resumes it after the
+    last seq it got). A stream whose client has not taken a response for `stall_timeout` seconds
+    is cancelled, so a client that stops reading holds none of the server's work or memory but
+    the one response grpc was sending (grpc aio cannot end a call whose send is pending: the
+    client gets its status at its deadline or when it disconnects).
+    """
+
+    def __init__(self, *, stall_timeout: float) -> None:
+        self._stall_timeout = stall_timeout
+        self._last_arrival = self._drain_started = time.monotonic()
+        self._draining = False
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def drain(self) -> None:
+        self._draining = True
+        self._drain_started = time.monotonic()
+
+    async def settled(self, *, quiet: float) -> None:
+        """Return once no call is in flight and none has arrived for `quiet` seconds since
+        draining began. grpc cancels the calls that reach it while it stops (CANCELLED, which
+        clients do not retry), also those it has taken but not yet handed to a handler, so it
+        is stopped only once callers have gone quiet."""
+        while True:
+            await self._idle.wait()
+            silent_for = time.monotonic() - max(self._last_arrival, self._drain_started)
+            if silent_for >= quiet and self._idle.is_set():
+                return
+            await asyncio.sleep(max(quiet - silent_for, 0.0))
+
+    @asynccontextmanager
+    async def around(self, call: Call, request: Any) -> AsyncIterator[None]:
+        self._last_arrival = time.monotonic()
+        if self._draining:
+            raise _shutting_down()
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def responses(self, call: Call, responses: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        async for response in responses:
+            if self._draining:
+                raise _shutting_down()
+            # The yield returns once grpc has handed the response to the transport, which waits
+            # for the client's flow-control window: a client that stops reading stops it here.
+            stalled = loop.call_later(self._stall_timeout, _cut_stalled, task, call.method)
+            try:
+                yield response
+            finally:
+                stalled.cancel()
+
+
+def _cut_stalled(task: asyncio.Task[Any], method: str) -> None:
+    throttled(log, logging.WARNING, f"{method}: ended a stream whose client stopped reading")
+    task.cancel()
+
+
+def _shutting_down() -> Unavailable:
+    return Unavailable(
+        "this server is shutting down; retry on another (a stream resumes after the last seq"
+        " it delivered)",
+        reason="SERVER_SHUTTING_DOWN",
+    )
+
+
+__all__ = [
+    "CallInterceptor",
+    "ErrorInterceptor",
+    "LifecycleInterceptor",
+    "LoggingInterceptor",
+    "describe",
+    "status_code",
+]
