@@ -275,12 +275,12 @@ async def prepare(client: ParleyClient, max_clients: int) -> Fixtures:
 
 
 def workloads(clients: list[ParleyClient], fixtures: Fixtures) -> dict[str, Operation]:
-    batch = [new_message(role="user", content=CONTENT) for _ in range(10)]
 
     async def append(i: int) -> None:
         await clients[i].append_message(fixtures.append_sessions[i], role="user", content=CONTENT)
 
     async def batch_append(i: int) -> None:
+        batch = [new_message(role="user", content=CONTENT) for _ in range(10)]  # fresh ids
         await clients[i].batch_append_messages(fixtures.append_sessions[i], batch)
 
     async def list_last_50(i: int) -> None:

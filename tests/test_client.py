@@ -13,7 +13,6 @@ import pytest
 
 from parley_client import (
     ClientClosedError,
-    DeadlineExceededError,
     NotFoundError,
     ParleyClient,
     RetryPolicy,
@@ -94,46 +93,60 @@ async def test_retries_stop_at_max_attempts(flaky: tuple[FlakyService, str]) -> 
     assert service.attempts["GetUser"] == FAST.max_attempts
 
 
-async def test_no_retry_by_default(flaky: tuple[FlakyService, str]) -> None:
+async def test_safe_calls_retry_by_default(flaky: tuple[FlakyService, str]) -> None:
+    service, target = flaky
+    service.failures = 1
+    async with ParleyClient(target) as client:
+        await client.get_user("u1")
+        await client.update_user("u1", display_name="x")
+        await client.create_user(display_name="no id given")
+    assert service.attempts == {"GetUser": 2, "UpdateUser": 2, "CreateUser": 2}
+
+
+async def test_retry_false_makes_one_attempt(flaky: tuple[FlakyService, str]) -> None:
     service, target = flaky
     service.failures = 1
     async with ParleyClient(target) as client:
         with pytest.raises(UnavailableError):
-            await client.get_user("u1")
+            await client.get_user("u1", retry=False)
     assert service.attempts["GetUser"] == 1
 
 
-async def test_deadline_exceeded_is_retried_for_reads_only(
+@pytest.mark.parametrize("code", [grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE])
+async def test_reads_and_idempotent_writes_retry(
+    flaky: tuple[FlakyService, str], code: grpc.StatusCode
+) -> None:
+    service, target = flaky
+    service.failures, service.code = 1, code
+    async with ParleyClient(target) as client:
+        assert (await client.get_user("u1", retry=FAST)).id == "u1"
+        await client.update_user("u1", display_name="x", retry=FAST)
+        await client.create_user(id="4b5a1c36-cc0b-4d54-9f5e-0e8a2d0b7a10", retry=FAST)
+    assert service.attempts == {"GetUser": 2, "UpdateUser": 2, "CreateUser": 2}
+
+
+async def test_creates_carry_an_id_so_a_repeat_is_recognised(
     flaky: tuple[FlakyService, str],
 ) -> None:
     service, target = flaky
-    service.failures, service.code = 1, grpc.StatusCode.DEADLINE_EXCEEDED
+    service.failures = 1
     async with ParleyClient(target) as client:
-        assert (await client.get_user("u1", retry=FAST)).id == "u1"
-        with pytest.raises(DeadlineExceededError):
-            await client.update_user("u1", display_name="x", retry=FAST)
-    assert (service.attempts["GetUser"], service.attempts["UpdateUser"]) == (2, 1)
+        user = await client.create_user(display_name="no id given")
+    assert user.id  # FlakyService echoes the request: the client chose one
+    assert new_message(role="user").id != new_message(role="user").id
 
 
-async def test_idempotent_writes_retry_unavailable(flaky: tuple[FlakyService, str]) -> None:
+async def test_a_delete_that_may_have_landed_refuses_retry(
+    flaky: tuple[FlakyService, str],
+) -> None:
     service, target = flaky
     service.failures = 1
     async with ParleyClient(target) as client:
-        await client.update_user("u1", display_name="x", retry=True)
-        await client.create_user(id="4b5a1c36-cc0b-4d54-9f5e-0e8a2d0b7a10", retry=FAST)
-    assert service.attempts == {"UpdateUser": 2, "CreateUser": 2}
-
-
-async def test_unsafe_writes_refuse_retry_before_sending(flaky: tuple[FlakyService, str]) -> None:
-    service, target = flaky
-    async with ParleyClient(target) as client:
-        with pytest.raises(ValueError, match="write twice"):
-            await client.create_user(display_name="no id", retry=True)
-        with pytest.raises(ValueError, match="write twice"):
-            await client.append_message("s", role="user", retry=FAST)
-        with pytest.raises(ValueError, match="write twice"):
+        with pytest.raises(ValueError, match="allow_missing"):
             await client.delete_user("u1", retry=FAST)
-    assert service.attempts == {}
+        with pytest.raises(UnavailableError):  # and by default makes one attempt
+            await client.delete_user("u1")
+    assert service.attempts == {"DeleteUser": 1}
 
 
 async def test_other_errors_are_never_retried(flaky: tuple[FlakyService, str]) -> None:
@@ -234,6 +247,6 @@ async def test_a_cut_stream_resumes_where_it_stopped() -> None:
             assert service.requests == [0, 4]
             service.requests.clear()
             with pytest.raises(UnavailableError):
-                _ = [m async for m in client.stream_messages("s")]  # no retry: the cut surfaces
+                _ = [m async for m in client.stream_messages("s", retry=False)]  # the cut surfaces
     finally:
         await server.stop(None)

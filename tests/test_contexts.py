@@ -56,7 +56,7 @@ async def test_context_errors(client: ParleyClient) -> None:
     chosen = new_id()
     await client.create_context(session.id, type="system", id=chosen)
     with pytest.raises(AlreadyExistsError):
-        await client.create_context(session.id, type="system", id=chosen)
+        await client.create_context(session.id, type="file", id=chosen)
     with pytest.raises(NotFoundError):
         await client.get_context(new_id())
     with pytest.raises(NotFoundError):

@@ -64,7 +64,7 @@ async def test_cancelled_streams_leave_the_server_running(database_url: str) -> 
             async def cut_short() -> None:
                 try:
                     async for _ in client.stream_messages(
-                        session_id, timeout=rng.uniform(0.001, 0.05)
+                        session_id, timeout=rng.uniform(0.001, 0.05), retry=False
                     ):
                         if rng.random() < 0.5:
                             break
@@ -139,7 +139,7 @@ async def test_cancelled_context_windows_leave_no_connection_in_a_transaction(
     async def cut_short() -> None:
         with contextlib.suppress(Exception):
             await client.get_context_window(
-                session_id, max_messages=200, timeout=rng.uniform(0.001, 0.06)
+                session_id, max_messages=200, timeout=rng.uniform(0.001, 0.06), retry=False
             )
 
     await asyncio.gather(*(cut_short() for _ in range(200)))
@@ -346,7 +346,7 @@ async def test_an_outage_logs_one_warning_not_one_per_call(
             with caplog.at_level(logging.WARNING):
                 for _ in range(40):
                     with pytest.raises(UnavailableError):
-                        await client.get_user(new_id())
+                        await client.get_user(new_id(), retry=False)
     finally:
         await running.stop(None, quiet=0)
         await database.dispose()
@@ -422,7 +422,7 @@ async def test_a_stream_whose_client_stops_reading_is_cut(database_url: str) -> 
         _, session = await a_session(client)
         for _ in range(24):
             await client.append_message(session.id, role="user", content="s" * MIB)
-        stream = client.stream_messages(session.id, timeout=10)
+        stream = client.stream_messages(session.id, timeout=4, retry=False)
         received = [(await anext(stream)).seq]  # then read nothing for a while
         await server.wait_for_log("stopped reading")
         with pytest.raises(DeadlineExceededError):

@@ -138,6 +138,7 @@ async def test_agent_turn_reads_back_identical_and_in_order(client: ParleyClient
     appended = [
         await client.append_message(
             session.id,
+            id=m.id,
             role=m.role,
             content=m.content,
             name=m.name,
@@ -153,7 +154,7 @@ async def test_agent_turn_reads_back_identical_and_in_order(client: ParleyClient
     for sent, stored in zip(turn, history, strict=True):
         stored_as_sent = Message()
         stored_as_sent.CopyFrom(stored)
-        for output_only in ("id", "session_id", "seq", "create_time"):
+        for output_only in ("session_id", "seq", "create_time"):
             stored_as_sent.ClearField(output_only)
         assert stored_as_sent == sent
     by_invocation = await client.list_messages(session.id, invocation_id="inv_1")

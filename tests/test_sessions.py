@@ -59,7 +59,7 @@ async def test_duplicate_session_id_is_already_exists(client: ParleyClient) -> N
     chosen = new_id()
     await client.create_session(id=chosen)
     with pytest.raises(AlreadyExistsError):
-        await client.create_session(id=chosen)
+        await client.create_session(id=chosen, title="another")
 
 
 async def test_bad_ip_address_is_invalid_argument(client: ParleyClient) -> None:

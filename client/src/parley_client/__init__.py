@@ -8,7 +8,14 @@ async with ParleyClient("localhost:50051") as client:
     await client.append_message(session.id, role="user", content="hi")
 """
 
-from parley_client._client import CallOptions, ParleyClient, new_message, struct, to_role
+from parley_client._client import (
+    CallOptions,
+    ParleyClient,
+    new_id,
+    new_message,
+    struct,
+    to_role,
+)
 from parley_client._errors import (
     AbortedError,
     AlreadyExistsError,
@@ -74,6 +81,7 @@ __all__ = [
     "UnknownError",
     "User",
     "UserProfile",
+    "new_id",
     "new_message",
     "struct",
     "to_role",

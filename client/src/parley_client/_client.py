@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypedDict, TypeVar, Unpack
@@ -41,9 +42,11 @@ DEFAULT_TIMEOUT = 30.0
 class CallOptions(TypedDict, total=False):
     """Per-call options every method takes as keywords."""
 
-    timeout: float | None  # seconds; None waits forever; absent uses the client's default_timeout
+    timeout: float | None  # seconds per attempt; None waits forever; absent: default_timeout
     call_metadata: Mapping[str, str]  # gRPC metadata for this call, after the client's own
-    retry: RetryPolicy | bool  # False (default): no retries; True: the default RetryPolicy
+    # Absent or True: the default RetryPolicy where repeating the call is safe (every call but a
+    # delete without allow_missing); a RetryPolicy of your own; False: one attempt only.
+    retry: RetryPolicy | bool
 
 
 def to_role(value: RoleLike) -> Role.ValueType:
@@ -67,6 +70,11 @@ def struct(value: Mapping[str, Any] | None) -> Struct | None:
     return result
 
 
+def new_id() -> str:
+    """A fresh id for a resource the caller creates (a random UUID)."""
+    return str(uuid.uuid4())
+
+
 def new_message(
     *,
     role: RoleLike,
@@ -84,9 +92,10 @@ def new_message(
     metadata: Mapping[str, Any] | None = None,
     user_id: str = "",
 ) -> Message:
-    """A Message to append; ToolCall.arguments is JSON text, kept byte for byte."""
+    """A Message to append, with a fresh id unless given one (so a retried append cannot store it
+    twice); ToolCall.arguments is JSON text, kept byte for byte."""
     return Message(
-        id=id,
+        id=id or new_id(),
         role=to_role(role),
         content=content,
         name=name,
@@ -114,8 +123,9 @@ class ParleyClient:
     `await client.close()` when done. A closed client cannot be reused.
 
     Errors are raised as parley_client exceptions (NotFoundError, InvalidArgumentError, ...),
-    never as grpc errors. Retries are off unless a call passes retry=True or a RetryPolicy, and
-    are only accepted where repeating the call is safe.
+    never as grpc errors. Every call that is safe to repeat is retried on UNAVAILABLE and
+    DEADLINE_EXCEEDED (creates and appends are, as they always carry an id); pass retry=False
+    for one attempt, or a RetryPolicy of your own.
     """
 
     def __init__(
@@ -227,12 +237,15 @@ class ParleyClient:
         self, options: CallOptions, safety: Safety
     ) -> tuple[float | None, tuple[tuple[str, str], ...], Iterator[float]]:
         """A call's deadline, its metadata, and the waits before each retry it may make."""
-        policy = _policy(options.get("retry", False))
+        asked = options.get("retry")
+        if asked is None:
+            policy = None if safety is Safety.UNSAFE else DEFAULT_RETRY
+        else:
+            policy = _policy(asked)
         if policy is not None and safety is Safety.UNSAFE:
             raise ValueError(
-                "retrying this call could write twice; give the new resource an id (which makes"
-                " a repeat fail with AlreadyExistsError instead) or pass allow_missing=True to a"
-                " delete, then retry"
+                "a repeat of this delete would fail with NotFoundError if the first attempt"
+                " landed; pass allow_missing=True to retry it"
             )
         metadata = self._metadata + tuple(
             (key.lower(), value) for key, value in options.get("call_metadata", {}).items()
@@ -254,7 +267,7 @@ class ParleyClient:
         **options: Unpack[CallOptions],
     ) -> User:
         user = User(
-            id=id,
+            id=id or new_id(),
             display_name=display_name,
             email=email,
             profile=profile,
@@ -262,7 +275,7 @@ class ParleyClient:
             preferences=struct(preferences),
         )
         request = pb.CreateUserRequest(user=user)
-        return await self._call(lambda s: s.CreateUser, request, _create_safety(id), options)
+        return await self._call(lambda s: s.CreateUser, request, Safety.IDEMPOTENT, options)
 
     async def get_user(self, user_id: str, **options: Unpack[CallOptions]) -> User:
         request = pb.GetUserRequest(id=user_id)
@@ -332,14 +345,14 @@ class ParleyClient:
         **options: Unpack[CallOptions],
     ) -> Session:
         session = Session(
-            id=id,
+            id=id or new_id(),
             user_id=user_id,
             title=title,
             metadata=struct(metadata),
             client_info=client_info,
         )
         request = pb.CreateSessionRequest(session=session)
-        return await self._call(lambda s: s.CreateSession, request, _create_safety(id), options)
+        return await self._call(lambda s: s.CreateSession, request, Safety.IDEMPOTENT, options)
 
     async def get_session(self, session_id: str, **options: Unpack[CallOptions]) -> Session:
         request = pb.GetSessionRequest(id=session_id)
@@ -463,15 +476,20 @@ class ParleyClient:
             user_id=user_id,
         )
         request = pb.AppendMessageRequest(session_id=session_id, message=message)
-        return await self._call(lambda s: s.AppendMessage, request, _create_safety(id), options)
+        return await self._call(lambda s: s.AppendMessage, request, Safety.IDEMPOTENT, options)
 
     async def batch_append_messages(
         self, session_id: str, messages: Sequence[Message], **options: Unpack[CallOptions]
     ) -> list[Message]:
-        """Append all of messages (build them with new_message) or none, in order."""
+        """Append all of messages (build them with new_message) or none, in order; a message
+        without an id is given one, so that a retried batch cannot be stored twice."""
         request = pb.BatchAppendMessagesRequest(session_id=session_id, messages=messages)
-        safety = Safety.IDEMPOTENT if all(m.id for m in messages) else Safety.UNSAFE
-        response = await self._call(lambda s: s.BatchAppendMessages, request, safety, options)
+        for message in request.messages:
+            if not message.id:
+                message.id = new_id()
+        response = await self._call(
+            lambda s: s.BatchAppendMessages, request, Safety.IDEMPOTENT, options
+        )
         return list(response.messages)
 
     async def get_message(self, message_id: str, **options: Unpack[CallOptions]) -> Message:
@@ -552,8 +570,8 @@ class ParleyClient:
     ) -> AsyncIterator[Message]:
         """Every matching message in seq order, over one server stream (timeout covers it all).
 
-        With retry, a stream cut by UNAVAILABLE resumes after the last message received, so no
-        message is repeated or skipped."""
+        A stream cut by UNAVAILABLE (a server shutting down, say) or DEADLINE_EXCEEDED resumes
+        after the last message received, so no message is repeated or skipped."""
         stub = self._open()[1]
         timeout, metadata, delays = self._prepare(options, Safety.READ)
         position = after_seq
@@ -608,10 +626,14 @@ class ParleyClient:
     ) -> Context:
         """Add a context ("system", "user", "file", or any label) to the session."""
         context = Context(
-            id=id, session_id=session_id, type=type, content=content, metadata=struct(metadata)
+            id=id or new_id(),
+            session_id=session_id,
+            type=type,
+            content=content,
+            metadata=struct(metadata),
         )
         request = pb.CreateContextRequest(context=context)
-        return await self._call(lambda s: s.CreateContext, request, _create_safety(id), options)
+        return await self._call(lambda s: s.CreateContext, request, Safety.IDEMPOTENT, options)
 
     async def get_context(self, context_id: str, **options: Unpack[CallOptions]) -> Context:
         request = pb.GetContextRequest(id=context_id)
@@ -735,11 +757,6 @@ def _policy(retry: RetryPolicy | bool) -> RetryPolicy | None:
     if retry is True:
         return DEFAULT_RETRY
     return retry or None
-
-
-def _create_safety(client_id: str) -> Safety:
-    # With a client-chosen id a repeat cannot create a second resource; it gets ALREADY_EXISTS.
-    return Safety.IDEMPOTENT if client_id else Safety.UNSAFE
 
 
 def _delete_safety(allow_missing: bool) -> Safety:

@@ -1,4 +1,4 @@
-"""Opt-in retries with exponential backoff, only where repeating a call is safe."""
+"""Retries with exponential backoff, on by default where repeating a call is safe."""
 
 from __future__ import annotations
 
@@ -45,15 +45,20 @@ class RetryPolicy:
 class Safety(enum.Enum):
     """What repeating a call can do."""
 
-    READ = "read"  # nothing: retry UNAVAILABLE and DEADLINE_EXCEEDED
-    IDEMPOTENT = "idempotent"  # a repeat leaves the same state: retry UNAVAILABLE
-    UNSAFE = "unsafe"  # a repeat could write twice: never retry
+    READ = "read"  # nothing
+    # The same state: updates, and creates and appends, which always carry an id (the server
+    # answers a repeat of one that landed with the stored resource).
+    IDEMPOTENT = "idempotent"
+    UNSAFE = "unsafe"  # a different answer: a delete that did happen reports NOT_FOUND
+
+
+# UNAVAILABLE: the server or database could not take the call (a restart, a blip).
+# DEADLINE_EXCEEDED: the attempt ran out of time, whether or not the server acted on it.
+RETRIED_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 
 
 def retryable(safety: Safety, code: grpc.StatusCode) -> bool:
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return safety is not Safety.UNSAFE
-    return code == grpc.StatusCode.DEADLINE_EXCEEDED and safety is Safety.READ
+    return safety is not Safety.UNSAFE and code in RETRIED_CODES
 
 
 DEFAULT_RETRY = RetryPolicy()

@@ -11,7 +11,7 @@ a plain one 0.54 us. Nothing mutates them after the store hands them out.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
@@ -263,3 +263,18 @@ class Page(Generic[T]):
     items: list[T]
     has_more: bool
     total_size: int | None = None
+
+
+def repeats(new: Any, stored: Any) -> bool:
+    """Whether `new` (a NewUser, NewSession, NewContext or NewMessage with a client-chosen id)
+    asks for exactly what `stored` already is: then a create or append that meets its own id is
+    the retry of one that landed, and answers with the stored resource instead of
+    ALREADY_EXISTS."""
+    return all(
+        getattr(stored, f.name) == getattr(new, f.name)
+        for f in fields(new)
+        if f.name not in _NOT_COMPARED
+    )
+
+
+_NOT_COMPARED = frozenset({"id", "size_bytes"})

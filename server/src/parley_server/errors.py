@@ -54,8 +54,8 @@ class AlreadyExists(ParleyError):
     @classmethod
     def resource(cls, kind: str, resource_id: str) -> AlreadyExists:
         return cls(
-            f"{kind} {resource_id!r} already exists; choose another id, or treat this as the"
-            " success of an earlier attempt",
+            f"{kind} {resource_id!r} already exists with other content (a retry with the same"
+            " content gets the stored one); choose another id",
             reason=f"{kind.upper()}_ALREADY_EXISTS",
             metadata={"resourceType": kind, "resourceId": resource_id},
         )

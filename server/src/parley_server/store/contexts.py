@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from parley_server.domain import Context, NewContext, Page, TimeCursor
+from parley_server.domain import Context, NewContext, Page, TimeCursor, repeats
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from parley_server.store.database import Database
 from parley_server.store.tables import after_cursor, contexts, new_id, sessions, utcnow
@@ -54,18 +54,28 @@ class ContextStore:
                     )
                 statement = insert(contexts).values(values).returning(contexts)
                 row = (await session.execute(statement)).one()
-        except IntegrityError as error:
+        except (IntegrityError, FailedPrecondition) as error:
+            # A retry whose first attempt landed, perhaps before the session was closed.
+            stored = await self._find(new.id) if new.id is not None else None
+            if stored is not None and repeats(new, stored):
+                return stored
+            if isinstance(error, FailedPrecondition) and stored is None:
+                raise
             raise await self._conflict(values["id"]) from error
         return to_context(row._mapping)
 
     async def get(self, context_id: str) -> Context:
+        found = await self._find(context_id)
+        if found is None:
+            raise NotFound.resource("context", context_id)
+        return found
+
+    async def _find(self, context_id: str) -> Context | None:
         async with self._db.read() as session:
             row = (
                 await session.execute(select(contexts).where(contexts.c.id == context_id))
             ).first()
-        if row is None:
-            raise NotFound.resource("context", context_id)
-        return to_context(row._mapping)
+        return None if row is None else to_context(row._mapping)
 
     async def list(
         self, session_id: str, *, type: str, after: TimeCursor | None, limit: int

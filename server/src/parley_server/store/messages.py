@@ -34,6 +34,7 @@ from parley_server.domain import (
     Page,
     Role,
     ToolCall,
+    repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from parley_server.store.contexts import to_context
@@ -324,9 +325,17 @@ class MessageStore:
             async with translated_errors():
                 seqs = await self._group_commit.append(session_id, rows)
         except (IntegrityError, asyncpg.IntegrityConstraintViolationError) as error:
+            if stored := await self._stored_repeat(session_id, news, rows):
+                return stored
             raise await self._conflict(rows) from error
         if seqs is None:
+            # A retry whose first attempt landed before the session was closed is no error.
+            if stored := await self._stored_repeat(session_id, news, rows):
+                return stored
             async with self._db.read() as session:
+                taken = await _first_taken(session, [row["id"] for row in rows])
+                if taken is not None:
+                    raise AlreadyExists.resource("message", taken)
                 raise await _closed_or_missing(session, session_id)
         for row, seq in zip(rows, seqs, strict=True):
             row["seq"] = seq
@@ -477,11 +486,32 @@ class MessageStore:
             if not allow_missing:
                 raise
 
+    async def _stored_repeat(
+        self, session_id: str, news: Sequence[NewMessage], rows: Sequence[dict[str, Any]]
+    ) -> list[Message] | None:
+        """The stored messages, if every one of `news` has a client-chosen id and is stored as
+        asked, in this session: the append is a retry of one that landed."""
+        if not all(new.id for new in news):
+            return None
+        ids = [row["id"] for row in rows]
+        async with self._db.read() as session:
+            found = (await session.execute(select(messages).where(messages.c.id.in_(ids)))).all()
+        stored = {message.id: message for message in (_to_message(r._mapping) for r in found)}
+        if len(stored) != len(ids):
+            return None
+        ordered = [stored[message_id] for message_id in ids]
+        if all(
+            message.session_id == session_id and repeats(new, message)
+            for new, message in zip(news, ordered, strict=True)
+        ):
+            return ordered
+        return None
+
     async def _conflict(self, rows: Sequence[dict[str, Any]]) -> Exception:
         ids = [row["id"] for row in rows]
         author_ids = {row["user_id"] for row in rows if row["user_id"]}
         async with self._db.read() as session:
-            taken = await session.scalar(select(messages.c.id).where(messages.c.id.in_(ids)))
+            taken = await _first_taken(session, ids)
             if taken is not None:
                 return AlreadyExists.resource("message", taken)
             if author_ids:
@@ -494,6 +524,12 @@ class MessageStore:
         return Aborted(
             "a concurrent change conflicted with this append; retry", reason="CONCURRENT_CONFLICT"
         )
+
+
+async def _first_taken(session: AsyncSession, ids: Sequence[str]) -> str | None:
+    """One of `ids` that a stored message has, if any."""
+    taken = await session.scalar(select(messages.c.id).where(messages.c.id.in_(ids)).limit(1))
+    return None if taken is None else str(taken)
 
 
 async def _closed_or_missing(session: AsyncSession, session_id: str) -> Exception:

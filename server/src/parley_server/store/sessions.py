@@ -7,7 +7,15 @@ from sqlalchemy import delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley_server.domain import ClientInfo, NewSession, Page, Session, SessionPatch, TimeCursor
+from parley_server.domain import (
+    ClientInfo,
+    NewSession,
+    Page,
+    Session,
+    SessionPatch,
+    TimeCursor,
+    repeats,
+)
 from parley_server.errors import Aborted, AlreadyExists, NotFound
 from parley_server.store.database import Database
 from parley_server.store.tables import after_cursor, new_id, sessions, users, utcnow
@@ -67,17 +75,23 @@ class SessionStore:
                     await session.execute(insert(sessions).values(values).returning(sessions))
                 ).one()
         except IntegrityError as error:
+            if new.id is not None and (stored := await self._find(new.id)) and repeats(new, stored):
+                return stored
             raise await self._conflict(values["id"], new.user_id) from error
         return to_session(row._mapping)
 
     async def get(self, session_id: str) -> Session:
+        found = await self._find(session_id)
+        if found is None:
+            raise NotFound.resource("session", session_id)
+        return found
+
+    async def _find(self, session_id: str) -> Session | None:
         async with self._db.read() as session:
             row = (
                 await session.execute(select(sessions).where(sessions.c.id == session_id))
             ).first()
-        if row is None:
-            raise NotFound.resource("session", session_id)
-        return to_session(row._mapping)
+        return None if row is None else to_session(row._mapping)
 
     async def list(self, *, user_id: str, after: TimeCursor | None, limit: int) -> Page[Session]:
         """Newest first; only user_id's sessions when it is not empty."""

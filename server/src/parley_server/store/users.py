@@ -5,7 +5,15 @@ from typing import Any
 from sqlalchemy import RowMapping, delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from parley_server.domain import NewUser, Page, TimeCursor, User, UserPatch, UserProfile
+from parley_server.domain import (
+    NewUser,
+    Page,
+    TimeCursor,
+    User,
+    UserPatch,
+    UserProfile,
+    repeats,
+)
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from parley_server.store.database import Database
 from parley_server.store.tables import after_cursor, new_id, sessions, users, utcnow
@@ -56,15 +64,21 @@ class UserStore:
             async with self._db.write() as session:
                 row = (await session.execute(insert(users).values(values).returning(users))).one()
         except IntegrityError as error:
+            if new.id is not None and (stored := await self._find(new.id)) and repeats(new, stored):
+                return stored
             raise await self._conflict(values["id"], values["email"]) from error
         return _to_user(row._mapping)
 
     async def get(self, user_id: str) -> User:
+        user = await self._find(user_id)
+        if user is None:
+            raise NotFound.resource("user", user_id)
+        return user
+
+    async def _find(self, user_id: str) -> User | None:
         async with self._db.read() as session:
             row = (await session.execute(select(users).where(users.c.id == user_id))).first()
-        if row is None:
-            raise NotFound.resource("user", user_id)
-        return _to_user(row._mapping)
+        return None if row is None else _to_user(row._mapping)
 
     async def list(self, *, after: TimeCursor | None, limit: int) -> Page[User]:
         query = select(users).order_by(users.c.create_time, users.c.id).limit(limit + 1)
