@@ -341,6 +341,27 @@ class MessageStore:
             row["seq"] = seq
         return [_to_message(row) for row in rows]
 
+    async def _stored_repeat(
+        self, session_id: str, news: Sequence[NewMessage], rows: Sequence[dict[str, Any]]
+    ) -> list[Message] | None:
+        """The stored messages, if every one of `news` has a client-chosen id and is stored as
+        asked, in this session: the append is a retry of one that landed."""
+        if not all(new.id for new in news):
+            return None
+        ids = [row["id"] for row in rows]
+        async with self._db.read() as session:
+            found = (await session.execute(select(messages).where(messages.c.id.in_(ids)))).all()
+        stored = {message.id: message for message in (_to_message(r._mapping) for r in found)}
+        if len(stored) != len(ids):
+            return None
+        ordered = [stored[message_id] for message_id in ids]
+        if all(
+            message.session_id == session_id and repeats(new, message)
+            for new, message in zip(news, ordered, strict=True)
+        ):
+            return ordered
+        return None
+
     async def _write_batch_postgresql(
         self, connection: asyncpg.Connection, rows: list[dict[str, Any]]
     ) -> dict[str, int]:
@@ -485,27 +506,6 @@ class MessageStore:
         except NotFound:
             if not allow_missing:
                 raise
-
-    async def _stored_repeat(
-        self, session_id: str, news: Sequence[NewMessage], rows: Sequence[dict[str, Any]]
-    ) -> list[Message] | None:
-        """The stored messages, if every one of `news` has a client-chosen id and is stored as
-        asked, in this session: the append is a retry of one that landed."""
-        if not all(new.id for new in news):
-            return None
-        ids = [row["id"] for row in rows]
-        async with self._db.read() as session:
-            found = (await session.execute(select(messages).where(messages.c.id.in_(ids)))).all()
-        stored = {message.id: message for message in (_to_message(r._mapping) for r in found)}
-        if len(stored) != len(ids):
-            return None
-        ordered = [stored[message_id] for message_id in ids]
-        if all(
-            message.session_id == session_id and repeats(new, message)
-            for new, message in zip(news, ordered, strict=True)
-        ):
-            return ordered
-        return None
 
     async def _conflict(self, rows: Sequence[dict[str, Any]]) -> Exception:
         ids = [row["id"] for row in rows]
