@@ -1,4 +1,5 @@
-"""`parley serve` in a child process, for tests that crash, signal or kill the server."""
+"""`parley serve` in a child process, for tests that crash, signal or kill the server; and what
+such tests check afterwards."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import asyncpg
+from sqlalchemy.engine import make_url
 
 PARLEY = str(Path(sys.executable).parent / "parley")
 _SERVING = re.compile(r"serving \S+ on [^ ]+:(\d+)")
@@ -88,3 +92,23 @@ async def _keep_reading(stream: asyncio.StreamReader, server: ServerProcess) -> 
         async with server.logged:
             server.log.append(line.decode(errors="replace"))
             server.logged.notify_all()
+
+
+async def idle_in_transaction(database_url: str) -> int:
+    """Connections to this PostgreSQL database left inside a transaction (after giving a
+    cancelled call's rollback up to 5 s to finish)."""
+    url = make_url(database_url)
+    connection = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+    try:
+        for _ in range(50):
+            count: int = await connection.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+                " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()",
+                url.database,
+            )
+            if count == 0:
+                return 0
+            await asyncio.sleep(0.1)  # the server is another process: poll its sessions
+        return count
+    finally:
+        await connection.close()

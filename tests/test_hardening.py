@@ -19,7 +19,6 @@ import grpc
 import pytest
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 
 from parley_client import (
     DeadlineExceededError,
@@ -40,7 +39,7 @@ from parley_server.store import Database, Store, migrate
 from parley_server.store.database import create_engine, translated_errors
 from tests.conftest import RawCall
 from tests.factories import a_session, new_id
-from tests.serving import parley_serve
+from tests.serving import idle_in_transaction, parley_serve
 
 METHOD = "/parley.v1.ParleyService/"
 
@@ -149,26 +148,7 @@ async def test_cancelled_context_windows_leave_no_connection_in_a_transaction(
         return_exceptions=True,
     )
     assert [r for r in results if isinstance(r, BaseException)] == []
-    assert await _idle_in_transaction(database_url) == 0
-
-
-async def _idle_in_transaction(database_url: str) -> int:
-    """Connections to this test's database left inside a transaction (waits for stragglers)."""
-    url = make_url(database_url)
-    connection = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
-    try:
-        for _ in range(50):
-            count: int = await connection.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
-                " AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()",
-                url.database,
-            )
-            if count == 0:
-                return 0
-            await asyncio.sleep(0.1)  # a cancelled call may still be rolling back
-        return count
-    finally:
-        await connection.close()
+    assert await idle_in_transaction(database_url) == 0
 
 
 @pytest.mark.parametrize(

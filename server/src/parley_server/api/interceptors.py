@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +59,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
     def responses(self, call: Call, responses: AsyncIterator[Any]) -> AsyncIterator[Any]:
         """A server stream's responses as the client gets them."""
         return responses
+
+    def complete(self, call: Call, work: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
+        """How a unary call's handler runs."""
+        return work
 
     def request_deserializer(self, method: str, inner: Deserializer | None) -> Deserializer | None:
         return inner
@@ -102,8 +106,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
 
     def _unary(self, method: str, behavior: Any, *, streamed_request: bool) -> Any:
         async def unary(request: Any, context: Context) -> Any:
-            async with self.around(Call(method, context), None if streamed_request else request):
-                return await behavior(request, context)
+            call = Call(method, context)
+            async with self.around(call, None if streamed_request else request):
+                return await self.complete(call, behavior(request, context))
 
         return unary
 
@@ -303,29 +308,54 @@ class LifecycleInterceptor(CallInterceptor):
         self._last_arrival = time.monotonic()
         if self._draining:
             raise _shutting_down()
+        yield
+
+    def complete(self, call: Call, work: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
+        # A unary handler runs to its end even when its caller cancels: an await cut short
+        # inside a transaction can leave the connection (and on SQLite the write lock) held.
+        # The caller is gone either way; only its answer is dropped.
+        task = asyncio.ensure_future(work)
+        answer = asyncio.shield(task)
+        self._enter()
+
+        def finished(task: asyncio.Future[Any]) -> None:
+            self._left()
+            if answer.cancelled() and not task.cancelled():  # nobody awaits it any more
+                error = task.exception()
+                if error is not None and not isinstance(error, ParleyError):
+                    log.error("%s failed after its caller left: %s", call.method, describe(error))
+
+        task.add_done_callback(finished)
+        return answer
+
+    def _enter(self) -> None:
         self._in_flight += 1
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.set()
+
+    def _left(self) -> None:
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
 
     async def responses(self, call: Call, responses: AsyncIterator[Any]) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
         assert task is not None
-        async for response in responses:
-            if self._draining:
-                raise _shutting_down()
-            # The yield returns once grpc has handed the response to the transport, which waits
-            # for the client's flow-control window: a client that stops reading stops it here.
-            stalled = loop.call_later(self._stall_timeout, _cut_stalled, task, call.method)
-            try:
-                yield response
-            finally:
-                stalled.cancel()
+        self._enter()
+        try:
+            async for response in responses:
+                if self._draining:
+                    raise _shutting_down()
+                # The yield returns once grpc has handed the response to the transport, which
+                # waits for the client's flow-control window: a client that stops reading stops
+                # it here.
+                stalled = loop.call_later(self._stall_timeout, _cut_stalled, task, call.method)
+                try:
+                    yield response
+                finally:
+                    stalled.cancel()
+        finally:
+            self._left()
 
 
 def _cut_stalled(task: asyncio.Task[Any], method: str) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 from sqlalchemy import Select, event, exc
@@ -175,6 +175,14 @@ class Database:
     async def fetch(
         self, statement: Select[Any], values: Mapping[str, Any]
     ) -> Sequence[Mapping[str, Any]]:
+        # Run to the end even if the caller is cancelled (a stream's client leaving): a read cut
+        # short inside SQLAlchemy leaves its connection half-closed, and on PostgreSQL a
+        # cancelled connection has to be replaced.
+        return await _uncancellable(self._fetch(statement, values))
+
+    async def _fetch(
+        self, statement: Select[Any], values: Mapping[str, Any]
+    ) -> Sequence[Mapping[str, Any]]:
         """Rows of a read-only statement with named bind parameters. On PostgreSQL it runs
         compiled once, on the driver connection (measured: a 1,000-row read took 9.3 ms through
         SQLAlchemy, 3.3 ms this way)."""
@@ -190,6 +198,11 @@ class Database:
         self, queries: Sequence[tuple[Select[Any], Mapping[str, Any]]]
     ) -> list[Sequence[Mapping[str, Any]]]:
         """The rows of several read-only statements, all seeing the database at one moment."""
+        return await _uncancellable(self._fetch_snapshot(queries))
+
+    async def _fetch_snapshot(
+        self, queries: Sequence[tuple[Select[Any], Mapping[str, Any]]]
+    ) -> list[Sequence[Mapping[str, Any]]]:
         if self.dialect == "postgresql":
             compiled = [(self._compiled(statement), values) for statement, values in queries]
             async with (
@@ -218,6 +231,16 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+T = TypeVar("T")
+
+
+async def _uncancellable(work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result; if the caller is cancelled meanwhile, work still runs to its end."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # retrieved
+    return await asyncio.shield(task)
 
 
 @asynccontextmanager

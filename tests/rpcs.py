@@ -1,0 +1,117 @@
+"""A valid request for every RPC of ParleyService, over resources made for it: what the
+cancellation and hostile-input suites send. A new RPC fails test_every_rpc_has_a_valid_request
+until it is added here."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message as ProtoMessage
+
+from parley_client import ParleyClient, new_message
+from parley_client._gen.parley.v1 import context_pb2, message_pb2, session_pb2, user_pb2
+from parley_client._gen.parley.v1 import parley_service_pb2 as pb
+from tests.factories import new_id
+
+SERVICE = pb.DESCRIPTOR.services_by_name["ParleyService"]
+METHODS = sorted(SERVICE.methods_by_name)
+STREAMING = {m.name for m in SERVICE.methods if m.server_streaming}
+
+
+@dataclass(frozen=True)
+class World:
+    """Resources the requests name: a user with a session of `messages` messages, a context
+    and a rating."""
+
+    user_id: str
+    session_id: str
+    message_ids: list[str]
+    context_id: str
+    rating_id: str
+
+
+async def a_world(client: ParleyClient, *, messages: int = 300) -> World:
+    user = await client.create_user(display_name="world")
+    session = await client.create_session(user_id=user.id, title="world")
+    ids: list[str] = []
+    for start in range(0, messages, 500):
+        batch = [
+            new_message(role="user", content=f"message {n} " + "x" * 200)
+            for n in range(start, min(start + 500, messages))
+        ]
+        ids.extend(m.id for m in await client.batch_append_messages(session.id, batch))
+    context = await client.create_context(session.id, type="system", content="be brief")
+    rating = await client.rate_message(ids[0], user_id=user.id, value=4)
+    return World(user.id, session.id, ids, context.id, rating.id)
+
+
+def valid_requests(world: World, rng: random.Random) -> dict[str, Callable[[], ProtoMessage]]:
+    """For each method, a maker of a valid request (fresh ids where it creates)."""
+
+    def a_message() -> str:
+        return rng.choice(world.message_ids)
+
+    user = user_pb2.User
+    session = session_pb2.Session
+    return {
+        "CreateUser": lambda: pb.CreateUserRequest(user=user(id=new_id(), display_name="n")),
+        "GetUser": lambda: pb.GetUserRequest(id=world.user_id),
+        "ListUsers": lambda: pb.ListUsersRequest(page_size=rng.choice([0, 10, 1000])),
+        "UpdateUser": lambda: pb.UpdateUserRequest(
+            user=user(id=world.user_id, display_name="renamed"),
+            update_mask=FieldMask(paths=["display_name"]),
+        ),
+        "DeleteUser": lambda: pb.DeleteUserRequest(id=new_id(), allow_missing=True),
+        "CreateSession": lambda: pb.CreateSessionRequest(
+            session=session(id=new_id(), user_id=world.user_id, title="s")
+        ),
+        "GetSession": lambda: pb.GetSessionRequest(id=world.session_id),
+        "ListSessions": lambda: pb.ListSessionsRequest(user_id=world.user_id),
+        "UpdateSession": lambda: pb.UpdateSessionRequest(
+            session=session(id=world.session_id, title="renamed"),
+            update_mask=FieldMask(paths=["title"]),
+        ),
+        "CloseSession": lambda: pb.CloseSessionRequest(id=new_id()),
+        "DeleteSession": lambda: pb.DeleteSessionRequest(id=new_id(), allow_missing=True),
+        "GetOrCreateOpenSession": lambda: pb.GetOrCreateOpenSessionRequest(user_id=world.user_id),
+        "GetLatestSession": lambda: pb.GetLatestSessionRequest(user_id=world.user_id),
+        "AppendMessage": lambda: pb.AppendMessageRequest(
+            session_id=world.session_id,
+            message=message_pb2.Message(id=new_id(), role=message_pb2.ROLE_USER, content="hi"),
+        ),
+        "BatchAppendMessages": lambda: pb.BatchAppendMessagesRequest(
+            session_id=world.session_id,
+            messages=[
+                message_pb2.Message(id=new_id(), role=message_pb2.ROLE_USER, content="b")
+                for _ in range(rng.randint(1, 20))
+            ],
+        ),
+        "GetMessage": lambda: pb.GetMessageRequest(id=a_message()),
+        "ListMessages": lambda: pb.ListMessagesRequest(
+            session_id=world.session_id,
+            page_size=rng.choice([0, 50, 1000]),
+            order_by=rng.choice(["", "seq desc"]),
+        ),
+        "StreamMessages": lambda: pb.StreamMessagesRequest(session_id=world.session_id),
+        "GetContextWindow": lambda: pb.GetContextWindowRequest(
+            session_id=world.session_id, max_messages=rng.choice([0, 50, 1000])
+        ),
+        "DeleteMessage": lambda: pb.DeleteMessageRequest(id=new_id(), allow_missing=True),
+        "CreateContext": lambda: pb.CreateContextRequest(
+            context=context_pb2.Context(
+                id=new_id(), session_id=world.session_id, type="file", content="c"
+            )
+        ),
+        "GetContext": lambda: pb.GetContextRequest(id=world.context_id),
+        "ListContexts": lambda: pb.ListContextsRequest(session_id=world.session_id),
+        "DeleteContext": lambda: pb.DeleteContextRequest(id=new_id(), allow_missing=True),
+        "RateMessage": lambda: pb.RateMessageRequest(
+            message_id=a_message(), user_id=world.user_id, value=rng.randint(1, 5)
+        ),
+        "ListRatings": lambda: pb.ListRatingsRequest(session_id=world.session_id),
+        "DeleteRating": lambda: pb.DeleteRatingRequest(id=new_id(), allow_missing=True),
+        "GetRatingSummary": lambda: pb.GetRatingSummaryRequest(session_id=world.session_id),
+    }
