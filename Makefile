@@ -6,11 +6,12 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 RUN := $(UV) run --frozen
 
-.PHONY: help uv sync run test bench protos check-protos lint fmt clean
+.PHONY: help uv sync run test chaos bench protos check-protos lint fmt clean
 
 help:
 	@echo "make run           install everything and serve on 127.0.0.1:50051 (SQLite by default)"
 	@echo "make test          install everything and run the whole test suite (SQLite + PostgreSQL)"
+	@echo "make chaos         fault suites: kill -9 under load, a private PostgreSQL restarted"
 	@echo "make protos        regenerate client/src/parley_client/_gen from protos/"
 	@echo "make check-protos  fail if the committed generated code is stale"
 	@echo "make lint          ruff, mypy --strict, buf lint, check-protos"
@@ -29,7 +30,12 @@ run: sync
 	$(RUN) parley serve
 
 test: sync
-	$(RUN) pytest -n 2 $(PYTEST_ARGS)
+	$(RUN) pytest -n 2 -m "not chaos" $(PYTEST_ARGS)
+
+# Kills server processes and restarts a private PostgreSQL cluster (made with initdb; as root it
+# creates the unprivileged user the cluster runs as).
+chaos: sync
+	$(RUN) pytest -m chaos -p no:randomly $(PYTEST_ARGS)
 
 bench: sync
 	$(RUN) python bench/run.py $(BENCH_ARGS)

@@ -44,6 +44,7 @@ _SKIP_BANNER = "PostgreSQL tests were SKIPPED"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: runs against the real PostgreSQL server")
+    config.addinivalue_line("markers", "chaos: kills processes or restarts a database")
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -250,7 +250,13 @@ async def translated_errors() -> AsyncIterator[None]:
         yield
     except exc.TimeoutError as error:  # the pool had no free connection in time
         raise _pool_exhausted() from error
-    except (exc.DBAPIError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as error:
+    except (
+        exc.DBAPIError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions.InternalClientError,
+        OSError,
+    ) as error:
         if _sqlstate(error) in _RETRYABLE_SQLSTATES:
             raise _lost_race() from error
         if is_outage(error):
@@ -287,7 +293,11 @@ def is_outage(error: BaseException) -> bool:
     if isinstance(error, asyncpg.InterfaceError):
         # DataError is a value the driver could not encode: the statement was never sent.
         return not isinstance(error, asyncpg.exceptions.DataError)
-    return isinstance(error, OSError | asyncpg.PostgresConnectionError)
+    # InternalClientError: the driver lost its connection in the middle of a protocol step.
+    return isinstance(
+        error,
+        OSError | asyncpg.PostgresConnectionError | asyncpg.exceptions.InternalClientError,
+    )
 
 
 def _lost_race() -> Aborted:
