@@ -1,7 +1,7 @@
 """A typed tour of parley_client: an agent turn with tool calls, then the history read back.
 
-    make run                               # in one terminal
-    uv run python examples/typed_usage.py  # in another
+    make run                                     # in one terminal
+    .venv/bin/python examples/typed_usage.py     # in another (or: ... typed_usage.py HOST:PORT)
 
 `make lint` checks this file with mypy --strict, so it also proves the client's types hold up.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 
 from parley_client import (
     Message,
@@ -67,4 +68,4 @@ async def main(target: str = "127.0.0.1:50051") -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(*sys.argv[1:2]))

@@ -88,13 +88,13 @@ async def test_graceful_stop_lets_in_flight_rpcs_finish(
         in_flight = asyncio.create_task(
             client.append_message(session.id, role="user", content="in flight")
         )
-        await asyncio.sleep(0.5)  # the append is now waiting for the lock, inside the server
+        # The append is now inside the server, waiting for the lock.
+        await asyncio.wait_for(running_server.lifecycle.busy.wait(), 10)
         stopping = asyncio.create_task(running_server.stop(grace=20))
-        await asyncio.sleep(0.3)
+        with pytest.raises(UnavailableError):
+            await client.get_session(session.id, retry=False)  # new RPCs are refused meanwhile
         assert not in_flight.done()
         assert not stopping.done()  # stop waits for the in-flight RPC
-        with pytest.raises(UnavailableError):
-            await client.get_session(session.id)  # new RPCs are refused meanwhile
     message = await asyncio.wait_for(in_flight, 15)  # acknowledged after commit
     assert message.seq == 1
     await asyncio.wait_for(stopping, 15)

@@ -282,6 +282,7 @@ class LifecycleInterceptor(CallInterceptor):
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.busy = asyncio.Event()  # set while any call is in flight
 
     @property
     def draining(self) -> bool:
@@ -331,11 +332,13 @@ class LifecycleInterceptor(CallInterceptor):
     def _enter(self) -> None:
         self._in_flight += 1
         self._idle.clear()
+        self.busy.set()
 
     def _left(self) -> None:
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
+            self.busy.clear()
 
     async def responses(self, call: Call, responses: AsyncIterator[Any]) -> AsyncIterator[Any]:
         loop = asyncio.get_running_loop()

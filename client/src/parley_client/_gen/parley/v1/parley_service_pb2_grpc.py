@@ -35,9 +35,15 @@ class ParleyServiceStub:
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
     Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
-    opaque page_token, and return next_page_token (empty on the last page); Update methods take a
-    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
+    opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
+    early when its items reach the server's response byte budget (3 MiB by default). Update methods
+    take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
     INVALID_ARGUMENT, a google.rpc.BadRequest naming the offending fields.
+
+    Retries: a Create or Append that carries a client-chosen id is safe to repeat. If a resource with
+    that id is already stored with the same content (the first attempt landed), the call answers OK
+    with the stored resource; the same id with different content is ALREADY_EXISTS. Give every
+    create and append an id, and retry UNAVAILABLE (and ABORTED) with backoff.
     """
 
     def __init__(self, channel):
@@ -192,9 +198,15 @@ class ParleyServiceServicer:
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
     Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
-    opaque page_token, and return next_page_token (empty on the last page); Update methods take a
-    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
+    opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
+    early when its items reach the server's response byte budget (3 MiB by default). Update methods
+    take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
     INVALID_ARGUMENT, a google.rpc.BadRequest naming the offending fields.
+
+    Retries: a Create or Append that carries a client-chosen id is safe to repeat. If a resource with
+    that id is already stored with the same content (the first attempt landed), the call answers OK
+    with the stored resource; the same id with different content is ALREADY_EXISTS. Give every
+    create and append an id, and retry UNAVAILABLE (and ABORTED) with backoff.
     """
 
     def CreateUser(self, request, context):
@@ -289,7 +301,8 @@ class ParleyServiceServicer:
 
     def AppendMessage(self, request, context):
         """Messages.
-        Appends one message; the server assigns the next seq.
+        Appends one message; the server assigns the next seq. Repeating it with the same message id and
+        content returns the stored message, stored once.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -316,8 +329,9 @@ class ParleyServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamMessages(self, request, context):
-        """The session's history in seq order as a server stream, in batches of up to 500 messages. Each
-        batch is read when it is sent, so messages appended meanwhile may arrive at the end.
+        """The session's history in seq order as a server stream, in batches of up to 500 messages and the
+        response byte budget. Each batch is read when it is sent, so messages appended meanwhile may
+        arrive at the end. A server shutting down ends it with UNAVAILABLE: resume with after_seq.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -547,9 +561,15 @@ class ParleyService:
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
     Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
-    opaque page_token, and return next_page_token (empty on the last page); Update methods take a
-    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
+    opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
+    early when its items reach the server's response byte budget (3 MiB by default). Update methods
+    take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
     INVALID_ARGUMENT, a google.rpc.BadRequest naming the offending fields.
+
+    Retries: a Create or Append that carries a client-chosen id is safe to repeat. If a resource with
+    that id is already stored with the same content (the first attempt landed), the call answers OK
+    with the stored resource; the same id with different content is ALREADY_EXISTS. Give every
+    create and append an id, and retry UNAVAILABLE (and ABORTED) with backoff.
     """
 
     @staticmethod

@@ -36,9 +36,15 @@ class ParleyServiceStub:
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
     Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
-    opaque page_token, and return next_page_token (empty on the last page); Update methods take a
-    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
+    opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
+    early when its items reach the server's response byte budget (3 MiB by default). Update methods
+    take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
     INVALID_ARGUMENT, a google.rpc.BadRequest naming the offending fields.
+
+    Retries: a Create or Append that carries a client-chosen id is safe to repeat. If a resource with
+    that id is already stored with the same content (the first attempt landed), the call answers OK
+    with the stored resource; the same id with different content is ALREADY_EXISTS. Give every
+    create and append an id, and retry UNAVAILABLE (and ABORTED) with backoff.
     """
 
     @_typing.overload
@@ -74,7 +80,8 @@ class ParleyServiceStub:
     """The user's most recently active session (highest update_time), open or closed."""
     AppendMessage: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.AppendMessageRequest, _message_pb2.Message]
     """Messages.
-    Appends one message; the server assigns the next seq.
+    Appends one message; the server assigns the next seq. Repeating it with the same message id and
+    content returns the stored message, stored once.
     """
     BatchAppendMessages: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.BatchAppendMessagesRequest, _parley_service_pb2.BatchAppendMessagesResponse]
     """Appends several messages atomically (all or none) with consecutive seqs, in request order."""
@@ -82,8 +89,9 @@ class ParleyServiceStub:
     ListMessages: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.ListMessagesRequest, _parley_service_pb2.ListMessagesResponse]
     """In seq order (or newest first), optionally filtered."""
     StreamMessages: _grpc.UnaryStreamMultiCallable[_parley_service_pb2.StreamMessagesRequest, _parley_service_pb2.StreamMessagesResponse]
-    """The session's history in seq order as a server stream, in batches of up to 500 messages. Each
-    batch is read when it is sent, so messages appended meanwhile may arrive at the end.
+    """The session's history in seq order as a server stream, in batches of up to 500 messages and the
+    response byte budget. Each batch is read when it is sent, so messages appended meanwhile may
+    arrive at the end. A server shutting down ends it with UNAVAILABLE: resume with after_seq.
     """
     GetContextWindow: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.GetContextWindowRequest, _parley_service_pb2.GetContextWindowResponse]
     """What an agent needs to build its next prompt, read at one moment: the session, its contexts
@@ -112,9 +120,15 @@ class ParleyServiceAsyncStub(ParleyServiceStub):
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
     Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
-    opaque page_token, and return next_page_token (empty on the last page); Update methods take a
-    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
+    opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
+    early when its items reach the server's response byte budget (3 MiB by default). Update methods
+    take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
     INVALID_ARGUMENT, a google.rpc.BadRequest naming the offending fields.
+
+    Retries: a Create or Append that carries a client-chosen id is safe to repeat. If a resource with
+    that id is already stored with the same content (the first attempt landed), the call answers OK
+    with the stored resource; the same id with different content is ALREADY_EXISTS. Give every
+    create and append an id, and retry UNAVAILABLE (and ABORTED) with backoff.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -147,7 +161,8 @@ class ParleyServiceAsyncStub(ParleyServiceStub):
     """The user's most recently active session (highest update_time), open or closed."""
     AppendMessage: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.AppendMessageRequest, _message_pb2.Message]  # type: ignore[assignment]
     """Messages.
-    Appends one message; the server assigns the next seq.
+    Appends one message; the server assigns the next seq. Repeating it with the same message id and
+    content returns the stored message, stored once.
     """
     BatchAppendMessages: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.BatchAppendMessagesRequest, _parley_service_pb2.BatchAppendMessagesResponse]  # type: ignore[assignment]
     """Appends several messages atomically (all or none) with consecutive seqs, in request order."""
@@ -155,8 +170,9 @@ class ParleyServiceAsyncStub(ParleyServiceStub):
     ListMessages: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.ListMessagesRequest, _parley_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
     """In seq order (or newest first), optionally filtered."""
     StreamMessages: _aio.UnaryStreamMultiCallable[_parley_service_pb2.StreamMessagesRequest, _parley_service_pb2.StreamMessagesResponse]  # type: ignore[assignment]
-    """The session's history in seq order as a server stream, in batches of up to 500 messages. Each
-    batch is read when it is sent, so messages appended meanwhile may arrive at the end.
+    """The session's history in seq order as a server stream, in batches of up to 500 messages and the
+    response byte budget. Each batch is read when it is sent, so messages appended meanwhile may
+    arrive at the end. A server shutting down ends it with UNAVAILABLE: resume with after_seq.
     """
     GetContextWindow: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.GetContextWindowRequest, _parley_service_pb2.GetContextWindowResponse]  # type: ignore[assignment]
     """What an agent needs to build its next prompt, read at one moment: the session, its contexts
@@ -184,9 +200,15 @@ class ParleyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
     Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
-    opaque page_token, and return next_page_token (empty on the last page); Update methods take a
-    google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
+    opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
+    early when its items reach the server's response byte budget (3 MiB by default). Update methods
+    take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
     INVALID_ARGUMENT, a google.rpc.BadRequest naming the offending fields.
+
+    Retries: a Create or Append that carries a client-chosen id is safe to repeat. If a resource with
+    that id is already stored with the same content (the first attempt landed), the call answers OK
+    with the stored resource; the same id with different content is ALREADY_EXISTS. Give every
+    create and append an id, and retry UNAVAILABLE (and ABORTED) with backoff.
     """
 
     @_abc_1.abstractmethod
@@ -301,7 +323,8 @@ class ParleyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_message_pb2.Message, _abc.Awaitable[_message_pb2.Message]]:
         """Messages.
-        Appends one message; the server assigns the next seq.
+        Appends one message; the server assigns the next seq. Repeating it with the same message id and
+        content returns the stored message, stored once.
         """
 
     @_abc_1.abstractmethod
@@ -333,8 +356,9 @@ class ParleyServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _parley_service_pb2.StreamMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_parley_service_pb2.StreamMessagesResponse], _abc.AsyncIterator[_parley_service_pb2.StreamMessagesResponse]]:
-        """The session's history in seq order as a server stream, in batches of up to 500 messages. Each
-        batch is read when it is sent, so messages appended meanwhile may arrive at the end.
+        """The session's history in seq order as a server stream, in batches of up to 500 messages and the
+        response byte budget. Each batch is read when it is sent, so messages appended meanwhile may
+        arrive at the end. A server shutting down ends it with UNAVAILABLE: resume with after_seq.
         """
 
     @_abc_1.abstractmethod
