@@ -125,13 +125,12 @@ async def test_a_bad_append_fails_alone_in_group_commit(store: Store) -> None:
     assert [m.seq for m in stored.items] == list(range(1, 201))
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # a matter of PostgreSQL's pool
 async def test_cancelled_context_windows_leave_no_connection_in_a_transaction(
-    client: ParleyClient, database_url: str, backend: str
+    client: ParleyClient, database_url: str
 ) -> None:
     """Deadlines of a few ms cancelled GetContextWindow inside its snapshot transaction, and the
     connection went back to the pool `idle in transaction`: later calls on it failed for good."""
-    if backend != "postgres":
-        pytest.skip("a PostgreSQL pool matter")
     session_id = await _a_long_session(client, 200)
     rng = random.Random(3)
 
@@ -334,10 +333,9 @@ async def test_an_outage_logs_one_warning_not_one_per_call(
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
 
 
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite has no connection pool to exhaust
 async def test_a_busy_pool_is_not_reported_as_a_database_outage(database_url: str) -> None:
     settings = Settings(database_url=database_url, db_pool_size=1, db_pool_timeout_seconds=0.2)
-    if settings.is_sqlite:
-        pytest.skip("SQLite has no connection pool to exhaust")
     database = Database(create_engine(settings))
     running = await create_server("127.0.0.1:0", store=Store.over(database), settings=settings)
     try:

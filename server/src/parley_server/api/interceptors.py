@@ -284,10 +284,6 @@ class LifecycleInterceptor(CallInterceptor):
         self._idle.set()
         self.busy = asyncio.Event()  # set while any call is in flight
 
-    @property
-    def draining(self) -> bool:
-        return self._draining
-
     def drain(self) -> None:
         self._draining = True
         self._drain_started = time.monotonic()
