@@ -1,4 +1,5 @@
-"""Logging helpers: warnings that repeat (one per failed call during an outage) are throttled."""
+"""Logging helpers: exceptions described without users' data, and warnings that repeat (one per
+failed call during an outage) throttled."""
 
 from __future__ import annotations
 
@@ -35,3 +36,26 @@ def throttled(logger: logging.Logger, level: int, message: str) -> None:
         logger.log(level, "%s (and %d more like it since the last such line)", message, suppressed)
     else:
         logger.log(level, message)
+
+
+_DATABASE_MODULES = ("sqlalchemy", "asyncpg", "sqlite3", "aiosqlite")
+
+
+def describe(error: BaseException) -> str:
+    """An exception chain for the log. Database errors appear by type and SQLSTATE only: their
+    messages quote the values (and SQLAlchemy's the parameters) they failed on, which are users'
+    data."""
+    parts: list[str] = []
+    seen: BaseException | None = error
+    while seen is not None and len(parts) < 5:
+        kind = type(seen)
+        name = f"{kind.__module__}.{kind.__qualname__}"
+        if kind.__module__.split(".")[0] in _DATABASE_MODULES:
+            sqlstate = getattr(seen, "sqlstate", None) or getattr(
+                getattr(seen, "orig", None), "sqlstate", None
+            )
+            parts.append(f"{name} (SQLSTATE {sqlstate})" if sqlstate else name)
+        else:
+            parts.append(f"{name}: {seen}")
+        seen = seen.__cause__ or seen.__context__
+    return " <- ".join(parts)

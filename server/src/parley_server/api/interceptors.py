@@ -31,7 +31,8 @@ from grpc_status import rpc_status
 from parley_server.api.status import status_code, to_status
 from parley_server.api.validate import find_unstorable
 from parley_server.errors import InvalidArgument, ParleyError, Unavailable
-from parley_server.logs import throttled
+from parley_server.logs import describe, throttled
+from parley_server.tasks import run_to_end
 
 log = logging.getLogger("parley.rpc")
 
@@ -233,29 +234,6 @@ def _decode_problem(error: Exception) -> str:
     return problem[:200]
 
 
-_DATABASE_MODULES = ("sqlalchemy", "asyncpg", "sqlite3", "aiosqlite")
-
-
-def describe(error: BaseException) -> str:
-    """An exception chain for the log. Database errors appear by type and SQLSTATE only: their
-    messages quote the values (and SQLAlchemy's the parameters) they failed on, which are users'
-    data."""
-    parts: list[str] = []
-    seen: BaseException | None = error
-    while seen is not None and len(parts) < 5:
-        kind = type(seen)
-        name = f"{kind.__module__}.{kind.__qualname__}"
-        if kind.__module__.split(".")[0] in _DATABASE_MODULES:
-            sqlstate = getattr(seen, "sqlstate", None) or getattr(
-                getattr(seen, "orig", None), "sqlstate", None
-            )
-            parts.append(f"{name} (SQLSTATE {sqlstate})" if sqlstate else name)
-        else:
-            parts.append(f"{name}: {seen}")
-        seen = seen.__cause__ or seen.__context__
-    return " <- ".join(parts)
-
-
 async def _abort(context: Context, status: grpc.Status) -> None:
     # What abort_with_status does, spelled with the calls the type stubs know.
     await context.abort(status.code, status.details, status.trailing_metadata)
@@ -308,22 +286,16 @@ class LifecycleInterceptor(CallInterceptor):
         yield
 
     def complete(self, call: Call, work: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
-        # A unary handler runs to its end even when its caller cancels: an await cut short
-        # inside a transaction can leave the connection (and on SQLite the write lock) held.
-        # The caller is gone either way; only its answer is dropped.
-        task = asyncio.ensure_future(work)
-        answer = asyncio.shield(task)
+        # A unary handler runs to its end even when its caller cancels (see run_to_end), and
+        # counts as in flight until then, so a graceful stop waits for it.
         self._enter()
 
-        def finished(task: asyncio.Future[Any]) -> None:
+        def finished(error: BaseException | None, abandoned: bool) -> None:
             self._left()
-            if answer.cancelled() and not task.cancelled():  # nobody awaits it any more
-                error = task.exception()
-                if error is not None and not isinstance(error, ParleyError):
-                    log.error("%s failed after its caller left: %s", call.method, describe(error))
+            if abandoned and error is not None and not isinstance(error, ParleyError):
+                log.error("%s failed after its caller left: %s", call.method, describe(error))
 
-        task.add_done_callback(finished)
-        return answer
+        return run_to_end(work, finished=finished)
 
     def _enter(self) -> None:
         self._in_flight += 1
@@ -375,6 +347,5 @@ __all__ = [
     "ErrorInterceptor",
     "LifecycleInterceptor",
     "LoggingInterceptor",
-    "describe",
     "status_code",
 ]

@@ -27,6 +27,7 @@ from parley_server.api.pagination import PageTokens
 from parley_server.api.validate import Violations
 from parley_server.domain import Page
 from parley_server.store import Store
+from parley_server.tasks import run_to_end
 
 MAX_BATCH_MESSAGES = 1000
 STREAM_BATCH = 500  # messages per StreamMessagesResponse at most (and at most the byte budget)
@@ -223,13 +224,17 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v.raise_if_any()
         position = 0
         while True:
-            page = await self._store.messages.list(
-                session_id,
-                where,
-                position=position,
-                limit=STREAM_BATCH,
-                max_bytes=self._budget,
-                count_total=False,
+            # A stream is not a unary call, which the lifecycle interceptor runs to its end: its
+            # page reads are, one by one, so a client leaving never cuts one short.
+            page = await run_to_end(
+                self._store.messages.list(
+                    session_id,
+                    where,
+                    position=position,
+                    limit=STREAM_BATCH,
+                    max_bytes=self._budget,
+                    count_total=False,
+                )
             )
             if page.items:
                 response = pb.StreamMessagesResponse()
