@@ -29,8 +29,8 @@ from sqlalchemy.engine import make_url
 from parley_client import ParleyClient
 from parley_client._errors import from_rpc_error
 from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
-from parley_server.config import Settings
-from parley_server.server import RunningServer, create_server
+from parley_server import app
+from parley_server.server import RunningServer
 from parley_server.store import Database, Store
 from parley_server.store import migrate as migrations
 from parley_server.store.database import create_engine
@@ -97,7 +97,7 @@ async def _admin(sql: str) -> None:
 
 
 async def _migrate(url: str) -> None:
-    engine = create_engine(Settings(database_url=url))
+    engine = create_engine(url)
     try:
         await migrations.upgrade(engine)
     finally:
@@ -190,7 +190,7 @@ def _skip_or_fail_postgres(template: PostgresTemplate) -> None:
 
 @pytest.fixture
 async def database(database_url: str) -> AsyncIterator[Database]:
-    db = Database(create_engine(Settings(database_url=database_url)))
+    db = Database(create_engine(database_url))
     yield db
     await db.dispose()
 
@@ -205,7 +205,7 @@ def store(database: Database) -> Store:
 
 @pytest.fixture
 async def running_server(store: Store) -> AsyncIterator[RunningServer]:
-    running = await create_server("127.0.0.1:0", store=store)
+    running = await app.start(store, address="127.0.0.1:0")
     yield running
     await running.stop(None, quiet=0)
 

@@ -20,12 +20,10 @@ from parley_client import (
 )
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
 from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
-from parley_server import errors
+from parley_server import app, errors
 from parley_server.api.status import STATUS_CODES, status_code
 from parley_server.config import Settings
-from parley_server.server import create_server
 from parley_server.store import Database, Store
-from parley_server.store.database import create_engine
 from tests.factories import a_session, new_id
 
 
@@ -127,8 +125,8 @@ async def unreachable_database_client() -> AsyncIterator[ParleyClient]:
         db_pool_timeout_seconds=2,
         page_token_secret=base64.b64encode(bytes(32)).decode(),
     )
-    database = Database(create_engine(settings))
-    running = await create_server("127.0.0.1:0", store=Store.over(database), settings=settings)
+    database = Database(app.open_engine(settings))
+    running = await app.start(Store.over(database), settings, address="127.0.0.1:0")
     async with ParleyClient(f"127.0.0.1:{running.port}", default_timeout=20) as client:
         yield client
     await running.stop(None, quiet=0)

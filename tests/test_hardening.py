@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import logging
+import os
 import random
 import signal
 import sqlite3
@@ -28,13 +28,12 @@ from parley_client import (
     UnavailableError,
     new_message,
 )
-from parley_client._gen.parley.internal.v1.page_token_pb2 import PageToken
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
 from parley_client._gen.parley.v1.message_pb2 import ROLE_USER, Message
-from parley_server import errors
+from parley_server import app, errors
+from parley_server.api.pagination import PageToken, PageTokens, fingerprint
 from parley_server.config import Settings
 from parley_server.domain import MessageFilter, NewMessage, NewSession, NewUser, Role
-from parley_server.server import create_server, prepare_database
 from parley_server.store import Database, Store, migrate
 from parley_server.store.database import create_engine, translated_errors
 from tests.conftest import RawCall
@@ -235,9 +234,9 @@ async def test_sigterm_under_load_exits_cleanly(database_url: str) -> None:
 @pytest.mark.parametrize(
     "token",
     [
-        PageToken(method="ListUsers", last_time_micros=2**62, last_id=str(uuid.uuid4())),
-        PageToken(method="ListUsers", last_time_micros=-(2**62), last_id=str(uuid.uuid4())),
-        PageToken(method="ListUsers", last_time_micros=1, last_id="not a uuid"),
+        PageToken("ListUsers", fingerprint(), last_time_micros=2**62, last_id=str(uuid.uuid4())),
+        PageToken("ListUsers", fingerprint(), last_time_micros=-(2**62), last_id=str(uuid.uuid4())),
+        PageToken("ListUsers", fingerprint(), last_time_micros=1, last_id="not a uuid"),
     ],
     ids=["far-future", "far-past", "bad-id"],
 )
@@ -246,8 +245,7 @@ async def test_forged_page_tokens_are_invalid_argument(
 ) -> None:
     """Tokens were an unkeyed fingerprint: a forged one reached the database and came back
     INTERNAL. Only a token parley signed for this query is honoured."""
-    token.filter_fingerprint = hashlib.sha256(repr(()).encode()).digest()[:12]
-    forged = base64.urlsafe_b64encode(token.SerializeToString()).rstrip(b"=").decode()
+    forged = PageTokens(os.urandom(32)).encode(token)  # well-formed, but not signed by parley
     with pytest.raises(InvalidArgumentError) as caught:
         await client.list_users(page_token=forged)
     assert caught.value.field_violations[0].field == "page_token"
@@ -318,8 +316,8 @@ async def test_an_outage_logs_one_warning_not_one_per_call(
         database_url="postgresql+asyncpg://postgres@127.0.0.1:1/parley",
         page_token_secret=base64.b64encode(bytes(32)).decode(),
     )
-    database = Database(create_engine(settings))
-    running = await create_server("127.0.0.1:0", store=Store.over(database), settings=settings)
+    database = Database(app.open_engine(settings))
+    running = await app.start(Store.over(database), settings, address="127.0.0.1:0")
     try:
         async with ParleyClient(f"127.0.0.1:{running.port}") as client:
             with caplog.at_level(logging.WARNING):
@@ -336,8 +334,8 @@ async def test_an_outage_logs_one_warning_not_one_per_call(
 @pytest.mark.parametrize("backend", ["postgres"])  # SQLite has no connection pool to exhaust
 async def test_a_busy_pool_is_not_reported_as_a_database_outage(database_url: str) -> None:
     settings = Settings(database_url=database_url, db_pool_size=1, db_pool_timeout_seconds=0.2)
-    database = Database(create_engine(settings))
-    running = await create_server("127.0.0.1:0", store=Store.over(database), settings=settings)
+    database = Database(app.open_engine(settings))
+    running = await app.start(Store.over(database), settings, address="127.0.0.1:0")
     try:
         async with (
             ParleyClient(f"127.0.0.1:{running.port}") as client,
@@ -412,7 +410,7 @@ async def test_ids_stored_with_a_trailing_newline_are_repaired(tmp_path: Path) -
     """SQLite stored "<uuid>\\n" ids that the old check let through; no read of their session
     could succeed again. Migration 0002 repairs them."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
-    engine = create_engine(Settings(database_url=url))
+    engine = create_engine(url)
     await migrate.upgrade(engine, "0001")
     await engine.dispose()
     user, session, message = (uuid.uuid4().hex for _ in range(3))
@@ -435,8 +433,8 @@ async def test_ids_stored_with_a_trailing_newline_are_repaired(tmp_path: Path) -
             (f"{message}\n", session, "junk\n", f"{user}\n", now),
         )
     settings = Settings(database_url=url)
-    database = await prepare_database(settings)  # migrates SQLite to the newest revision
-    running = await create_server("127.0.0.1:0", store=Store.over(database), settings=settings)
+    database = await app.open_database(settings)  # migrates SQLite to the newest revision
+    running = await app.start(Store.over(database), settings, address="127.0.0.1:0")
     try:
         async with ParleyClient(f"127.0.0.1:{running.port}") as client:
             session_id = str(uuid.UUID(session))

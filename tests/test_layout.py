@@ -97,3 +97,36 @@ def test_the_makefile_targets_do_what_ci_relies_on() -> None:
     assert "bench/run.py" in _recipe("bench")
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     assert "PARLEY_REQUIRE_POSTGRES=1" in (ROOT / ".ci" / "run").read_text()
+
+
+SERVER = ROOT / "server" / "src" / "parley_server"
+# The entry points that may read configuration: the settings themselves, the command line, the
+# composition root, and Alembic's environment when it is run on its own.
+ENTRY_POINTS = {"config.py", "cli.py", "app.py", "migrations/env.py"}
+
+
+def _imports(source: Path) -> list[str]:
+    names: list[str] = []
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names += [node.module or "", *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return names
+
+
+def test_services_know_nothing_of_grpc_or_protobuf() -> None:
+    for source in (SERVER / "services").rglob("*.py"):
+        for name in _imports(source):
+            assert not name.startswith(("grpc", "google.protobuf", "parley_client")), source
+            assert not name.startswith("parley_server.api"), source
+
+
+def test_nothing_below_the_composition_root_reads_the_environment() -> None:
+    for source in SERVER.rglob("*.py"):
+        if source.relative_to(SERVER).as_posix() in ENTRY_POINTS:
+            continue
+        text = source.read_text()
+        assert "environ" not in text and "getenv" not in text, source
+        for name in _imports(source):
+            assert not name.startswith(("parley_server.config", "pydantic_settings")), source

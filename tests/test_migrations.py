@@ -10,7 +10,6 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
-from parley_server.config import Settings
 from parley_server.store import migrate
 from parley_server.store.database import create_engine
 from parley_server.store.schema import Base
@@ -28,7 +27,7 @@ def _tables(connection: Connection) -> set[str]:
 
 
 async def test_upgrade_matches_models_and_downgrade_undoes_it(empty_database_url: str) -> None:
-    engine = create_engine(Settings(database_url=empty_database_url))
+    engine = create_engine(empty_database_url)
     try:
         assert await migrate.pending_revision(engine) == ""
         await migrate.upgrade(engine)

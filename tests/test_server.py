@@ -19,8 +19,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy.engine import make_url
 
 from parley_client import ParleyClient, UnavailableError
+from parley_server import app
 from parley_server.config import Settings
-from parley_server.server import SERVICE_NAME, RunningServer, create_server, prepare_database
+from parley_server.server import SERVICE_NAME, RunningServer
 from parley_server.store import Store
 from tests.factories import a_session
 
@@ -102,7 +103,7 @@ async def test_graceful_stop_lets_in_flight_rpcs_finish(
 
 async def test_a_taken_port_is_refused(running_server: RunningServer, store: Store) -> None:
     with pytest.raises(OSError, match="cannot listen"):
-        await create_server(f"127.0.0.1:{running_server.port}", store=store)
+        await app.start(store, address=f"127.0.0.1:{running_server.port}")
 
 
 async def test_parley_serve_migrates_sqlite_and_stops_on_sigterm(tmp_path: Path) -> None:
@@ -141,7 +142,7 @@ async def test_serving_an_unmigrated_database_needs_parley_migrate(
 ) -> None:
     settings = Settings(database_url=empty_database_url, auto_migrate=False)
     with pytest.raises(SystemExit, match="run `parley migrate`"):
-        await prepare_database(settings)
+        await app.open_database(settings)
 
     migrate = await asyncio.create_subprocess_exec(
         PARLEY, "--database-url", empty_database_url, "migrate", stderr=subprocess.PIPE
@@ -149,5 +150,5 @@ async def test_serving_an_unmigrated_database_needs_parley_migrate(
     _, stderr = await asyncio.wait_for(migrate.communicate(), 60)
     assert migrate.returncode == 0, stderr.decode()
 
-    database = await prepare_database(settings)
+    database = await app.open_database(settings)
     await database.dispose()

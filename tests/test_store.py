@@ -13,7 +13,6 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from parley_client import ParleyClient
-from parley_server.config import Settings
 from parley_server.domain import NewMessage, NewSession, NewUser, Role
 from parley_server.store import Store
 from parley_server.store.database import Database, create_engine
@@ -27,7 +26,7 @@ async def test_commits_are_durable_even_where_the_database_says_otherwise(
 ) -> None:
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
-        engine = create_engine(Settings(database_url=database_url))
+        engine = create_engine(database_url)
         async with engine.connect() as connection:
             # FULL: the WAL is synced on every commit, so power loss keeps acknowledged writes.
             assert (await connection.scalar(text("PRAGMA synchronous"))) == 2
@@ -36,16 +35,14 @@ async def test_commits_are_durable_even_where_the_database_says_otherwise(
         await engine.dispose()
         return
     await _admin(f'ALTER DATABASE "{url.database}" SET synchronous_commit = off')
-    engine = create_engine(Settings(database_url=database_url))
+    engine = create_engine(database_url)
     async with engine.connect() as connection:
         assert (await connection.scalar(text("SHOW synchronous_commit"))) == "on"
     await engine.dispose()
 
 
 async def test_sqlite_writers_queue_instead_of_failing(tmp_path: Path) -> None:
-    database = Database(
-        create_engine(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/q.db"))
-    )
+    database = Database(create_engine(f"sqlite+aiosqlite:///{tmp_path}/q.db"))
     async with database.write() as session:
         await session.execute(text("CREATE TABLE t (n INTEGER)"))
 
@@ -97,8 +94,8 @@ async def test_server_processes_appending_to_the_same_sessions_never_deadlock(
     statements of their own. Each statement must lock its sessions in one global order, or two
     statements can wait on each other in a cycle (PostgreSQL then aborts one: a failed batch).
     Before the statement locked in order, this test hit that deadlock in about a third of runs."""
-    stores = [Store.over(Database(create_engine(Settings(database_url=database_url))))]
-    stores.append(Store.over(Database(create_engine(Settings(database_url=database_url)))))
+    stores = [Store.over(Database(create_engine(database_url)))]
+    stores.append(Store.over(Database(create_engine(database_url))))
     user = await stores[0].users.create(NewUser(id=None))
     sessions = [
         (await stores[0].sessions.create(NewSession(id=None, user_id=user.id))).id

@@ -9,10 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from parley_server.app import open_engine, serve
 from parley_server.config import Settings
-from parley_server.server import serve
 from parley_server.store import migrate as migrations
-from parley_server.store.database import create_engine
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -29,7 +28,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 async def _migrate(settings: Settings, revision: str) -> None:
-    engine = create_engine(settings)
+    engine = open_engine(settings)
     try:
         await migrations.upgrade(engine, revision)
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_path
@@ -24,13 +23,12 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL: sqlite+aiosqlite:///path or postgresql+asyncpg://...",
     )
     listen_address: str = Field("127.0.0.1:50051", description="host:port to serve gRPC on")
-    # Measured: overflow connections are opened and closed again under steady load (882 vs 1,280
-    # appends/s at 64 clients), and 8 to 32 connections served that load alike.
+    # No overflow: overflow connections are opened and closed again under steady load.
     db_pool_size: int = Field(16, ge=1, description="database connections kept open")
     db_max_overflow: int = Field(0, ge=0, description="extra connections allowed under load")
     db_pool_timeout_seconds: float = Field(10.0, gt=0, description="wait for a free connection")
-    # Measured (64 clients): 1 lane 2.4k appends/s, 2 lanes 1.9k: one lane coalesces more appends
-    # per statement. More lanes let a huge batch hold up fewer other sessions' appends.
+    # One lane coalesces the most appends per statement; more let a huge batch hold up fewer
+    # other sessions' appends.
     write_lanes: int = Field(
         1,
         ge=1,
@@ -58,6 +56,9 @@ class Settings(BaseSettings):
     max_receive_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="largest request the server accepts"
     )
+    reflection: bool = Field(
+        True, description="serve gRPC reflection, so grpcurl and UIs can discover the API"
+    )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="auto: uvloop where it is installed, else asyncio's own"
@@ -80,11 +81,3 @@ class Settings(BaseSettings):
     @property
     def should_auto_migrate(self) -> bool:
         return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
-
-    def sqlite_path(self) -> Path | None:
-        """The database file of an SQLite URL, or None for in-memory and other databases."""
-        if not self.is_sqlite:
-            return None
-        _, _, path = self.database_url.partition(":///")
-        path = path.split("?", 1)[0]
-        return None if path in ("", ":memory:") else Path(path)

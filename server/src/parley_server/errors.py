@@ -85,6 +85,14 @@ class Aborted(ParleyError):
 
     default_reason = "ABORTED"
 
+    @classmethod
+    def concurrent_conflict(cls) -> Aborted:
+        """A concurrent change (a delete, a racing write) made this one fail: the one error for
+        every such race, so clients handle them alike."""
+        return cls(
+            "a concurrent change conflicted with this one; retry it", reason="CONCURRENT_CONFLICT"
+        )
+
 
 class Unavailable(ParleyError):
     """The database cannot be reached right now; retry with backoff."""

@@ -25,8 +25,8 @@ from parley_server import domain
 from parley_server.api.validate import Violations
 
 # --- domain -> proto ------------------------------------------------------------------------------
-# Messages are built by assigning fields, only those that are set: upb's keyword constructor took
-# 5.3 us per message, assignment about 1 us, and history is converted by the thousand.
+# Messages are built by assigning fields, only those that are set: with upb that is several times
+# cheaper than the keyword constructor, and history is converted by the thousand.
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
@@ -102,7 +102,7 @@ def add_messages(
     messages: Iterable[domain.Message],
 ) -> None:
     """Build each message in place in a response's repeated field: adding one built apart copies
-    it (50 messages: 74 us built apart and passed to the response, 49 us in place)."""
+    it."""
     for message in messages:
         _fill_message(target.add(), message)
 
@@ -349,21 +349,12 @@ def new_message(
         v.add(f"{prefix}.session_id", "differs from the request's session_id; leave it empty")
     parsed_role = role(message.role, f"{prefix}.role", v)
     tool_calls: list[domain.ToolCall] = []
-    seen_call_ids: set[str] = set()
     for index, call in enumerate(message.tool_calls):
         field = f"{prefix}.tool_calls[{index}]"
         v.label(f"{field}.name", call.name, required=True)
         v.label(f"{field}.id", call.id)
-        if call.id and call.id in seen_call_ids:
-            v.add(f"{field}.id", f"repeats tool call id {call.id!r} of this message")
-        seen_call_ids.add(call.id)
         tool_calls.append(domain.ToolCall(id=call.id, name=call.name, arguments=call.arguments))
-    if tool_calls and parsed_role not in (None, domain.Role.ASSISTANT):
-        v.add(f"{prefix}.tool_calls", "only ROLE_ASSISTANT messages carry tool calls")
-    if parsed_role is domain.Role.TOOL:
-        v.label(f"{prefix}.tool_call_id", message.tool_call_id, required=True)
-    elif message.tool_call_id and parsed_role is not None:
-        v.add(f"{prefix}.tool_call_id", "only ROLE_TOOL messages answer a tool call")
+    v.label(f"{prefix}.tool_call_id", message.tool_call_id)
     attachments = []
     for index, attachment in enumerate(message.attachments):
         if attachment.size_bytes < 0:

@@ -1,5 +1,8 @@
-"""Opaque, signed, keyset-based page tokens (AIP-158): a serialized internal proto and its HMAC,
-never an offset.
+"""Opaque, signed, keyset-based page tokens (AIP-158), never an offset.
+
+The format is private to the server (no client can or should parse it): a fixed header (a
+version byte, digests of the method and of the filter arguments, the last time and seq) followed
+by the last id, then the HMAC of all of that, in URL-safe base64.
 
 A token is honoured only if this service issued it for the same method and the same filter
 arguments: its tag is an HMAC-SHA256 over all of that, keyed with a secret that every server
@@ -13,20 +16,21 @@ import base64
 import binascii
 import hashlib
 import hmac
+import struct
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from google.protobuf.message import DecodeError
-
-from parley_client._gen.parley.internal.v1.page_token_pb2 import PageToken
 from parley_server.domain import Page, TimeCursor
 from parley_server.errors import InvalidArgument
 
 _FIELD = "page_token"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TAG_BYTES = 16
+_VERSION = 1
+# version, method digest, filter digest, last_time_micros, last_seq; then the last id (UTF-8).
+_HEADER = struct.Struct(">B4s12sqq")
 _MAX_MICROS = (datetime(9999, 12, 31, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 _MIN_MICROS = (datetime(1, 1, 2, tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
 
@@ -38,6 +42,21 @@ def fingerprint(*filters: object) -> bytes:
 
 def _invalid(problem: str) -> InvalidArgument:
     return InvalidArgument.field(_FIELD, problem)
+
+
+def _method_digest(method: str) -> bytes:
+    return hashlib.sha256(method.encode()).digest()[:4]
+
+
+@dataclass(frozen=True, slots=True)
+class PageToken:
+    """Where a list stopped: a (create_time, id) or a seq position, for a method and filters."""
+
+    method: str
+    filter_fingerprint: bytes
+    last_time_micros: int = 0
+    last_seq: int = 0
+    last_id: str = ""
 
 
 class PageTokens:
@@ -52,7 +71,16 @@ class PageTokens:
         return hmac.new(self._key, payload, hashlib.sha256).digest()[:_TAG_BYTES]
 
     def encode(self, token: PageToken) -> str:
-        payload = token.SerializeToString()
+        payload = (
+            _HEADER.pack(
+                _VERSION,
+                _method_digest(token.method),
+                token.filter_fingerprint,
+                token.last_time_micros,
+                token.last_seq,
+            )
+            + token.last_id.encode()
+        )
         return base64.urlsafe_b64encode(payload + self._tag(payload)).rstrip(b"=").decode()
 
     def decode(self, raw: str, *, method: str, filters: bytes) -> PageToken | None:
@@ -68,12 +96,16 @@ class PageTokens:
         payload, tag = data[:-_TAG_BYTES], data[-_TAG_BYTES:]
         if len(data) <= _TAG_BYTES or not hmac.compare_digest(tag, self._tag(payload)):
             raise not_ours
-        try:
-            token = PageToken.FromString(payload)
-        except DecodeError:
-            raise not_ours from None
-        if token.method != method:
+        if len(payload) < _HEADER.size:
             raise not_ours
+        version, method_digest, fingerprint_, micros, seq = _HEADER.unpack_from(payload)
+        if version != _VERSION or method_digest != _method_digest(method):
+            raise not_ours
+        try:
+            last_id = payload[_HEADER.size :].decode()
+        except UnicodeDecodeError:
+            raise not_ours from None
+        token = PageToken(method, fingerprint_, micros, seq, last_id)
         if token.filter_fingerprint != filters:
             raise _invalid(
                 "was issued for different filter arguments; keep them the same across pages, or"

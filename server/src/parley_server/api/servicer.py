@@ -1,5 +1,6 @@
-"""ParleyService: proto in, domain through the store, proto out. Errors are raised as domain errors;
-status.ErrorInterceptor turns them into statuses."""
+"""ParleyService: proto in, a service call for the caller, proto out. Nothing else: the rules
+live in parley_server.services, errors are raised as domain errors and the ErrorInterceptor turns
+them into statuses."""
 
 from __future__ import annotations
 
@@ -23,24 +24,27 @@ from parley_client._gen.parley.v1 import (
 )
 from parley_server import domain
 from parley_server.api import convert
+from parley_server.api.auth import caller
 from parley_server.api.pagination import PageTokens
 from parley_server.api.validate import Violations
 from parley_server.domain import Page
-from parley_server.store import Store
-from parley_server.tasks import run_to_end
+from parley_server.services import Services
+from parley_server.services.messages import batch_violations, message_violations
+from parley_server.services.ratings import rating_violations
 
-MAX_BATCH_MESSAGES = 1000
-STREAM_BATCH = 500  # messages per StreamMessagesResponse at most (and at most the byte budget)
 Context = grpc.aio.ServicerContext[Any, Any]
 ItemT = TypeVar("ItemT")
 ProtoT = TypeVar("ProtoT", bound=ProtoMessage)
 
 
 class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
-    def __init__(self, store: Store, *, tokens: PageTokens, response_budget_bytes: int) -> None:
-        """response_budget_bytes: how much of a response its listed items may fill; a page (or a
-        stream's batch) ends early rather than pass it, though one item always goes out."""
-        self._store = store
+    def __init__(
+        self, services: Services, *, tokens: PageTokens, response_budget_bytes: int
+    ) -> None:
+        """response_budget_bytes: how much of a response listed items may fill; a page ends
+        early rather than pass it, though one item always goes out (messages are cut by the
+        service, in the database)."""
+        self._services = services
         self._tokens = tokens
         self._budget = response_budget_bytes
 
@@ -50,10 +54,10 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         new = convert.new_user(request.user, "user", v)
         v.raise_if_any()
-        return convert.user_pb(await self._store.users.create(new))
+        return convert.user_pb(await self._services.users.create(caller(), new))
 
     async def GetUser(self, request: pb.GetUserRequest, context: Context) -> user_pb2.User:
-        return convert.user_pb(await self._store.users.get(_id(request.id, "id")))
+        return convert.user_pb(await self._services.users.get(caller(), _id(request.id, "id")))
 
     async def ListUsers(
         self, request: pb.ListUsersRequest, context: Context
@@ -62,7 +66,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
         keyset = self._tokens.keyset("ListUsers", request.page_token)
-        page = await self._store.users.list(after=keyset.after_time, limit=size)
+        page = await self._services.users.list(caller(), after=keyset.after_time, limit=size)
         page, users = self._fit(page, convert.user_pb)
         return pb.ListUsersResponse(users=users, next_page_token=keyset.next_after_time(page))
 
@@ -71,11 +75,14 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         user_id = v.uuid("user.id", request.user.id, required=True)
         patch = convert.user_patch(request.user, request.update_mask, v)
         v.raise_if_any()
-        return convert.user_pb(await self._store.users.update(user_id, patch))
+        return convert.user_pb(await self._services.users.update(caller(), user_id, patch))
 
     async def DeleteUser(self, request: pb.DeleteUserRequest, context: Context) -> Empty:
-        await self._store.users.delete(
-            _id(request.id, "id"), force=request.force, allow_missing=request.allow_missing
+        await self._services.users.delete(
+            caller(),
+            _id(request.id, "id"),
+            force=request.force,
+            allow_missing=request.allow_missing,
         )
         return Empty()
 
@@ -87,12 +94,14 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         new = convert.new_session(request.session, "session", v)
         v.raise_if_any()
-        return convert.session_pb(await self._store.sessions.create(new))
+        return convert.session_pb(await self._services.sessions.create(caller(), new))
 
     async def GetSession(
         self, request: pb.GetSessionRequest, context: Context
     ) -> session_pb2.Session:
-        return convert.session_pb(await self._store.sessions.get(_id(request.id, "id")))
+        return convert.session_pb(
+            await self._services.sessions.get(caller(), _id(request.id, "id"))
+        )
 
     async def ListSessions(
         self, request: pb.ListSessionsRequest, context: Context
@@ -102,7 +111,9 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
         keyset = self._tokens.keyset("ListSessions", request.page_token, user_id)
-        page = await self._store.sessions.list(user_id=user_id, after=keyset.after_time, limit=size)
+        page = await self._services.sessions.list(
+            caller(), user_id=user_id, after=keyset.after_time, limit=size
+        )
         page, sessions = self._fit(page, convert.session_pb)
         return pb.ListSessionsResponse(
             sessions=sessions,
@@ -117,16 +128,18 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         session_id = v.uuid("session.id", request.session.id, required=True)
         patch = convert.session_patch(request.session, request.update_mask, v)
         v.raise_if_any()
-        return convert.session_pb(await self._store.sessions.update(session_id, patch))
+        return convert.session_pb(await self._services.sessions.update(caller(), session_id, patch))
 
     async def CloseSession(
         self, request: pb.CloseSessionRequest, context: Context
     ) -> session_pb2.Session:
-        return convert.session_pb(await self._store.sessions.close(_id(request.id, "id")))
+        return convert.session_pb(
+            await self._services.sessions.close(caller(), _id(request.id, "id"))
+        )
 
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Context) -> Empty:
-        await self._store.sessions.delete(
-            _id(request.id, "id"), allow_missing=request.allow_missing
+        await self._services.sessions.delete(
+            caller(), _id(request.id, "id"), allow_missing=request.allow_missing
         )
         return Empty()
 
@@ -137,7 +150,9 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         user_id = v.uuid("user_id", request.user_id, required=True)
         template = convert.new_session(request.session_template, "session_template", v)
         v.raise_if_any()
-        session, created = await self._store.sessions.get_or_create_open(user_id, template)
+        session, created = await self._services.sessions.get_or_create_open(
+            caller(), user_id, template
+        )
         return pb.GetOrCreateOpenSessionResponse(
             session=convert.session_pb(session), created=created
         )
@@ -146,7 +161,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.GetLatestSessionRequest, context: Context
     ) -> session_pb2.Session:
         return convert.session_pb(
-            await self._store.sessions.latest(_id(request.user_id, "user_id"))
+            await self._services.sessions.latest(caller(), _id(request.user_id, "user_id"))
         )
 
     # --- messages ---------------------------------------------------------------------------------
@@ -157,29 +172,22 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         session_id = v.uuid("session_id", request.session_id, required=True)
         new = convert.new_message(request.message, "message", session_id, v)
+        v.items += message_violations(new, "message")
         v.raise_if_any()
-        (message,) = await self._store.messages.append(session_id, [new])
-        return convert.message_pb(message)
+        return convert.message_pb(await self._services.messages.append(caller(), session_id, new))
 
     async def BatchAppendMessages(
         self, request: pb.BatchAppendMessagesRequest, context: Context
     ) -> pb.BatchAppendMessagesResponse:
         v = Violations()
         session_id = v.uuid("session_id", request.session_id, required=True)
-        if not 1 <= len(request.messages) <= MAX_BATCH_MESSAGES:
-            v.add(
-                "messages",
-                f"holds {len(request.messages)} messages; send 1 to {MAX_BATCH_MESSAGES} per call",
-            )
         news = [
             convert.new_message(m, f"messages[{i}]", session_id, v)
             for i, m in enumerate(request.messages)
         ]
-        ids = [n.id for n in news if n.id]
-        if len(ids) != len(set(ids)):
-            v.add("messages", "two messages of the batch have the same id")
+        v.items += batch_violations(news)
         v.raise_if_any()
-        messages = await self._store.messages.append(session_id, news)
+        messages = await self._services.messages.append_batch(caller(), session_id, news)
         response = pb.BatchAppendMessagesResponse()
         convert.add_messages(response.messages, messages)
         return response
@@ -187,7 +195,9 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
     async def GetMessage(
         self, request: pb.GetMessageRequest, context: Context
     ) -> message_pb2.Message:
-        return convert.message_pb(await self._store.messages.get(_id(request.id, "id")))
+        return convert.message_pb(
+            await self._services.messages.get(caller(), _id(request.id, "id"))
+        )
 
     async def ListMessages(
         self, request: pb.ListMessagesRequest, context: Context
@@ -201,12 +211,12 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         keyset = self._tokens.keyset(
             "ListMessages", request.page_token, session_id, where, newest_first
         )
-        page = await self._store.messages.list(
+        page = await self._services.messages.list(
+            caller(),
             session_id,
             where,
             position=keyset.after_seq,
             limit=size,
-            max_bytes=self._budget,
             newest_first=newest_first,
         )
         response = pb.ListMessagesResponse(
@@ -222,27 +232,10 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         session_id = v.uuid("session_id", request.session_id, required=True)
         where = _message_filter(request, v)
         v.raise_if_any()
-        position = 0
-        while True:
-            # A stream is not a unary call, which the lifecycle interceptor runs to its end: its
-            # page reads are, one by one, so a client leaving never cuts one short.
-            page = await run_to_end(
-                self._store.messages.list(
-                    session_id,
-                    where,
-                    position=position,
-                    limit=STREAM_BATCH,
-                    max_bytes=self._budget,
-                    count_total=False,
-                )
-            )
-            if page.items:
-                response = pb.StreamMessagesResponse()
-                convert.add_messages(response.messages, page.items)
-                yield response
-                position = page.items[-1].seq
-            if not page.has_more:
-                return
+        async for batch in self._services.messages.stream(caller(), session_id, where):
+            response = pb.StreamMessagesResponse()
+            convert.add_messages(response.messages, batch)
+            yield response
 
     async def GetContextWindow(
         self, request: pb.GetContextWindowRequest, context: Context
@@ -251,9 +244,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         session_id = v.uuid("session_id", request.session_id, required=True)
         max_messages = v.page_size("max_messages", request.max_messages)
         v.raise_if_any()
-        window = await self._store.messages.context_window(
-            session_id, max_messages, max_bytes=self._budget
-        )
+        window = await self._services.messages.context_window(caller(), session_id, max_messages)
         response = pb.GetContextWindowResponse(
             session=convert.session_pb(window.session),
             contexts=[convert.context_pb(c) for c in window.contexts],
@@ -263,8 +254,8 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         return response
 
     async def DeleteMessage(self, request: pb.DeleteMessageRequest, context: Context) -> Empty:
-        await self._store.messages.delete(
-            _id(request.id, "id"), allow_missing=request.allow_missing
+        await self._services.messages.delete(
+            caller(), _id(request.id, "id"), allow_missing=request.allow_missing
         )
         return Empty()
 
@@ -276,12 +267,14 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         new = convert.new_context(request.context, "context", v)
         v.raise_if_any()
-        return convert.context_pb(await self._store.contexts.create(new))
+        return convert.context_pb(await self._services.contexts.create(caller(), new))
 
     async def GetContext(
         self, request: pb.GetContextRequest, context: Context
     ) -> context_pb2.Context:
-        return convert.context_pb(await self._store.contexts.get(_id(request.id, "id")))
+        return convert.context_pb(
+            await self._services.contexts.get(caller(), _id(request.id, "id"))
+        )
 
     async def ListContexts(
         self, request: pb.ListContextsRequest, context: Context
@@ -292,8 +285,8 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
         keyset = self._tokens.keyset("ListContexts", request.page_token, session_id, context_type)
-        page = await self._store.contexts.list(
-            session_id, type=context_type, after=keyset.after_time, limit=size
+        page = await self._services.contexts.list(
+            caller(), session_id, type=context_type, after=keyset.after_time, limit=size
         )
         page, contexts = self._fit(page, convert.context_pb)
         return pb.ListContextsResponse(
@@ -301,8 +294,8 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         )
 
     async def DeleteContext(self, request: pb.DeleteContextRequest, context: Context) -> Empty:
-        await self._store.contexts.delete(
-            _id(request.id, "id"), allow_missing=request.allow_missing
+        await self._services.contexts.delete(
+            caller(), _id(request.id, "id"), allow_missing=request.allow_missing
         )
         return Empty()
 
@@ -314,10 +307,11 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         message_id = v.uuid("message_id", request.message_id, required=True)
         user_id = v.uuid("user_id", request.user_id, required=True)
-        if not 1 <= request.value <= 5:
-            v.add("value", f"must be 1 to 5, not {request.value}")
+        v.items += rating_violations(request.value)
         v.raise_if_any()
-        rating = await self._store.ratings.rate(message_id, user_id, request.value, request.comment)
+        rating = await self._services.ratings.rate(
+            caller(), message_id, user_id, request.value, request.comment
+        )
         return convert.rating_pb(rating)
 
     async def ListRatings(
@@ -332,12 +326,16 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
         keyset = self._tokens.keyset("ListRatings", request.page_token, where)
-        page = await self._store.ratings.list(where, after=keyset.after_time, limit=size)
+        page = await self._services.ratings.list(
+            caller(), where, after=keyset.after_time, limit=size
+        )
         page, ratings = self._fit(page, convert.rating_pb)
         return pb.ListRatingsResponse(ratings=ratings, next_page_token=keyset.next_after_time(page))
 
     async def DeleteRating(self, request: pb.DeleteRatingRequest, context: Context) -> Empty:
-        await self._store.ratings.delete(_id(request.id, "id"), allow_missing=request.allow_missing)
+        await self._services.ratings.delete(
+            caller(), _id(request.id, "id"), allow_missing=request.allow_missing
+        )
         return Empty()
 
     async def GetRatingSummary(
@@ -349,12 +347,12 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
             v.add("scope", "set message_id or session_id")
             v.raise_if_any()
         if scope == "message_id":
-            summary = await self._store.ratings.summarize(
-                message_id=_id(request.message_id, "message_id")
+            summary = await self._services.ratings.summarize(
+                caller(), message_id=_id(request.message_id, "message_id")
             )
         else:
-            summary = await self._store.ratings.summarize(
-                session_id=_id(request.session_id, "session_id")
+            summary = await self._services.ratings.summarize(
+                caller(), session_id=_id(request.session_id, "session_id")
             )
         return rating_pb2.RatingSummary(count=summary.count, mean=summary.mean)
 

@@ -39,7 +39,7 @@ def run_with(connection: Connection) -> None:
 
 
 async def run_standalone() -> None:
-    engine = create_engine(Settings())
+    engine = create_engine(Settings().database_url)
     try:
         async with engine.connect() as connection:
             await connection.run_sync(run_with)

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import delete, exists, insert, select
@@ -9,19 +8,8 @@ from sqlalchemy.exc import IntegrityError
 from parley_server.domain import Context, NewContext, Page, TimeCursor, repeats
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from parley_server.store.database import Database
+from parley_server.store.rows import to_context
 from parley_server.store.tables import after_cursor, contexts, new_id, sessions, utcnow
-
-
-def to_context(row: Mapping[Any, Any]) -> Context:
-    """From a row (SQLAlchemy's, or asyncpg's, whose ids are UUID objects)."""
-    return Context(
-        id=str(row["id"]),
-        session_id=str(row["session_id"]),
-        type=row["type"],
-        content=row["content"],
-        metadata=row["metadata"],
-        create_time=row["create_time"],
-    )
 
 
 class ContextStore:
@@ -111,6 +99,4 @@ class ContextStore:
             if await session.scalar(select(exists().where(contexts.c.id == context_id))):
                 return AlreadyExists.resource("context", context_id)
         # The session was deleted between the check and the insert.
-        return Aborted(
-            "a concurrent change conflicted with this one; retry", reason="CONCURRENT_CONFLICT"
-        )
+        return Aborted.concurrent_conflict()

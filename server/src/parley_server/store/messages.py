@@ -1,10 +1,7 @@
 from __future__ import annotations
 
 import functools
-import json
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +13,6 @@ from sqlalchemy import (
     delete,
     exists,
     func,
-    insert,
     or_,
     select,
     update,
@@ -25,139 +21,27 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import (
-    Attachment,
-    Citation,
     ContextWindow,
     Message,
     MessageFilter,
     NewMessage,
     Page,
-    Role,
-    ToolCall,
     repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
-from parley_server.store.contexts import to_context
-from parley_server.store.database import Database, is_outage, translated_errors
-from parley_server.store.group_commit import GroupCommit
-from parley_server.store.sessions import to_session
+from parley_server.store.appenders import appender_for
+from parley_server.store.database import Database, translated_errors
+from parley_server.store.rows import (
+    attachments_json,
+    citations_json,
+    to_context,
+    to_message,
+    to_session,
+    tool_calls_json,
+)
 from parley_server.store.tables import contexts, messages, new_id, sessions, users, utcnow
 
-
-def _tool_calls_json(calls: Sequence[ToolCall]) -> list[dict[str, Any]] | None:
-    return [{"id": c.id, "name": c.name, "arguments": c.arguments} for c in calls] or None
-
-
-def _attachments_json(items: Sequence[Attachment]) -> list[dict[str, Any]] | None:
-    return [
-        {
-            "name": a.name,
-            "mime_type": a.mime_type,
-            "uri": a.uri,
-            "size_bytes": a.size_bytes,
-            "metadata": a.metadata,
-        }
-        for a in items
-    ] or None
-
-
-def _citations_json(items: Sequence[Citation]) -> list[dict[str, Any]] | None:
-    return [
-        {
-            "uri": c.uri,
-            "title": c.title,
-            "snippet": c.snippet,
-            "start_index": c.start_index,
-            "end_index": c.end_index,
-            "metadata": c.metadata,
-        }
-        for c in items
-    ] or None
-
-
-_ROLES = {role.value: role for role in Role}
-
-
-def _to_message(row: Mapping[Any, Any]) -> Message:
-    """From a row (SQLAlchemy or asyncpg, whose ids are UUID objects) or an inserted row dict."""
-    reply_to, user_id = row["reply_to"], row["user_id"]
-    tool_calls, attachments, citations = row["tool_calls"], row["attachments"], row["citations"]
-    return Message(
-        id=str(row["id"]),
-        session_id=str(row["session_id"]),
-        seq=row["seq"],
-        role=_ROLES[row["role"]],
-        content=row["content"],
-        name=row["name"],
-        tool_calls=tuple(ToolCall(**c) for c in tool_calls) if tool_calls else (),
-        tool_call_id=row["tool_call_id"],
-        invocation_id=row["invocation_id"],
-        thread_id=row["thread_id"],
-        reply_to=str(reply_to) if reply_to else "",
-        chapter=row["chapter"],
-        attachments=tuple(Attachment(**a) for a in attachments) if attachments else (),
-        citations=tuple(Citation(**c) for c in citations) if citations else (),
-        metadata=row["metadata"] or {},
-        user_id=str(user_id) if user_id else "",
-        create_time=row["create_time"],
-    )
-
-
 MAX_WINDOW_CONTEXTS = 1000
-
-# The PostgreSQL append, for the rows of several appends at once. `batch` numbers the rows in
-# order. `locked` locks the open sessions among them in id order: the UPDATE only reaches a session
-# through it, so every statement (of every server process) takes its locks in one global order and
-# two never wait on each other in a cycle (a test caught that deadlock without it). A closed or
-# missing session is not locked, so its rows are not inserted. `reserved` takes each session's
-# seqs; each row gets the next seq of its session, in order.
-_UNNESTED = (
-    "session_id", "id", "role", "content", "name", "tool_calls", "tool_call_id", "invocation_id",
-    "thread_id", "reply_to", "chapter", "attachments", "citations", "metadata", "user_id",
-    "size_bytes",
-)  # fmt: skip
-_JSON_INDEXES = tuple(
-    _UNNESTED.index(name) for name in ("tool_calls", "attachments", "citations", "metadata")
-)
-_APPEND_POSTGRESQL = """
-WITH batch AS (
-    SELECT * FROM unnest(
-        $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[],
-        $9::text[], $10::text[], $11::uuid[], $12::text[], $13::jsonb[], $14::jsonb[],
-        $15::jsonb[], $16::uuid[], $17::bigint[]
-    ) WITH ORDINALITY AS m(
-        session_id, id, role, content, name, tool_calls, tool_call_id, invocation_id, thread_id,
-        reply_to, chapter, attachments, citations, metadata, user_id, size_bytes, position
-    )
-), wanted AS (
-    SELECT session_id, count(*) AS n FROM batch GROUP BY session_id
-), locked AS (
-    SELECT sessions.id, wanted.n
-    FROM sessions JOIN wanted ON wanted.session_id = sessions.id
-    WHERE sessions.end_time IS NULL
-    ORDER BY sessions.id
-    FOR NO KEY UPDATE OF sessions
-), reserved AS (
-    UPDATE sessions
-    SET last_seq = last_seq + locked.n, message_count = message_count + locked.n,
-        last_message_time = $1, update_time = $1
-    FROM locked
-    WHERE sessions.id = locked.id
-    RETURNING sessions.id, sessions.last_seq, locked.n
-)
-INSERT INTO messages (
-    id, session_id, seq, role, content, name, tool_calls, tool_call_id, invocation_id, thread_id,
-    reply_to, chapter, attachments, citations, metadata, user_id, size_bytes, create_time
-)
-SELECT
-    b.id, b.session_id,
-    reserved.last_seq - reserved.n
-        + row_number() OVER (PARTITION BY b.session_id ORDER BY b.position),
-    b.role, b.content, b.name, b.tool_calls, b.tool_call_id, b.invocation_id, b.thread_id,
-    b.reply_to, b.chapter, b.attachments, b.citations, b.metadata, b.user_id, b.size_bytes, $1
-FROM batch b JOIN reserved ON reserved.id = b.session_id
-RETURNING id, seq
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,22 +164,7 @@ _WINDOW_MESSAGES = _within_budget(
 class MessageStore:
     def __init__(self, db: Database, *, write_lanes: int = 1) -> None:
         self._db = db
-        # Every append goes through group commit. PostgreSQL: one statement per batch on a driver
-        # connection held while the lane is busy. SQLite: one transaction per batch, one lane (it
-        # has one writer anyway).
-        self._group_commit: GroupCommit[Any] = (
-            GroupCommit(
-                db.driver,
-                self._write_batch_postgresql,
-                lanes=write_lanes,
-                wrote_nothing=lambda error: not is_outage(error),
-            )
-            if db.dialect == "postgresql"
-            # One transaction per statement, rolled back on any error.
-            else GroupCommit(
-                nullcontext, self._write_batch_sqlite, lanes=1, wrote_nothing=lambda error: True
-            )
-        )
+        self._appender = appender_for(db, write_lanes=write_lanes)
 
     async def append(self, session_id: str, news: Sequence[NewMessage]) -> list[Message]:
         """Append news in order with consecutive seqs, atomically; the batch must not be empty.
@@ -307,14 +176,14 @@ class MessageStore:
                 "role": new.role.value,
                 "content": new.content,
                 "name": new.name,
-                "tool_calls": _tool_calls_json(new.tool_calls),
+                "tool_calls": tool_calls_json(new.tool_calls),
                 "tool_call_id": new.tool_call_id,
                 "invocation_id": new.invocation_id,
                 "thread_id": new.thread_id,
                 "reply_to": new.reply_to or None,
                 "chapter": new.chapter,
-                "attachments": _attachments_json(new.attachments),
-                "citations": _citations_json(new.citations),
+                "attachments": attachments_json(new.attachments),
+                "citations": citations_json(new.citations),
                 "metadata": new.metadata or None,
                 "user_id": new.user_id or None,
                 "size_bytes": new.size_bytes,
@@ -323,7 +192,7 @@ class MessageStore:
         ]
         try:
             async with translated_errors():
-                seqs = await self._group_commit.append(session_id, rows)
+                seqs = await self._appender.append(session_id, rows)
         except (IntegrityError, asyncpg.IntegrityConstraintViolationError) as error:
             if stored := await self._stored_repeat(session_id, news, rows):
                 return stored
@@ -339,7 +208,7 @@ class MessageStore:
                 raise await _closed_or_missing(session, session_id)
         for row, seq in zip(rows, seqs, strict=True):
             row["seq"] = seq
-        return [_to_message(row) for row in rows]
+        return [to_message(row) for row in rows]
 
     async def _stored_repeat(
         self, session_id: str, news: Sequence[NewMessage], rows: Sequence[dict[str, Any]]
@@ -351,7 +220,7 @@ class MessageStore:
         ids = [row["id"] for row in rows]
         async with self._db.read() as session:
             found = (await session.execute(select(messages).where(messages.c.id.in_(ids)))).all()
-        stored = {message.id: message for message in (_to_message(r._mapping) for r in found)}
+        stored = {message.id: message for message in (to_message(r._mapping) for r in found)}
         if len(stored) != len(ids):
             return None
         ordered = [stored[message_id] for message_id in ids]
@@ -362,50 +231,6 @@ class MessageStore:
             return ordered
         return None
 
-    async def _write_batch_postgresql(
-        self, connection: asyncpg.Connection, rows: list[dict[str, Any]]
-    ) -> dict[str, int]:
-        """One statement for the rows of several appends (to several sessions): one round trip,
-        atomic and durable on its own."""
-        now = utcnow()
-        for row in rows:
-            row["create_time"] = now
-        columns = [[row[name] for row in rows] for name in _UNNESTED]
-        for index in _JSON_INDEXES:
-            columns[index] = [None if v is None else json.dumps(v) for v in columns[index]]
-        records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
-        return {str(record["id"]): record["seq"] for record in records}
-
-    async def _write_batch_sqlite(self, _: None, rows: list[dict[str, Any]]) -> dict[str, int]:
-        """The rows of several appends in one transaction (one fsync): per session, an UPDATE that
-        reserves its seqs (and matches nothing if it is closed or missing), then one INSERT."""
-        now = utcnow()
-        wanted = Counter(row["session_id"] for row in rows)
-        async with self._db.write() as session:
-            next_seq: dict[str, int] = {}
-            for session_id, count in wanted.items():
-                last_seq = await session.scalar(
-                    update(sessions)
-                    .where(sessions.c.id == session_id, sessions.c.end_time.is_(None))
-                    .values(
-                        last_seq=sessions.c.last_seq + count,
-                        message_count=sessions.c.message_count + count,
-                        last_message_time=now,
-                        update_time=now,
-                    )
-                    .returning(sessions.c.last_seq)
-                )
-                if last_seq is not None:
-                    next_seq[session_id] = last_seq - count + 1
-            written = [row for row in rows if row["session_id"] in next_seq]
-            for row in written:
-                row["seq"] = next_seq[row["session_id"]]
-                next_seq[row["session_id"]] += 1
-                row["create_time"] = now
-            if written:
-                await session.execute(insert(messages), written)
-        return {row["id"]: row["seq"] for row in written}
-
     async def get(self, message_id: str) -> Message:
         async with self._db.read() as session:
             row = (
@@ -413,7 +238,7 @@ class MessageStore:
             ).first()
         if row is None:
             raise NotFound.resource("message", message_id)
-        return _to_message(row._mapping)
+        return to_message(row._mapping)
 
     async def list(
         self,
@@ -458,7 +283,7 @@ class MessageStore:
                 )
         fitting = fit(rows, limit=limit, max_bytes=max_bytes)
         return Page(
-            [_to_message(row) for row in rows[:fitting]],
+            [to_message(row) for row in rows[:fitting]],
             has_more=len(rows) > fitting,
             total_size=total,
         )
@@ -479,7 +304,7 @@ class MessageStore:
         return ContextWindow(
             session=to_session(session_rows[0]),
             contexts=[to_context(row) for row in context_rows],
-            messages=[_to_message(row) for row in reversed(message_rows[:fitting])],
+            messages=[to_message(row) for row in reversed(message_rows[:fitting])],
             has_earlier_messages=len(message_rows) > fitting,
         )
 
@@ -521,9 +346,7 @@ class MessageStore:
                 missing = sorted(author_ids - found)
                 if missing:
                     return NotFound.resource("user", missing[0])
-        return Aborted(
-            "a concurrent change conflicted with this append; retry", reason="CONCURRENT_CONFLICT"
-        )
+        return Aborted.concurrent_conflict()
 
 
 async def _first_taken(session: AsyncSession, ids: Sequence[str]) -> str | None:

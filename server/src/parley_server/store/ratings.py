@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import RowMapping, delete, exists, func, select
+from sqlalchemy import delete, exists, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley_server.domain import Page, Rating, RatingFilter, RatingSummary, TimeCursor
 from parley_server.errors import Aborted, NotFound
 from parley_server.store.database import Database
+from parley_server.store.rows import to_rating
 from parley_server.store.tables import (
     after_cursor,
     messages,
@@ -19,19 +20,6 @@ from parley_server.store.tables import (
     users,
     utcnow,
 )
-
-
-def _to_rating(row: RowMapping) -> Rating:
-    return Rating(
-        id=row["id"],
-        message_id=row["message_id"],
-        user_id=row["user_id"],
-        session_id=row["session_id"],
-        value=row["value"],
-        comment=row["comment"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-    )
 
 
 async def _require(session: AsyncSession, kind: str, table: Any, resource_id: str) -> None:
@@ -73,11 +61,8 @@ class RatingStore:
                 row = (await session.execute(upsert.returning(ratings))).one()
         except IntegrityError as error:
             # The message or user was deleted between the checks and the upsert.
-            raise Aborted(
-                "a concurrent change conflicted with this rating; retry",
-                reason="CONCURRENT_CONFLICT",
-            ) from error
-        return _to_rating(row._mapping)
+            raise Aborted.concurrent_conflict() from error
+        return to_rating(row._mapping)
 
     async def list(
         self, where: RatingFilter, *, after: TimeCursor | None, limit: int
@@ -101,7 +86,7 @@ class RatingStore:
             if where.user_id:
                 await _require(session, "user", users, where.user_id)
             rows = (await session.execute(query)).all()
-        return Page([_to_rating(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
+        return Page([to_rating(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
 
     async def delete(self, rating_id: str, *, allow_missing: bool) -> None:
         async with self._db.write() as session:

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import delete, exists, func, insert, select, update
@@ -8,7 +7,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import (
-    ClientInfo,
     NewSession,
     Page,
     Session,
@@ -18,27 +16,8 @@ from parley_server.domain import (
 )
 from parley_server.errors import Aborted, AlreadyExists, NotFound
 from parley_server.store.database import Database
+from parley_server.store.rows import to_session
 from parley_server.store.tables import after_cursor, new_id, sessions, users, utcnow
-
-
-def to_session(row: Mapping[Any, Any]) -> Session:
-    """From a row (SQLAlchemy's, or asyncpg's, whose ids are UUID objects)."""
-    user_id = row["user_id"]
-    return Session(
-        id=str(row["id"]),
-        user_id=str(user_id) if user_id else "",
-        title=row["title"],
-        metadata=row["metadata"],
-        client_info=ClientInfo(
-            ip_address=row["ip_address"], user_agent=row["user_agent"], device=row["device"]
-        ),
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-        end_time=row["end_time"],
-        message_count=row["message_count"],
-        last_message_time=row["last_message_time"],
-        last_seq=row["last_seq"],
-    )
 
 
 def _new_session_values(new: NewSession, user_id: str | None) -> dict[str, Any]:
@@ -219,6 +198,4 @@ class SessionStore:
                 return AlreadyExists.resource("session", session_id)
             if user_id and not await session.scalar(select(exists().where(users.c.id == user_id))):
                 return NotFound.resource("user", user_id)
-        return Aborted(
-            "a concurrent change conflicted with this one; retry", reason="CONCURRENT_CONFLICT"
-        )
+        return Aborted.concurrent_conflict()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import RowMapping, delete, exists, insert, select, update
+from sqlalchemy import delete, exists, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from parley_server.domain import (
@@ -11,32 +11,12 @@ from parley_server.domain import (
     TimeCursor,
     User,
     UserPatch,
-    UserProfile,
     repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from parley_server.store.database import Database
+from parley_server.store.rows import to_user
 from parley_server.store.tables import after_cursor, new_id, sessions, users, utcnow
-
-
-def _to_user(row: RowMapping) -> User:
-    return User(
-        id=row["id"],
-        display_name=row["display_name"],
-        email=row["email"] or "",
-        profile=UserProfile(
-            picture_url=row["picture_url"],
-            status_message=row["status_message"],
-            bio=row["bio"],
-            location=row["location"],
-            website=row["website"],
-            social_links=row["social_links"],
-        ),
-        role=row["role"],
-        preferences=row["preferences"],
-        create_time=row["create_time"],
-        update_time=row["update_time"],
-    )
 
 
 class UserStore:
@@ -67,7 +47,7 @@ class UserStore:
             if new.id is not None and (stored := await self._find(new.id)) and repeats(new, stored):
                 return stored
             raise await self._conflict(values["id"], values["email"]) from error
-        return _to_user(row._mapping)
+        return to_user(row._mapping)
 
     async def get(self, user_id: str) -> User:
         user = await self._find(user_id)
@@ -78,7 +58,7 @@ class UserStore:
     async def _find(self, user_id: str) -> User | None:
         async with self._db.read() as session:
             row = (await session.execute(select(users).where(users.c.id == user_id))).first()
-        return None if row is None else _to_user(row._mapping)
+        return None if row is None else to_user(row._mapping)
 
     async def list(self, *, after: TimeCursor | None, limit: int) -> Page[User]:
         query = select(users).order_by(users.c.create_time, users.c.id).limit(limit + 1)
@@ -87,7 +67,7 @@ class UserStore:
             query = query.where(condition)
         async with self._db.read() as session:
             rows = (await session.execute(query)).all()
-        return Page([_to_user(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
+        return Page([to_user(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
 
     async def update(self, user_id: str, patch: UserPatch) -> User:
         values: dict[str, Any] = {
@@ -116,7 +96,7 @@ class UserStore:
             raise await self._conflict(None, values.get("email")) from error
         if row is None:
             raise NotFound.resource("user", user_id)
-        return _to_user(row._mapping)
+        return to_user(row._mapping)
 
     async def delete(self, user_id: str, *, force: bool, allow_missing: bool) -> None:
         async with self._db.write() as session:
@@ -156,6 +136,4 @@ class UserStore:
                         reason="EMAIL_ALREADY_EXISTS",
                         metadata={"email": email, "userId": owner},
                     )
-        return Aborted(
-            "a concurrent change conflicted with this one; retry", reason="CONCURRENT_CONFLICT"
-        )
+        return Aborted.concurrent_conflict()

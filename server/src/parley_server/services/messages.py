@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+
+from parley_server.domain import ContextWindow, Message, MessageFilter, NewMessage, Page, Role
+from parley_server.errors import FieldViolation, InvalidArgument
+from parley_server.identity import Principal
+from parley_server.store import Store
+from parley_server.tasks import run_to_end
+
+MAX_BATCH_MESSAGES = 1000
+STREAM_BATCH = 500  # messages per streamed batch at most (and at most the byte budget)
+
+
+def message_violations(new: NewMessage, field: str) -> list[FieldViolation]:
+    """What makes `new` no well-formed turn of a conversation: tool calls come only from the
+    assistant, each with its own id; only a tool message answers a call, and it names the call."""
+    found: list[FieldViolation] = []
+    seen_call_ids: set[str] = set()
+    for index, call in enumerate(new.tool_calls):
+        if call.id and call.id in seen_call_ids:
+            found.append(
+                FieldViolation(
+                    f"{field}.tool_calls[{index}].id",
+                    f"repeats tool call id {call.id!r} of this message",
+                )
+            )
+        seen_call_ids.add(call.id)
+    if new.tool_calls and new.role is not Role.ASSISTANT:
+        found.append(
+            FieldViolation(f"{field}.tool_calls", "only ROLE_ASSISTANT messages carry tool calls")
+        )
+    if new.role is Role.TOOL and not new.tool_call_id:
+        found.append(FieldViolation(f"{field}.tool_call_id", "is required"))
+    elif new.tool_call_id and new.role is not Role.TOOL:
+        found.append(
+            FieldViolation(f"{field}.tool_call_id", "only ROLE_TOOL messages answer a tool call")
+        )
+    return found
+
+
+def batch_violations(news: Sequence[NewMessage]) -> list[FieldViolation]:
+    """What makes `news` no batch to append: its size, its messages, ids given twice."""
+    violations: list[FieldViolation] = []
+    if not 1 <= len(news) <= MAX_BATCH_MESSAGES:
+        violations.append(
+            FieldViolation(
+                "messages", f"holds {len(news)} messages; send 1 to {MAX_BATCH_MESSAGES} per call"
+            )
+        )
+    for index, new in enumerate(news):
+        violations += message_violations(new, f"messages[{index}]")
+    ids = [new.id for new in news if new.id]
+    if len(ids) != len(set(ids)):
+        violations.append(FieldViolation("messages", "two messages of the batch have the same id"))
+    return violations
+
+
+class MessageService:
+    """Rule checks are also exported, so that the API can report a request's every problem,
+    of form and of rule, in one answer."""
+
+    def __init__(self, store: Store, *, response_budget_bytes: int) -> None:
+        """response_budget_bytes: how much of a response its messages may fill; a page (or a
+        stream's batch) ends early rather than pass it, though one message always goes out."""
+        self._store = store
+        self._budget = response_budget_bytes
+
+    async def append(self, caller: Principal, session_id: str, new: NewMessage) -> Message:
+        violations = message_violations(new, "message")
+        if violations:
+            raise InvalidArgument(violations)
+        (message,) = await self._store.messages.append(session_id, [new])
+        return message
+
+    async def append_batch(
+        self, caller: Principal, session_id: str, news: Sequence[NewMessage]
+    ) -> list[Message]:
+        """All of news or none, with consecutive seqs."""
+        violations = batch_violations(news)
+        if violations:
+            raise InvalidArgument(violations)
+        return await self._store.messages.append(session_id, news)
+
+    async def get(self, caller: Principal, message_id: str) -> Message:
+        return await self._store.messages.get(message_id)
+
+    async def list(
+        self,
+        caller: Principal,
+        session_id: str,
+        where: MessageFilter,
+        *,
+        position: int,
+        limit: int,
+        newest_first: bool,
+    ) -> Page[Message]:
+        return await self._store.messages.list(
+            session_id,
+            where,
+            position=position,
+            limit=limit,
+            max_bytes=self._budget,
+            newest_first=newest_first,
+        )
+
+    async def stream(
+        self, caller: Principal, session_id: str, where: MessageFilter
+    ) -> AsyncIterator[Sequence[Message]]:
+        """The matching messages in seq order, in batches that each fit a response."""
+        position = 0
+        while True:
+            # A stream is not a unary call, which the API runs to its end: its page reads are, one
+            # by one, so a client leaving never cuts one short.
+            page = await run_to_end(
+                self._store.messages.list(
+                    session_id,
+                    where,
+                    position=position,
+                    limit=STREAM_BATCH,
+                    max_bytes=self._budget,
+                    count_total=False,
+                )
+            )
+            if page.items:
+                yield page.items
+                position = page.items[-1].seq
+            if not page.has_more:
+                return
+
+    async def context_window(
+        self, caller: Principal, session_id: str, max_messages: int
+    ) -> ContextWindow:
+        return await self._store.messages.context_window(
+            session_id, max_messages, max_bytes=self._budget
+        )
+
+    async def delete(self, caller: Principal, message_id: str, *, allow_missing: bool) -> None:
+        await self._store.messages.delete(message_id, allow_missing=allow_missing)

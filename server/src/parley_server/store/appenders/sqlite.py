@@ -1,0 +1,56 @@
+"""Appends on SQLite: the rows of several appends in one transaction (one fsync)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import nullcontext
+from typing import Any
+
+from sqlalchemy import insert, update
+
+from parley_server.store.database import Database
+from parley_server.store.group_commit import GroupCommit
+from parley_server.store.tables import messages, sessions, utcnow
+
+
+class SqliteAppender:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        # One lane: SQLite has one writer. Each statement is its own transaction, rolled back on
+        # any error, so a failed one wrote nothing and can be split.
+        self._group_commit: GroupCommit[None] = GroupCommit(
+            nullcontext, self._write_batch, lanes=1, wrote_nothing=lambda error: True
+        )
+
+    async def append(self, session_id: str, rows: list[dict[str, Any]]) -> list[int] | None:
+        return await self._group_commit.append(session_id, rows)
+
+    async def _write_batch(self, _: None, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Per session, an UPDATE that reserves its seqs (and matches nothing if it is closed or
+        missing), then one INSERT for every row."""
+        now = utcnow()
+        wanted = Counter(row["session_id"] for row in rows)
+        async with self._db.write() as session:
+            next_seq: dict[str, int] = {}
+            for session_id, count in wanted.items():
+                last_seq = await session.scalar(
+                    update(sessions)
+                    .where(sessions.c.id == session_id, sessions.c.end_time.is_(None))
+                    .values(
+                        last_seq=sessions.c.last_seq + count,
+                        message_count=sessions.c.message_count + count,
+                        last_message_time=now,
+                        update_time=now,
+                    )
+                    .returning(sessions.c.last_seq)
+                )
+                if last_seq is not None:
+                    next_seq[session_id] = last_seq - count + 1
+            written = [row for row in rows if row["session_id"] in next_seq]
+            for row in written:
+                row["seq"] = next_seq[row["session_id"]]
+                next_seq[row["session_id"]] += 1
+                row["create_time"] = now
+            if written:
+                await session.execute(insert(messages), written)
+        return {row["id"]: row["seq"] for row in written}
