@@ -316,7 +316,8 @@ def _message_row(session_id: str, seq: int) -> tuple[Any, ...]:
 
 
 _INSERT_COLUMNS = (
-    "id, session_id, seq, role, content, create_time, name, tool_call_id, invocation_id,"
+    "tenant_id, id, session_id, seq, role, content, create_time, name, tool_call_id,"
+    " invocation_id,"
     " thread_id, chapter"
 )
 
@@ -336,7 +337,7 @@ async def database_ceiling(
         pool = await asyncpg.create_pool(dsn, min_size=clients, max_size=clients)
         sql = (
             f"INSERT INTO messages ({_INSERT_COLUMNS})"
-            " VALUES ($1, $2, $3, $4, $5, $6, '', '', '', '', '')"
+            " VALUES ('default', $1, $2, $3, $4, $5, $6, '', '', '', '', '')"
         )
 
         async def insert(i: int) -> None:
@@ -356,7 +357,10 @@ async def database_ceiling(
     for connection in connections:  # the same durability and waiting as parley's own connections
         for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=10000"):
             await connection.execute(f"PRAGMA {pragma}")
-    sql = f"INSERT INTO messages ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, '', '', '', '', '')"
+    sql = (
+        f"INSERT INTO messages ({_INSERT_COLUMNS})"
+        " VALUES ('default', ?, ?, ?, ?, ?, ?, '', '', '', '', '')"
+    )
 
     async def insert_sqlite(i: int) -> None:
         next_seq[i] += 1

@@ -106,7 +106,7 @@ async def test_unexpected_failure_is_a_bare_internal_without_details(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    async def broken(user_id: str) -> None:
+    async def broken(scope: object, user_id: str) -> None:
         raise RuntimeError("secret connection string postgres://admin:hunter2@db")
 
     monkeypatch.setattr(store.users, "get", broken)

@@ -41,7 +41,7 @@ class FakeDatabase:
             self.writers_discarded += 1
             raise
 
-    async def write(self, writer: str, rows: list[Row]) -> dict[str, int]:
+    async def write(self, writer: str, rows: list[Row]) -> dict[tuple[str, str], int]:
         await asyncio.sleep(0.001)  # a round trip, during which more appends queue
         self.statements.append(rows)
         if self.break_next:
@@ -49,20 +49,20 @@ class FakeDatabase:
             raise BrokenError(writer)
         if any(row["id"] in self.taken for row in rows):
             raise TakenError()
-        seqs = {}
+        seqs: dict[tuple[str, str], int] = {}
         for row in rows:
             if row["session_id"] in self.closed:
                 continue
             seq = self.last_seq.get(row["session_id"], 0) + 1
             self.last_seq[row["session_id"]] = seq
-            seqs[row["id"]] = seq
+            seqs[row["tenant_id"], row["id"]] = seq
         for row in rows:
             self.taken.add(row["id"])
         return seqs
 
 
 def rows(session_id: str, *ids: str) -> list[Row]:
-    return [{"session_id": session_id, "id": i} for i in ids]
+    return [{"tenant_id": "default", "session_id": session_id, "id": i} for i in ids]
 
 
 @pytest.fixture

@@ -34,11 +34,14 @@ from parley_server import app, errors
 from parley_server.api.pagination import PageToken, PageTokens, fingerprint
 from parley_server.config import Settings
 from parley_server.domain import MessageFilter, NewMessage, NewSession, NewUser, Role
+from parley_server.identity import ANONYMOUS
 from parley_server.store import Database, Store, migrate
 from parley_server.store.database import create_engine, translated_errors
 from tests.conftest import RawCall
 from tests.factories import a_session, new_id
 from tests.serving import idle_in_transaction, parley_serve
+
+SCOPE = ANONYMOUS.scope  # the one tenant of a server without keys
 
 METHOD = "/parley.v1.ParleyService/"
 
@@ -100,17 +103,19 @@ async def test_a_bad_append_fails_alone_in_group_commit(store: Store) -> None:
     """Only constraint violations used to be isolated: any other error of one append (here a value
     that cannot be encoded as JSON) failed every append coalesced into the same statement."""
     user_id = new_id()
-    await store.users.create(NewUser(id=user_id, display_name="u"))
-    session = await store.sessions.create(NewSession(id=None, user_id=user_id))
+    await store.users.create(SCOPE, NewUser(id=user_id, display_name="u"))
+    session = await store.sessions.create(SCOPE, NewSession(id=None, user_id=user_id))
 
     async def good() -> bool:
-        await store.messages.append(session.id, [NewMessage(id=None, role=Role.USER, content="ok")])
+        await store.messages.append(
+            SCOPE, session.id, [NewMessage(id=None, role=Role.USER, content="ok")]
+        )
         return True
 
     async def bad() -> bool:
         broken = NewMessage(id=None, role=Role.USER, content="bad", metadata={"x": b"\x00"})
         try:
-            await store.messages.append(session.id, [broken])
+            await store.messages.append(SCOPE, session.id, [broken])
         except Exception:
             return False
         return True
@@ -119,7 +124,7 @@ async def test_a_bad_append_fails_alone_in_group_commit(store: Store) -> None:
     results = await asyncio.gather(*calls)
     assert results == [bool(n % 3) for n in range(300)]
     stored = await store.messages.list(
-        session.id, MessageFilter(), position=0, limit=1000, max_bytes=2**30
+        SCOPE, session.id, MessageFilter(), position=0, limit=1000, max_bytes=2**30
     )
     assert [m.seq for m in stored.items] == list(range(1, 201))
 

@@ -14,11 +14,14 @@ from sqlalchemy.engine import make_url
 
 from parley_client import ParleyClient
 from parley_server.domain import NewMessage, NewSession, NewUser, Role
+from parley_server.identity import ANONYMOUS
 from parley_server.store import Store
 from parley_server.store.database import Database, create_engine
 from parley_server.store.schema import UTCDateTime
 from tests.conftest import _admin
 from tests.factories import a_session, some_messages
+
+SCOPE = ANONYMOUS.scope  # the one tenant of a server without keys
 
 
 async def test_commits_are_durable_even_where_the_database_says_otherwise(
@@ -96,9 +99,9 @@ async def test_server_processes_appending_to_the_same_sessions_never_deadlock(
     Before the statement locked in order, this test hit that deadlock in about a third of runs."""
     stores = [Store.over(Database(create_engine(database_url)))]
     stores.append(Store.over(Database(create_engine(database_url))))
-    user = await stores[0].users.create(NewUser(id=None))
+    user = await stores[0].users.create(SCOPE, NewUser(id=None))
     sessions = [
-        (await stores[0].sessions.create(NewSession(id=None, user_id=user.id))).id
+        (await stores[0].sessions.create(SCOPE, NewSession(id=None, user_id=user.id))).id
         for _ in range(300)
     ]
     message = NewMessage(id=None, role=Role.USER, content="x")
@@ -109,10 +112,10 @@ async def test_server_processes_appending_to_the_same_sessions_never_deadlock(
         for _ in range(120):
             chosen = shuffle.sample(sessions, 40)
             appended.update(chosen)
-            await asyncio.gather(*(store.messages.append(s, [message]) for s in chosen))
+            await asyncio.gather(*(store.messages.append(SCOPE, s, [message]) for s in chosen))
 
     await asyncio.gather(writer(stores[0]), writer(stores[1]))
     for session_id in shuffle.sample(sessions, 20):
-        assert (await stores[0].sessions.get(session_id)).last_seq == appended[session_id]
+        assert (await stores[0].sessions.get(SCOPE, session_id)).last_seq == appended[session_id]
     for store in stores:
         await store.db.dispose()

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import signal
 
+import grpc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from parley_server.api.auth import AuthInterceptor
+from parley_server.api.auth import Authenticator, AuthInterceptor
 from parley_server.api.interceptors import (
     ErrorInterceptor,
     LifecycleInterceptor,
@@ -24,6 +26,7 @@ from parley_server.api.interceptors import (
 from parley_server.api.pagination import PageTokens
 from parley_server.api.servicer import ParleyServicer
 from parley_server.config import Settings
+from parley_server.identity import DEFAULT_TENANT
 from parley_server.server import SERVICE_NAME, RunningServer, create_server
 from parley_server.services import Services
 from parley_server.store import Database, Store
@@ -65,11 +68,68 @@ def open_store(settings: Settings, database: Database) -> Store:
     return Store.over(database, write_lanes=settings.write_lanes)
 
 
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None and settings.tls_client_ca is None:
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        raise SystemExit("TLS needs both --tls-cert and --tls-key")
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name other than localhost: it may resolve to anything
+
+
+async def check_exposure(store: Store, settings: Settings, address: str) -> bool:
+    """Whether calls without credentials may be served (while no key exists), after refusing,
+    with a message that says how to fix it, to expose parley unprotected."""
+    if settings.tls_client_ca is not None:
+        return False
+    if is_loopback(address) or settings.insecure:
+        return True
+    if await store.keys.count_live() == 0:
+        raise SystemExit(
+            f"refusing to serve {address} without authentication: anyone who reaches it could"
+            " read and delete every conversation. Create a key (`parley keys create --tenant"
+            " default --role service`) or require client certificates (--tls-client-ca), or"
+            " pass --insecure (PARLEY_INSECURE=1) if something in front of parley authenticates"
+        )
+    if not settings.serves_tls:
+        raise SystemExit(
+            f"refusing to serve {address} without TLS: API keys would cross the network in"
+            " clear text. Give --tls-cert and --tls-key, or pass --insecure (PARLEY_INSECURE=1)"
+            " if a proxy in front of parley terminates TLS"
+        )
+    return False
+
+
 async def start(
     store: Store, settings: Settings | None = None, *, address: str | None = None
 ) -> RunningServer:
     """Serve `store` as settings say, on `address` (default: settings.listen_address)."""
     settings = settings or Settings()
+    address = address or settings.listen_address
+    anonymous = await check_exposure(store, settings, address)
+    if anonymous:
+        log.info(
+            "while no API key exists, calls without one are served as tenant %r's service"
+            " (only on loopback, or with --insecure); `parley keys create` makes the first",
+            DEFAULT_TENANT,
+        )
+    authenticator = Authenticator(
+        store.keys, anonymous_possible=anonymous, cache_seconds=settings.auth_cache_seconds
+    )
     tokens = PageTokens(settings.page_token_key() or await store.secrets.get("page_token"))
     services = Services.over(store, response_budget_bytes=settings.response_budget_bytes)
     servicer = ParleyServicer(
@@ -77,12 +137,18 @@ async def start(
     )
     lifecycle = LifecycleInterceptor(stall_timeout=settings.stream_stall_timeout_seconds)
     return await create_server(
-        address or settings.listen_address,
+        address,
         servicer=servicer,
-        interceptors=[LoggingInterceptor(), ErrorInterceptor(), AuthInterceptor(), lifecycle],
+        interceptors=[
+            LoggingInterceptor(),
+            ErrorInterceptor(),
+            AuthInterceptor(authenticator),
+            lifecycle,
+        ],
         lifecycle=lifecycle,
         max_receive_message_bytes=settings.max_receive_message_bytes,
         reflection_enabled=settings.reflection,
+        credentials=server_credentials(settings),
     )
 
 

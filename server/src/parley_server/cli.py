@@ -1,4 +1,4 @@
-"""The `parley` command: serve, migrate."""
+"""The `parley` command: serve, migrate, keys."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from parley_server.app import open_engine, serve
+from parley_server.app import open_database, open_engine, serve
 from parley_server.config import Settings
+from parley_server.identity import DEFAULT_TENANT, Role
+from parley_server.services.access import audit
 from parley_server.store import migrate as migrations
+from parley_server.store.keys import KeyStore
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -21,10 +25,56 @@ def _settings(args: argparse.Namespace) -> Settings:
             ("database_url", args.database_url),
             ("listen_address", getattr(args, "address", None)),
             ("log_level", args.log_level),
+            ("tls_cert", getattr(args, "tls_cert", None)),
+            ("tls_key", getattr(args, "tls_key", None)),
+            ("tls_client_ca", getattr(args, "tls_client_ca", None)),
+            ("insecure", getattr(args, "insecure", None) or None),
+            ("reflection", False if getattr(args, "no_reflection", False) else None),
         )
         if value is not None
     }
     return Settings(**overrides)
+
+
+async def _keys(settings: Settings, args: argparse.Namespace) -> None:
+    """Key management straight on the database (the first key cannot come over RPC)."""
+    database = await open_database(settings)
+    try:
+        keys = KeyStore(database)
+        if args.keys_command == "create":
+            if (args.role == "user") != bool(args.user_id):
+                raise SystemExit("--user-id is required for --role user, and only for it")
+            key, secret = await keys.create(
+                tenant=args.tenant,
+                role=Role(args.role),
+                user_id=args.user_id or "",
+                display_name=args.name,
+            )
+            audit.info(
+                "api key created: key=%s role=%s tenant=%s by the command line",
+                key.id,
+                key.role,
+                key.tenant,
+            )
+            print(f"key id: {key.id}\ntenant: {key.tenant}\nrole:   {key.role}", file=sys.stderr)
+            print("the key (shown once; keep it secret):", file=sys.stderr)
+            print(secret)
+        elif args.keys_command == "list":
+            for key in await keys.list(tenant=args.tenant or ""):
+                state = "revoked" if key.revoke_time else "live"
+                used = key.last_used_time.isoformat() if key.last_used_time else "never"
+                bound = f" user={key.user_id}" if key.user_id else ""
+                print(
+                    f"{key.id}  {state:7}  tenant={key.tenant} role={key.role}{bound}"
+                    f"  created={key.create_time.isoformat()} last_used={used}"
+                    f"  {key.display_name}"
+                )
+        else:
+            key = await keys.revoke(args.key_id)
+            audit.info("api key revoked: key=%s tenant=%s by the command line", key.id, key.tenant)
+            print(f"revoked {key.id}", file=sys.stderr)
+    finally:
+        await database.dispose()
 
 
 async def _migrate(settings: Settings, revision: str) -> None:
@@ -56,6 +106,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="serve the gRPC API")
     serve_parser.add_argument("--address", help="host:port; overrides PARLEY_LISTEN_ADDRESS")
+    serve_parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve TLS")
+    serve_parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve_parser.add_argument(
+        "--tls-client-ca", type=Path, help="PEM CA: require client certificates it signed (mTLS)"
+    )
+    serve_parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address without authentication or TLS (a proxy provides them)",
+    )
+    serve_parser.add_argument("--no-reflection", action="store_true", help="turn reflection off")
+    keys_parser = commands.add_parser("keys", help="create, list and revoke API keys")
+    keys_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
+    create_parser = keys_commands.add_parser("create", help="make a key and print it, once")
+    create_parser.add_argument("--tenant", default=DEFAULT_TENANT, help="its tenant (default)")
+    create_parser.add_argument("--role", choices=[r.value for r in Role], required=True)
+    create_parser.add_argument("--user-id", help="the user a user key is bound to")
+    create_parser.add_argument("--name", default="", help="a label, e.g. what uses the key")
+    list_parser = keys_commands.add_parser("list", help="every key (never the key itself)")
+    list_parser.add_argument("--tenant", help="only this tenant's keys")
+    revoke_parser = keys_commands.add_parser("revoke", help="revoke a key by its id")
+    revoke_parser.add_argument("key_id")
     migrate_parser = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate_parser.add_argument("--revision", default="head", help="target revision (head)")
     args = parser.parse_args(argv)
@@ -70,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
                 runner.run(serve(settings))
+        elif args.command == "keys":
+            asyncio.run(_keys(settings, args))
         else:
             asyncio.run(_migrate(settings, args.revision))
             print(f"database schema at {args.revision}", file=sys.stderr)

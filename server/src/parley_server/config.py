@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_data_path
@@ -56,6 +57,20 @@ class Settings(BaseSettings):
     max_receive_message_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, description="largest request the server accepts"
     )
+    tls_cert: Path | None = Field(None, description="PEM certificate chain; serve TLS with it")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA bundle: require every client to present a certificate it signed (mTLS)",
+    )
+    insecure: bool = Field(
+        False,
+        description="serve a non-loopback address without authentication or without TLS"
+        " (behind a proxy or mesh that provides them)",
+    )
+    auth_cache_seconds: float = Field(
+        5.0, ge=0, description="how long an API key lookup is reused (and a revocation lags)"
+    )
     reflection: bool = Field(
         True, description="serve gRPC reflection, so grpcurl and UIs can discover the API"
     )
@@ -73,6 +88,10 @@ class Settings(BaseSettings):
         if self.page_token_secret is None:
             return None
         return base64.b64decode(self.page_token_secret.get_secret_value(), validate=True)
+
+    @property
+    def serves_tls(self) -> bool:
+        return self.tls_cert is not None
 
     @property
     def is_sqlite(self) -> bool:

@@ -19,6 +19,15 @@ JsonObject = dict[str, Any]
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The rows a store operation may reach: one tenant's, and within it only the data of the
+    user `owner` when that is set (a user principal's view)."""
+
+    tenant: str
+    owner: str = ""
+
+
 @dataclass(slots=True, kw_only=True)
 class UserProfile:
     picture_url: str = ""

@@ -98,3 +98,16 @@ class Unavailable(ParleyError):
     """The database cannot be reached right now; retry with backoff."""
 
     default_reason = "DATABASE_UNAVAILABLE"
+
+
+class Unauthenticated(ParleyError):
+    """The call carries no credential this server accepts."""
+
+    default_reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ParleyError):
+    """The caller's role may not do this (whatever the resource: a role check never depends on
+    whether another tenant's resource exists)."""
+
+    default_reason = "PERMISSION_DENIED"

@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from parley_server.domain import Scope
+
 DEFAULT_TENANT = "default"
 
 
@@ -36,9 +38,10 @@ class Principal:
         return f"role={self.role} tenant={self.tenant}{bound} via={self.credential or 'none'}"
 
     @property
-    def owner(self) -> str:
-        """The user whose data alone this principal may see, or "" for all of its tenant."""
-        return self.user_id if self.role is Role.USER else ""
+    def scope(self) -> Scope:
+        """What this principal's data calls may reach: its tenant, and for a user principal
+        only its own user's data."""
+        return Scope(self.tenant, self.user_id if self.role is Role.USER else "")
 
 
 # The caller when the server runs without authentication (loopback only, one tenant).

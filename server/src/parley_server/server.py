@@ -53,6 +53,7 @@ async def create_server(
     lifecycle: LifecycleInterceptor,
     max_receive_message_bytes: int,
     reflection_enabled: bool = True,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
     """Start serving `servicer` (with health, and reflection unless disabled) on `address`
     ("host:port"; port 0 picks a free one). `lifecycle` must be one of `interceptors`."""
@@ -72,7 +73,11 @@ async def create_server(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
         )
     try:
-        port = server.add_insecure_port(address)
+        port = (
+            server.add_insecure_port(address)
+            if credentials is None
+            else server.add_secure_port(address, credentials)
+        )
     except RuntimeError as error:
         raise OSError(f"cannot listen on {address}: {error}") from error
     await server.start()

@@ -65,7 +65,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        keyset = self._tokens.keyset("ListUsers", request.page_token)
+        keyset = self._tokens.keyset("ListUsers", request.page_token, caller().scope)
         page = await self._services.users.list(caller(), after=keyset.after_time, limit=size)
         page, users = self._fit(page, convert.user_pb)
         return pb.ListUsersResponse(users=users, next_page_token=keyset.next_after_time(page))
@@ -110,7 +110,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         user_id = v.uuid("user_id", request.user_id, required=False)
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        keyset = self._tokens.keyset("ListSessions", request.page_token, user_id)
+        keyset = self._tokens.keyset("ListSessions", request.page_token, caller().scope, user_id)
         page = await self._services.sessions.list(
             caller(), user_id=user_id, after=keyset.after_time, limit=size
         )
@@ -284,7 +284,9 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         context_type = v.label("type", request.type)
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        keyset = self._tokens.keyset("ListContexts", request.page_token, session_id, context_type)
+        keyset = self._tokens.keyset(
+            "ListContexts", request.page_token, caller().scope, session_id, context_type
+        )
         page = await self._services.contexts.list(
             caller(), session_id, type=context_type, after=keyset.after_time, limit=size
         )
@@ -325,7 +327,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         )
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        keyset = self._tokens.keyset("ListRatings", request.page_token, where)
+        keyset = self._tokens.keyset("ListRatings", request.page_token, caller().scope, where)
         page = await self._services.ratings.list(
             caller(), where, after=keyset.after_time, limit=size
         )

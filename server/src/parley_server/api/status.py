@@ -17,6 +17,8 @@ from parley_server.errors import (
     InvalidArgument,
     NotFound,
     ParleyError,
+    PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -29,6 +31,8 @@ STATUS_CODES: dict[type[ParleyError], grpc.StatusCode] = {
     FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     Aborted: grpc.StatusCode.ABORTED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 

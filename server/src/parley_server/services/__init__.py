@@ -26,10 +26,11 @@ class Services:
 
     @classmethod
     def over(cls, store: Store, *, response_budget_bytes: int) -> Services:
+        sessions = SessionService(store)
         return cls(
             users=UserService(store),
-            sessions=SessionService(store),
-            messages=MessageService(store, response_budget_bytes=response_budget_bytes),
+            sessions=sessions,
+            messages=MessageService(store, sessions, response_budget_bytes=response_budget_bytes),
             contexts=ContextService(store),
             ratings=RatingService(store),
         )

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from parley_server.domain import Context, NewContext, Page, TimeCursor
 from parley_server.identity import Principal
+from parley_server.services.access import require_data_access
 from parley_server.store import Store
 
 
@@ -10,10 +11,12 @@ class ContextService:
         self._store = store
 
     async def create(self, caller: Principal, new: NewContext) -> Context:
-        return await self._store.contexts.create(new)
+        require_data_access(caller)
+        return await self._store.contexts.create(caller.scope, new)
 
     async def get(self, caller: Principal, context_id: str) -> Context:
-        return await self._store.contexts.get(context_id)
+        require_data_access(caller)
+        return await self._store.contexts.get(caller.scope, context_id)
 
     async def list(
         self,
@@ -24,7 +27,11 @@ class ContextService:
         after: TimeCursor | None,
         limit: int,
     ) -> Page[Context]:
-        return await self._store.contexts.list(session_id, type=type, after=after, limit=limit)
+        require_data_access(caller)
+        return await self._store.contexts.list(
+            caller.scope, session_id, type=type, after=after, limit=limit
+        )
 
     async def delete(self, caller: Principal, context_id: str, *, allow_missing: bool) -> None:
-        await self._store.contexts.delete(context_id, allow_missing=allow_missing)
+        require_data_access(caller)
+        await self._store.contexts.delete(caller.scope, context_id, allow_missing=allow_missing)

@@ -5,6 +5,8 @@ from collections.abc import AsyncIterator, Sequence
 from parley_server.domain import ContextWindow, Message, MessageFilter, NewMessage, Page, Role
 from parley_server.errors import FieldViolation, InvalidArgument
 from parley_server.identity import Principal
+from parley_server.services.access import acting_for, require_data_access
+from parley_server.services.sessions import SessionService
 from parley_server.store import Store
 from parley_server.tasks import run_to_end
 
@@ -60,17 +62,20 @@ class MessageService:
     """Rule checks are also exported, so that the API can report a request's every problem,
     of form and of rule, in one answer."""
 
-    def __init__(self, store: Store, *, response_budget_bytes: int) -> None:
+    def __init__(
+        self, store: Store, sessions: SessionService, *, response_budget_bytes: int
+    ) -> None:
         """response_budget_bytes: how much of a response its messages may fill; a page (or a
         stream's batch) ends early rather than pass it, though one message always goes out."""
         self._store = store
+        self._sessions = sessions
         self._budget = response_budget_bytes
 
     async def append(self, caller: Principal, session_id: str, new: NewMessage) -> Message:
         violations = message_violations(new, "message")
         if violations:
             raise InvalidArgument(violations)
-        (message,) = await self._store.messages.append(session_id, [new])
+        (message,) = await self._append(caller, session_id, [new])
         return message
 
     async def append_batch(
@@ -80,10 +85,19 @@ class MessageService:
         violations = batch_violations(news)
         if violations:
             raise InvalidArgument(violations)
-        return await self._store.messages.append(session_id, news)
+        return await self._append(caller, session_id, news)
+
+    async def _append(
+        self, caller: Principal, session_id: str, news: Sequence[NewMessage]
+    ) -> list[Message]:
+        await self._sessions.require_visible(caller, session_id)
+        for new in news:
+            acting_for(caller, new.user_id)  # a user writes as itself (or as no one)
+        return await self._store.messages.append(caller.scope, session_id, news)
 
     async def get(self, caller: Principal, message_id: str) -> Message:
-        return await self._store.messages.get(message_id)
+        require_data_access(caller)
+        return await self._store.messages.get(caller.scope, message_id)
 
     async def list(
         self,
@@ -95,7 +109,9 @@ class MessageService:
         limit: int,
         newest_first: bool,
     ) -> Page[Message]:
+        await self._sessions.require_visible(caller, session_id)
         return await self._store.messages.list(
+            caller.scope,
             session_id,
             where,
             position=position,
@@ -108,12 +124,14 @@ class MessageService:
         self, caller: Principal, session_id: str, where: MessageFilter
     ) -> AsyncIterator[Sequence[Message]]:
         """The matching messages in seq order, in batches that each fit a response."""
+        await self._sessions.require_visible(caller, session_id)
         position = 0
         while True:
             # A stream is not a unary call, which the API runs to its end: its page reads are, one
             # by one, so a client leaving never cuts one short.
             page = await run_to_end(
                 self._store.messages.list(
+                    caller.scope,
                     session_id,
                     where,
                     position=position,
@@ -131,9 +149,11 @@ class MessageService:
     async def context_window(
         self, caller: Principal, session_id: str, max_messages: int
     ) -> ContextWindow:
+        await self._sessions.require_visible(caller, session_id)
         return await self._store.messages.context_window(
-            session_id, max_messages, max_bytes=self._budget
+            caller.scope, session_id, max_messages, max_bytes=self._budget
         )
 
     async def delete(self, caller: Principal, message_id: str, *, allow_missing: bool) -> None:
-        await self._store.messages.delete(message_id, allow_missing=allow_missing)
+        require_data_access(caller)
+        await self._store.messages.delete(caller.scope, message_id, allow_missing=allow_missing)

@@ -3,6 +3,7 @@ from __future__ import annotations
 from parley_server.domain import Page, Rating, RatingFilter, RatingSummary, TimeCursor
 from parley_server.errors import FieldViolation, InvalidArgument
 from parley_server.identity import Principal
+from parley_server.services.access import acting_for, require_data_access
 from parley_server.store import Store
 
 MIN_RATING, MAX_RATING = 1, 5
@@ -26,17 +27,25 @@ class RatingService:
             raise InvalidArgument.field(
                 "value", f"must be {MIN_RATING} to {MAX_RATING}, not {value}"
             )
-        return await self._store.ratings.rate(message_id, user_id, value, comment)
+        require_data_access(caller)
+        return await self._store.ratings.rate(
+            caller.scope, message_id, acting_for(caller, user_id), value, comment
+        )
 
     async def list(
         self, caller: Principal, where: RatingFilter, *, after: TimeCursor | None, limit: int
     ) -> Page[Rating]:
-        return await self._store.ratings.list(where, after=after, limit=limit)
+        require_data_access(caller)
+        return await self._store.ratings.list(caller.scope, where, after=after, limit=limit)
 
     async def delete(self, caller: Principal, rating_id: str, *, allow_missing: bool) -> None:
-        await self._store.ratings.delete(rating_id, allow_missing=allow_missing)
+        require_data_access(caller)
+        await self._store.ratings.delete(caller.scope, rating_id, allow_missing=allow_missing)
 
     async def summarize(
         self, caller: Principal, *, message_id: str = "", session_id: str = ""
     ) -> RatingSummary:
-        return await self._store.ratings.summarize(message_id=message_id, session_id=session_id)
+        require_data_access(caller)
+        return await self._store.ratings.summarize(
+            caller.scope, message_id=message_id, session_id=session_id
+        )

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import dataclasses
+
 from parley_server.domain import NewSession, Page, Session, SessionPatch, TimeCursor
 from parley_server.identity import Principal
+from parley_server.services.access import acting_for, audit, require_data_access
 from parley_server.store import Store
 
 
@@ -10,29 +13,52 @@ class SessionService:
         self._store = store
 
     async def create(self, caller: Principal, new: NewSession) -> Session:
-        return await self._store.sessions.create(new)
+        require_data_access(caller)
+        owner = acting_for(caller, new.user_id)
+        if owner != new.user_id:
+            new = dataclasses.replace(new, user_id=owner)
+        return await self._store.sessions.create(caller.scope, new)
 
     async def get(self, caller: Principal, session_id: str) -> Session:
-        return await self._store.sessions.get(session_id)
+        require_data_access(caller)
+        return await self._store.sessions.get(caller.scope, session_id)
 
     async def list(
         self, caller: Principal, *, user_id: str, after: TimeCursor | None, limit: int
     ) -> Page[Session]:
-        return await self._store.sessions.list(user_id=user_id, after=after, limit=limit)
+        require_data_access(caller)
+        return await self._store.sessions.list(
+            caller.scope, user_id=user_id, after=after, limit=limit
+        )
 
     async def update(self, caller: Principal, session_id: str, patch: SessionPatch) -> Session:
-        return await self._store.sessions.update(session_id, patch)
+        require_data_access(caller)
+        return await self._store.sessions.update(caller.scope, session_id, patch)
 
     async def close(self, caller: Principal, session_id: str) -> Session:
-        return await self._store.sessions.close(session_id)
+        require_data_access(caller)
+        return await self._store.sessions.close(caller.scope, session_id)
 
     async def delete(self, caller: Principal, session_id: str, *, allow_missing: bool) -> None:
-        await self._store.sessions.delete(session_id, allow_missing=allow_missing)
+        require_data_access(caller)
+        await self._store.sessions.delete(caller.scope, session_id, allow_missing=allow_missing)
+        audit.info("session deleted: session=%s by %s", session_id, caller)
 
     async def get_or_create_open(
         self, caller: Principal, user_id: str, template: NewSession
     ) -> tuple[Session, bool]:
-        return await self._store.sessions.get_or_create_open(user_id, template)
+        require_data_access(caller)
+        return await self._store.sessions.get_or_create_open(
+            caller.scope, acting_for(caller, user_id), template
+        )
 
     async def latest(self, caller: Principal, user_id: str) -> Session:
-        return await self._store.sessions.latest(user_id)
+        require_data_access(caller)
+        return await self._store.sessions.latest(caller.scope, acting_for(caller, user_id))
+
+    async def require_visible(self, caller: Principal, session_id: str) -> None:
+        """For a user principal, NOT_FOUND unless the session is its own (a service sees all of
+        its tenant, and the store's tenant condition suffices)."""
+        require_data_access(caller)
+        if caller.scope.owner:
+            await self._store.sessions.get(caller.scope, session_id)

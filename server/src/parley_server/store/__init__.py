@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from parley_server.store.contexts import ContextStore
 from parley_server.store.database import Database
+from parley_server.store.keys import KeyStore
 from parley_server.store.messages import MessageStore
 from parley_server.store.ratings import RatingStore
 from parley_server.store.secrets import SecretStore
@@ -24,6 +25,7 @@ class Store:
     contexts: ContextStore
     ratings: RatingStore
     secrets: SecretStore
+    keys: KeyStore
 
     @classmethod
     def over(cls, db: Database, *, write_lanes: int = 1) -> Store:
@@ -35,6 +37,7 @@ class Store:
             contexts=ContextStore(db),
             ratings=RatingStore(db),
             secrets=SecretStore(db),
+            keys=KeyStore(db),
         )
 
 

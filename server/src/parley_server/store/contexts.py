@@ -5,19 +5,30 @@ from typing import Any
 from sqlalchemy import delete, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from parley_server.domain import Context, NewContext, Page, TimeCursor, repeats
+from parley_server.domain import Context, NewContext, Page, Scope, TimeCursor, repeats
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from parley_server.store.database import Database
 from parley_server.store.rows import to_context
-from parley_server.store.tables import after_cursor, contexts, new_id, sessions, utcnow
+from parley_server.store.tables import after_cursor, contexts, new_id, sessions, utcnow, visible
+
+
+def session_closed(session_id: str, what: str) -> FailedPrecondition:
+    """The closed-session rule's one error: a closed session takes no more messages or
+    contexts."""
+    return FailedPrecondition(
+        f"session {session_id!r} is closed; it accepts no more {what}",
+        reason="SESSION_CLOSED",
+        metadata={"sessionId": session_id},
+    )
 
 
 class ContextStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, new: NewContext) -> Context:
+    async def create(self, scope: Scope, new: NewContext) -> Context:
         values: dict[str, Any] = {
+            "tenant_id": scope.tenant,
             "id": new.id or new_id(),
             "session_id": new.session_id,
             "type": new.type,
@@ -29,49 +40,49 @@ class ContextStore:
             async with self._db.write() as session:
                 owner = (
                     await session.execute(
-                        select(sessions.c.end_time).where(sessions.c.id == new.session_id)
+                        select(sessions.c.end_time).where(
+                            *visible(sessions, scope), sessions.c.id == new.session_id
+                        )
                     )
                 ).first()
                 if owner is None:
                     raise NotFound.resource("session", new.session_id)
                 if owner.end_time is not None:
-                    raise FailedPrecondition(
-                        f"session {new.session_id!r} is closed; it accepts no more contexts",
-                        reason="SESSION_CLOSED",
-                        metadata={"sessionId": new.session_id},
-                    )
+                    raise session_closed(new.session_id, "contexts")
                 statement = insert(contexts).values(values).returning(contexts)
                 row = (await session.execute(statement)).one()
         except (IntegrityError, FailedPrecondition) as error:
             # A retry whose first attempt landed, perhaps before the session was closed.
-            stored = await self._find(new.id) if new.id is not None else None
+            stored = await self._find(scope, new.id) if new.id is not None else None
             if stored is not None and repeats(new, stored):
                 return stored
             if isinstance(error, FailedPrecondition) and stored is None:
                 raise
-            raise await self._conflict(values["id"]) from error
+            raise await self._conflict(scope, values["id"]) from error
         return to_context(row._mapping)
 
-    async def get(self, context_id: str) -> Context:
-        found = await self._find(context_id)
+    async def get(self, scope: Scope, context_id: str) -> Context:
+        found = await self._find(scope, context_id)
         if found is None:
             raise NotFound.resource("context", context_id)
         return found
 
-    async def _find(self, context_id: str) -> Context | None:
+    async def _find(self, scope: Scope, context_id: str) -> Context | None:
         async with self._db.read() as session:
             row = (
-                await session.execute(select(contexts).where(contexts.c.id == context_id))
+                await session.execute(
+                    select(contexts).where(*visible(contexts, scope), contexts.c.id == context_id)
+                )
             ).first()
         return None if row is None else to_context(row._mapping)
 
     async def list(
-        self, session_id: str, *, type: str, after: TimeCursor | None, limit: int
+        self, scope: Scope, session_id: str, *, type: str, after: TimeCursor | None, limit: int
     ) -> Page[Context]:
         """Oldest first; only contexts of `type` when it is not empty."""
         query = (
             select(contexts)
-            .where(contexts.c.session_id == session_id)
+            .where(contexts.c.tenant_id == scope.tenant, contexts.c.session_id == session_id)
             .order_by(contexts.c.create_time, contexts.c.id)
             .limit(limit + 1)
         )
@@ -81,22 +92,32 @@ class ContextStore:
         if condition is not None:
             query = query.where(condition)
         async with self._db.read() as session:
-            if not await session.scalar(select(exists().where(sessions.c.id == session_id))):
+            if not await session.scalar(
+                select(exists().where(*visible(sessions, scope), sessions.c.id == session_id))
+            ):
                 raise NotFound.resource("session", session_id)
             rows = (await session.execute(query)).all()
         return Page([to_context(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
 
-    async def delete(self, context_id: str, *, allow_missing: bool) -> None:
+    async def delete(self, scope: Scope, context_id: str, *, allow_missing: bool) -> None:
         async with self._db.write() as session:
             deleted = await session.scalar(
-                delete(contexts).where(contexts.c.id == context_id).returning(contexts.c.id)
+                delete(contexts)
+                .where(*visible(contexts, scope), contexts.c.id == context_id)
+                .returning(contexts.c.id)
             )
         if deleted is None and not allow_missing:
             raise NotFound.resource("context", context_id)
 
-    async def _conflict(self, context_id: str) -> Exception:
+    async def _conflict(self, scope: Scope, context_id: str) -> Exception:
         async with self._db.read() as session:
-            if await session.scalar(select(exists().where(contexts.c.id == context_id))):
+            if await session.scalar(
+                select(
+                    exists().where(
+                        contexts.c.tenant_id == scope.tenant, contexts.c.id == context_id
+                    )
+                )
+            ):
                 return AlreadyExists.resource("context", context_id)
         # The session was deleted between the check and the insert.
         return Aborted.concurrent_conflict()

@@ -28,8 +28,8 @@ from typing import Any, Generic, TypeVar
 Row = dict[str, Any]
 W = TypeVar("W")
 # Writes the rows of several appends in one statement with the writer (a connection); returns each
-# row's seq, or no entry for the rows of a session that is closed or missing.
-WriteBatch = Callable[[W, list[Row]], Awaitable[dict[str, int]]]
+# row's seq by (tenant_id, id), with no entry for the rows of a session that is closed or missing.
+WriteBatch = Callable[[W, list[Row]], Awaitable[dict[tuple[str, str], int]]]
 
 MAX_ROWS_PER_STATEMENT = 2000
 
@@ -106,7 +106,7 @@ class GroupCommit(Generic[W]):
             await self._write(writer, batch[middle:])
             return
         for pending in batch:
-            found = [seqs.get(row["id"]) for row in pending.rows]
+            found = [seqs.get((row["tenant_id"], row["id"])) for row in pending.rows]
             _settle(pending, result=None if None in found else [s for s in found if s is not None])
 
 

@@ -26,10 +26,12 @@ from parley_server.domain import (
     MessageFilter,
     NewMessage,
     Page,
+    Scope,
     repeats,
 )
-from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
+from parley_server.errors import Aborted, AlreadyExists, NotFound
 from parley_server.store.appenders import appender_for
+from parley_server.store.contexts import session_closed
 from parley_server.store.database import Database, translated_errors
 from parley_server.store.rows import (
     attachments_json,
@@ -39,7 +41,7 @@ from parley_server.store.rows import (
     to_session,
     tool_calls_json,
 )
-from parley_server.store.tables import contexts, messages, new_id, sessions, users, utcnow
+from parley_server.store.tables import contexts, messages, new_id, sessions, users, utcnow, visible
 
 MAX_WINDOW_CONTEXTS = 1000
 
@@ -75,7 +77,10 @@ class _Shape:
 
 def _filter(shape: _Shape) -> list[ColumnElement[bool]]:
     """The conditions of `shape`'s filter (not its keyset position), over named parameters."""
-    conditions = [messages.c.session_id == bindparam("session_id")]
+    conditions = [
+        messages.c.tenant_id == bindparam("tenant"),
+        messages.c.session_id == bindparam("session_id"),
+    ]
     for column, present in (
         (messages.c.chapter, shape.chapter),
         (messages.c.thread_id, shape.thread_id),
@@ -144,17 +149,26 @@ def _count_query(shape: _Shape) -> Select[Any]:
     return select(func.count().label("count")).select_from(messages).where(*_filter(shape))
 
 
-_MESSAGE_COUNT = select(sessions.c.message_count).where(sessions.c.id == bindparam("session_id"))
-_WINDOW_SESSION = select(sessions).where(sessions.c.id == bindparam("session_id"))
+_THE_SESSION = (sessions.c.tenant_id == bindparam("tenant")) & (
+    sessions.c.id == bindparam("session_id")
+)
+_MESSAGE_COUNT = select(sessions.c.message_count).where(_THE_SESSION)
+_WINDOW_SESSION = select(sessions).where(_THE_SESSION)
 _WINDOW_CONTEXTS = (
     select(contexts)
-    .where(contexts.c.session_id == bindparam("session_id"))
+    .where(
+        contexts.c.tenant_id == bindparam("tenant"),
+        contexts.c.session_id == bindparam("session_id"),
+    )
     .order_by(contexts.c.create_time, contexts.c.id)
     .limit(MAX_WINDOW_CONTEXTS)
 )
 _WINDOW_MESSAGES = _within_budget(
     select(messages)
-    .where(messages.c.session_id == bindparam("session_id"))
+    .where(
+        messages.c.tenant_id == bindparam("tenant"),
+        messages.c.session_id == bindparam("session_id"),
+    )
     .order_by(messages.c.seq.desc())
     .limit(bindparam("limit")),
     _descending,
@@ -166,11 +180,14 @@ class MessageStore:
         self._db = db
         self._appender = appender_for(db, write_lanes=write_lanes)
 
-    async def append(self, session_id: str, news: Sequence[NewMessage]) -> list[Message]:
+    async def append(
+        self, scope: Scope, session_id: str, news: Sequence[NewMessage]
+    ) -> list[Message]:
         """Append news in order with consecutive seqs, atomically; the batch must not be empty.
         Its create_time is when the statement carrying it runs (see group_commit)."""
         rows: list[dict[str, Any]] = [
             {
+                "tenant_id": scope.tenant,
                 "id": new.id or new_id(),
                 "session_id": session_id,
                 "role": new.role.value,
@@ -194,24 +211,28 @@ class MessageStore:
             async with translated_errors():
                 seqs = await self._appender.append(session_id, rows)
         except (IntegrityError, asyncpg.IntegrityConstraintViolationError) as error:
-            if stored := await self._stored_repeat(session_id, news, rows):
+            if stored := await self._stored_repeat(scope, session_id, news, rows):
                 return stored
-            raise await self._conflict(rows) from error
+            raise await self._conflict(scope, rows) from error
         if seqs is None:
             # A retry whose first attempt landed before the session was closed is no error.
-            if stored := await self._stored_repeat(session_id, news, rows):
+            if stored := await self._stored_repeat(scope, session_id, news, rows):
                 return stored
             async with self._db.read() as session:
-                taken = await _first_taken(session, [row["id"] for row in rows])
+                taken = await _first_taken(session, scope, [row["id"] for row in rows])
                 if taken is not None:
                     raise AlreadyExists.resource("message", taken)
-                raise await _closed_or_missing(session, session_id)
+                raise await _closed_or_missing(session, scope, session_id)
         for row, seq in zip(rows, seqs, strict=True):
             row["seq"] = seq
         return [to_message(row) for row in rows]
 
     async def _stored_repeat(
-        self, session_id: str, news: Sequence[NewMessage], rows: Sequence[dict[str, Any]]
+        self,
+        scope: Scope,
+        session_id: str,
+        news: Sequence[NewMessage],
+        rows: Sequence[dict[str, Any]],
     ) -> list[Message] | None:
         """The stored messages, if every one of `news` has a client-chosen id and is stored as
         asked, in this session: the append is a retry of one that landed."""
@@ -219,7 +240,13 @@ class MessageStore:
             return None
         ids = [row["id"] for row in rows]
         async with self._db.read() as session:
-            found = (await session.execute(select(messages).where(messages.c.id.in_(ids)))).all()
+            found = (
+                await session.execute(
+                    select(messages).where(
+                        messages.c.tenant_id == scope.tenant, messages.c.id.in_(ids)
+                    )
+                )
+            ).all()
         stored = {message.id: message for message in (to_message(r._mapping) for r in found)}
         if len(stored) != len(ids):
             return None
@@ -231,10 +258,12 @@ class MessageStore:
             return ordered
         return None
 
-    async def get(self, message_id: str) -> Message:
+    async def get(self, scope: Scope, message_id: str) -> Message:
         async with self._db.read() as session:
             row = (
-                await session.execute(select(messages).where(messages.c.id == message_id))
+                await session.execute(
+                    select(messages).where(*visible(messages, scope), messages.c.id == message_id)
+                )
             ).first()
         if row is None:
             raise NotFound.resource("message", message_id)
@@ -242,6 +271,7 @@ class MessageStore:
 
     async def list(
         self,
+        scope: Scope,
         session_id: str,
         where: MessageFilter,
         *,
@@ -259,6 +289,7 @@ class MessageStore:
         # Unfiltered, the session's own counter is the total: no scan, and no second round trip.
         total_inline = count_total and not filtered
         values = {
+            "tenant": scope.tenant,
             "session_id": session_id,
             "chapter": where.chapter,
             "thread_id": where.thread_id,
@@ -289,12 +320,17 @@ class MessageStore:
         )
 
     async def context_window(
-        self, session_id: str, max_messages: int, *, max_bytes: int
+        self, scope: Scope, session_id: str, max_messages: int, *, max_bytes: int
     ) -> ContextWindow:
         """The session, its contexts (oldest first, at most MAX_WINDOW_CONTEXTS) and its newest
         messages in seq order, at most max_messages of them and max_bytes of their size (but at
         least one), all from one snapshot."""
-        values = {"session_id": session_id, "limit": max_messages + 1, "budget": max_bytes}
+        values = {
+            "tenant": scope.tenant,
+            "session_id": session_id,
+            "limit": max_messages + 1,
+            "budget": max_bytes,
+        }
         session_rows, context_rows, message_rows = await self._db.fetch_snapshot(
             [(_WINDOW_SESSION, values), (_WINDOW_CONTEXTS, values), (_WINDOW_MESSAGES, values)]
         )
@@ -308,23 +344,27 @@ class MessageStore:
             has_earlier_messages=len(message_rows) > fitting,
         )
 
-    async def delete(self, message_id: str, *, allow_missing: bool) -> None:
+    async def delete(self, scope: Scope, message_id: str, *, allow_missing: bool) -> None:
         """Delete the message (its ratings cascade); its seq is never handed out again."""
         try:
             async with self._db.write() as session:
                 session_id = await session.scalar(
-                    select(messages.c.session_id).where(messages.c.id == message_id)
+                    select(messages.c.session_id).where(
+                        *visible(messages, scope), messages.c.id == message_id
+                    )
                 )
                 if session_id is None:
                     raise NotFound.resource("message", message_id)
                 # Session row first, as append does, so the two never wait on each other in a cycle.
                 await session.execute(
                     update(sessions)
-                    .where(sessions.c.id == session_id)
+                    .where(sessions.c.tenant_id == scope.tenant, sessions.c.id == session_id)
                     .values(message_count=sessions.c.message_count - 1, update_time=utcnow())
                 )
                 deleted = await session.scalar(
-                    delete(messages).where(messages.c.id == message_id).returning(messages.c.id)
+                    delete(messages)
+                    .where(messages.c.tenant_id == scope.tenant, messages.c.id == message_id)
+                    .returning(messages.c.id)
                 )
                 if deleted is None:  # deleted concurrently; the rollback restores the count
                     raise NotFound.resource("message", message_id)
@@ -332,16 +372,20 @@ class MessageStore:
             if not allow_missing:
                 raise
 
-    async def _conflict(self, rows: Sequence[dict[str, Any]]) -> Exception:
+    async def _conflict(self, scope: Scope, rows: Sequence[dict[str, Any]]) -> Exception:
         ids = [row["id"] for row in rows]
         author_ids = {row["user_id"] for row in rows if row["user_id"]}
         async with self._db.read() as session:
-            taken = await _first_taken(session, ids)
+            taken = await _first_taken(session, scope, ids)
             if taken is not None:
                 return AlreadyExists.resource("message", taken)
             if author_ids:
                 found = set(
-                    await session.scalars(select(users.c.id).where(users.c.id.in_(author_ids)))
+                    await session.scalars(
+                        select(users.c.id).where(
+                            users.c.tenant_id == scope.tenant, users.c.id.in_(author_ids)
+                        )
+                    )
                 )
                 missing = sorted(author_ids - found)
                 if missing:
@@ -349,17 +393,19 @@ class MessageStore:
         return Aborted.concurrent_conflict()
 
 
-async def _first_taken(session: AsyncSession, ids: Sequence[str]) -> str | None:
-    """One of `ids` that a stored message has, if any."""
-    taken = await session.scalar(select(messages.c.id).where(messages.c.id.in_(ids)).limit(1))
+async def _first_taken(session: AsyncSession, scope: Scope, ids: Sequence[str]) -> str | None:
+    """One of `ids` that a stored message of the tenant has, if any."""
+    taken = await session.scalar(
+        select(messages.c.id)
+        .where(messages.c.tenant_id == scope.tenant, messages.c.id.in_(ids))
+        .limit(1)
+    )
     return None if taken is None else str(taken)
 
 
-async def _closed_or_missing(session: AsyncSession, session_id: str) -> Exception:
-    if await session.scalar(select(exists().where(sessions.c.id == session_id))):
-        return FailedPrecondition(
-            f"session {session_id!r} is closed; it accepts no more messages",
-            reason="SESSION_CLOSED",
-            metadata={"sessionId": session_id},
-        )
+async def _closed_or_missing(session: AsyncSession, scope: Scope, session_id: str) -> Exception:
+    if await session.scalar(
+        select(exists().where(sessions.c.tenant_id == scope.tenant, sessions.c.id == session_id))
+    ):
+        return session_closed(session_id, "messages")
     return NotFound.resource("session", session_id)

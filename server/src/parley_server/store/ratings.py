@@ -7,7 +7,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley_server.domain import Page, Rating, RatingFilter, RatingSummary, TimeCursor
+from parley_server.domain import Page, Rating, RatingFilter, RatingSummary, Scope, TimeCursor
 from parley_server.errors import Aborted, NotFound
 from parley_server.store.database import Database
 from parley_server.store.rows import to_rating
@@ -19,11 +19,16 @@ from parley_server.store.tables import (
     sessions,
     users,
     utcnow,
+    visible,
 )
 
 
-async def _require(session: AsyncSession, kind: str, table: Any, resource_id: str) -> None:
-    if not await session.scalar(select(exists().where(table.c.id == resource_id))):
+async def _require(
+    session: AsyncSession, scope: Scope, kind: str, table: Any, resource_id: str
+) -> None:
+    if not await session.scalar(
+        select(exists().where(*visible(table, scope), table.c.id == resource_id))
+    ):
         raise NotFound.resource(kind, resource_id)
 
 
@@ -33,18 +38,23 @@ class RatingStore:
         # Both backends spell an upsert INSERT ... ON CONFLICT DO UPDATE.
         self._insert = postgresql.insert if db.dialect == "postgresql" else sqlite.insert
 
-    async def rate(self, message_id: str, user_id: str, value: int, comment: str) -> Rating:
+    async def rate(
+        self, scope: Scope, message_id: str, user_id: str, value: int, comment: str
+    ) -> Rating:
         """Record user_id's rating of message_id, replacing their earlier one (keeping its id)."""
         now = utcnow()
         try:
             async with self._db.write() as session:
                 session_id = await session.scalar(
-                    select(messages.c.session_id).where(messages.c.id == message_id)
+                    select(messages.c.session_id).where(
+                        *visible(messages, scope), messages.c.id == message_id
+                    )
                 )
                 if session_id is None:
                     raise NotFound.resource("message", message_id)
-                await _require(session, "user", users, user_id)
+                await _require(session, scope, "user", users, user_id)
                 upsert = self._insert(ratings).values(
+                    tenant_id=scope.tenant,
                     id=new_id(),
                     message_id=message_id,
                     user_id=user_id,
@@ -55,7 +65,7 @@ class RatingStore:
                     update_time=now,
                 )
                 upsert = upsert.on_conflict_do_update(
-                    index_elements=[ratings.c.message_id, ratings.c.user_id],
+                    index_elements=[ratings.c.tenant_id, ratings.c.message_id, ratings.c.user_id],
                     set_={"value": value, "comment": comment, "update_time": now},
                 )
                 row = (await session.execute(upsert.returning(ratings))).one()
@@ -65,10 +75,15 @@ class RatingStore:
         return to_rating(row._mapping)
 
     async def list(
-        self, where: RatingFilter, *, after: TimeCursor | None, limit: int
+        self, scope: Scope, where: RatingFilter, *, after: TimeCursor | None, limit: int
     ) -> Page[Rating]:
         """Oldest first, matching every non-empty field of `where`."""
-        query = select(ratings).order_by(ratings.c.create_time, ratings.c.id).limit(limit + 1)
+        query = (
+            select(ratings)
+            .where(*visible(ratings, scope))
+            .order_by(ratings.c.create_time, ratings.c.id)
+            .limit(limit + 1)
+        )
         if where.message_id:
             query = query.where(ratings.c.message_id == where.message_id)
         if where.session_id:
@@ -80,31 +95,38 @@ class RatingStore:
             query = query.where(condition)
         async with self._db.read() as session:
             if where.message_id:
-                await _require(session, "message", messages, where.message_id)
+                await _require(session, scope, "message", messages, where.message_id)
             if where.session_id:
-                await _require(session, "session", sessions, where.session_id)
+                await _require(session, scope, "session", sessions, where.session_id)
             if where.user_id:
-                await _require(session, "user", users, where.user_id)
+                await _require(session, scope, "user", users, where.user_id)
             rows = (await session.execute(query)).all()
         return Page([to_rating(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
 
-    async def delete(self, rating_id: str, *, allow_missing: bool) -> None:
+    async def delete(self, scope: Scope, rating_id: str, *, allow_missing: bool) -> None:
         async with self._db.write() as session:
             deleted = await session.scalar(
-                delete(ratings).where(ratings.c.id == rating_id).returning(ratings.c.id)
+                delete(ratings)
+                .where(*visible(ratings, scope), ratings.c.id == rating_id)
+                .returning(ratings.c.id)
             )
         if deleted is None and not allow_missing:
             raise NotFound.resource("rating", rating_id)
 
-    async def summarize(self, *, message_id: str = "", session_id: str = "") -> RatingSummary:
-        """Count and mean of one message's ratings, or of all ratings in a session."""
-        query = select(func.count(), func.avg(ratings.c.value))
+    async def summarize(
+        self, scope: Scope, *, message_id: str = "", session_id: str = ""
+    ) -> RatingSummary:
+        """Count and mean of one message's ratings, or of all ratings in a session (everyone's,
+        for a user who may see the message or session)."""
+        query = select(func.count(), func.avg(ratings.c.value)).where(
+            ratings.c.tenant_id == scope.tenant
+        )
         async with self._db.read() as session:
             if message_id:
-                await _require(session, "message", messages, message_id)
+                await _require(session, scope, "message", messages, message_id)
                 query = query.where(ratings.c.message_id == message_id)
             else:
-                await _require(session, "session", sessions, session_id)
+                await _require(session, scope, "session", sessions, session_id)
                 query = query.where(ratings.c.session_id == session_id)
             count, mean = (await session.execute(query)).one()
         return RatingSummary(count=count, mean=float(mean or 0.0))

@@ -13,6 +13,7 @@ from sqlalchemy import (
     DateTime,
     Dialect,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     LargeBinary,
     MetaData,
@@ -31,6 +32,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 # backends, far below PostgreSQL's btree row limit.
 LABEL_LENGTH = 256
 EMAIL_LENGTH = 320
+TENANT_LENGTH = 64
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -72,13 +74,49 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {datetime: UTCDateTime(), dict[str, Any]: Json}
 
 
+def _tenant() -> Mapped[str]:
+    """The isolation boundary: every key and index of tenant data leads with it, so one
+    tenant's rows are never reached through another's, and ids (even caller-chosen ones) need
+    be unique only within a tenant."""
+    return mapped_column(String(TENANT_LENGTH), primary_key=True)
+
+
+class TenantRow(Base):
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(TENANT_LENGTH), primary_key=True)
+    create_time: Mapped[datetime]
+
+
+class ApiKeyRow(Base):
+    """A credential: only the SHA-256 of the key is kept (keys are 256-bit random, so a fast hash
+    is as good as a slow one), and the key itself is shown once, when it is made."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        String(TENANT_LENGTH), ForeignKey("tenants.id", ondelete="CASCADE")
+    )
+    role: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str | None] = mapped_column(Id)
+    display_name: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    create_time: Mapped[datetime]
+    last_used_time: Mapped[datetime | None]
+    revoke_time: Mapped[datetime | None]
+
+    __table_args__ = (Index(None, "tenant_id", "create_time", "id"),)
+
+
 class UserRow(Base):
     __tablename__ = "users"
 
+    tenant_id: Mapped[str] = _tenant()
     id: Mapped[str] = mapped_column(Id, primary_key=True)
     display_name: Mapped[str] = mapped_column(Text)
     # Lower-cased; NULL (not "") when absent so the unique constraint ignores it.
-    email: Mapped[str | None] = mapped_column(String(EMAIL_LENGTH), unique=True)
+    email: Mapped[str | None] = mapped_column(String(EMAIL_LENGTH))
     role: Mapped[str] = mapped_column(String(LABEL_LENGTH))
     picture_url: Mapped[str] = mapped_column(Text)
     status_message: Mapped[str] = mapped_column(Text)
@@ -90,14 +128,18 @@ class UserRow(Base):
     create_time: Mapped[datetime]
     update_time: Mapped[datetime]
 
-    __table_args__ = (Index(None, "create_time", "id"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "email"),
+        Index(None, "tenant_id", "create_time", "id"),
+    )
 
 
 class SessionRow(Base):
     __tablename__ = "sessions"
 
+    tenant_id: Mapped[str] = _tenant()
     id: Mapped[str] = mapped_column(Id, primary_key=True)
-    user_id: Mapped[str | None] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
+    user_id: Mapped[str | None] = mapped_column(Id)
     title: Mapped[str] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", Json)
     ip_address: Mapped[str] = mapped_column(String(LABEL_LENGTH))
@@ -112,17 +154,23 @@ class SessionRow(Base):
     last_message_time: Mapped[datetime | None]
 
     __table_args__ = (
-        Index(None, "user_id", "create_time", "id"),  # ListSessions(user_id), newest first
-        Index(None, "create_time", "id"),  # ListSessions(), newest first
-        Index(None, "user_id", "update_time"),  # GetLatestSession, GetOrCreateOpenSession
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"], ["users.tenant_id", "users.id"], ondelete="CASCADE"
+        ),
+        # ListSessions(user_id), newest first
+        Index(None, "tenant_id", "user_id", "create_time", "id"),
+        Index(None, "tenant_id", "create_time", "id"),  # ListSessions(), newest first
+        # GetLatestSession, GetOrCreateOpenSession
+        Index(None, "tenant_id", "user_id", "update_time"),
     )
 
 
 class MessageRow(Base):
     __tablename__ = "messages"
 
+    tenant_id: Mapped[str] = _tenant()
     id: Mapped[str] = mapped_column(Id, primary_key=True)
-    session_id: Mapped[str] = mapped_column(Id, ForeignKey("sessions.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(Id)
     seq: Mapped[int] = mapped_column(BigInteger)
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
@@ -136,21 +184,29 @@ class MessageRow(Base):
     attachments: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
     citations: Mapped[list[dict[str, Any]] | None] = mapped_column(Json)
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", Json)
-    user_id: Mapped[str | None] = mapped_column(Id, ForeignKey("users.id", ondelete="SET NULL"))
+    # Cleared by DeleteUser before the user goes (a composite key cannot SET NULL one column of it
+    # on every backend).
+    user_id: Mapped[str | None] = mapped_column(Id)
     create_time: Mapped[datetime]
     # The message's size in the API's encoding, so reads can stop at a response byte budget
     # without reading what does not fit (rows from before migration 0002 hold an estimate).
     size_bytes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (
-        UniqueConstraint("session_id", "seq"),  # history in order; seq assignment
-        Index(None, "session_id", "chapter", "seq"),
-        Index(None, "session_id", "thread_id", "seq"),
-        Index(None, "session_id", "invocation_id", "seq"),
-        Index(None, "session_id", "role", "seq"),
-        # For ON DELETE SET NULL when a user goes; most messages have no author id.
+        ForeignKeyConstraint(
+            ["tenant_id", "session_id"], ["sessions.tenant_id", "sessions.id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(["tenant_id", "user_id"], ["users.tenant_id", "users.id"]),
+        # History in order; seq assignment.
+        UniqueConstraint("tenant_id", "session_id", "seq"),
+        Index(None, "tenant_id", "session_id", "chapter", "seq"),
+        Index(None, "tenant_id", "session_id", "thread_id", "seq"),
+        Index(None, "tenant_id", "session_id", "invocation_id", "seq"),
+        Index(None, "tenant_id", "session_id", "role", "seq"),
+        # For clearing authorship when a user goes; most messages have no author id.
         Index(
             None,
+            "tenant_id",
             "user_id",
             postgresql_where=text("user_id IS NOT NULL"),
             sqlite_where=text("user_id IS NOT NULL"),
@@ -171,35 +227,50 @@ class SecretRow(Base):
 class ContextRow(Base):
     __tablename__ = "contexts"
 
+    tenant_id: Mapped[str] = _tenant()
     id: Mapped[str] = mapped_column(Id, primary_key=True)
-    session_id: Mapped[str] = mapped_column(Id, ForeignKey("sessions.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(Id)
     type: Mapped[str] = mapped_column(String(LABEL_LENGTH))
     content: Mapped[str] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", Json)
     create_time: Mapped[datetime]
 
     __table_args__ = (
-        Index(None, "session_id", "create_time", "id"),
-        Index(None, "session_id", "type", "create_time", "id"),
+        ForeignKeyConstraint(
+            ["tenant_id", "session_id"], ["sessions.tenant_id", "sessions.id"], ondelete="CASCADE"
+        ),
+        Index(None, "tenant_id", "session_id", "create_time", "id"),
+        Index(None, "tenant_id", "session_id", "type", "create_time", "id"),
     )
 
 
 class RatingRow(Base):
     __tablename__ = "ratings"
 
+    tenant_id: Mapped[str] = _tenant()
     id: Mapped[str] = mapped_column(Id, primary_key=True)
-    message_id: Mapped[str] = mapped_column(Id, ForeignKey("messages.id", ondelete="CASCADE"))
-    user_id: Mapped[str] = mapped_column(Id, ForeignKey("users.id", ondelete="CASCADE"))
+    message_id: Mapped[str] = mapped_column(Id)
+    user_id: Mapped[str] = mapped_column(Id)
     # Denormalised from the message so per-session lists and summaries need no join.
-    session_id: Mapped[str] = mapped_column(Id, ForeignKey("sessions.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(Id)
     value: Mapped[int] = mapped_column(SmallInteger)
     comment: Mapped[str] = mapped_column(Text)
     create_time: Mapped[datetime]
     update_time: Mapped[datetime]
 
     __table_args__ = (
-        UniqueConstraint("message_id", "user_id"),  # one rating per user per message
+        ForeignKeyConstraint(
+            ["tenant_id", "message_id"], ["messages.tenant_id", "messages.id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"], ["users.tenant_id", "users.id"], ondelete="CASCADE"
+        ),
+        ForeignKeyConstraint(
+            ["tenant_id", "session_id"], ["sessions.tenant_id", "sessions.id"], ondelete="CASCADE"
+        ),
+        # One rating per user per message.
+        UniqueConstraint("tenant_id", "message_id", "user_id"),
         CheckConstraint("value BETWEEN 1 AND 5", name="value_range"),
-        Index(None, "session_id", "create_time", "id"),
-        Index(None, "user_id", "create_time", "id"),
+        Index(None, "tenant_id", "session_id", "create_time", "id"),
+        Index(None, "tenant_id", "user_id", "create_time", "id"),
     )

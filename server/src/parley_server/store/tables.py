@@ -6,15 +6,17 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, or_
+from sqlalchemy import ColumnElement, Table, and_, exists, or_
 
-from parley_server.domain import TimeCursor
+from parley_server.domain import Scope, TimeCursor
 from parley_server.store.schema import (
+    ApiKeyRow,
     ContextRow,
     MessageRow,
     RatingRow,
     SecretRow,
     SessionRow,
+    TenantRow,
     UserRow,
 )
 
@@ -24,6 +26,32 @@ messages = cast(Table, MessageRow.__table__)
 contexts = cast(Table, ContextRow.__table__)
 ratings = cast(Table, RatingRow.__table__)
 secrets = cast(Table, SecretRow.__table__)
+tenants = cast(Table, TenantRow.__table__)
+api_keys = cast(Table, ApiKeyRow.__table__)
+
+
+def visible(table: Table, scope: Scope) -> list[ColumnElement[bool]]:
+    """The conditions that keep a query on `table` within `scope`: its tenant's rows, and for a
+    user's scope only that user's own (the user; sessions it owns; what those sessions hold, and
+    for ratings, only those it gave)."""
+    conditions: list[ColumnElement[bool]] = [table.c.tenant_id == scope.tenant]
+    if not scope.owner:
+        return conditions
+    if table is users:
+        conditions.append(users.c.id == scope.owner)
+    elif table is sessions:
+        conditions.append(sessions.c.user_id == scope.owner)
+    else:
+        conditions.append(
+            exists().where(
+                sessions.c.tenant_id == scope.tenant,
+                sessions.c.id == table.c.session_id,
+                sessions.c.user_id == scope.owner,
+            )
+        )
+        if table is ratings:
+            conditions.append(ratings.c.user_id == scope.owner)
+    return conditions
 
 
 def utcnow() -> datetime:

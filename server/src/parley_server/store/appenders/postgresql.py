@@ -19,9 +19,9 @@ from parley_server.store.tables import utcnow
 # missing session is not locked, so its rows are not inserted. `reserved` takes each session's
 # seqs; each row gets the next seq of its session, in order.
 _UNNESTED = (
-    "session_id", "id", "role", "content", "name", "tool_calls", "tool_call_id", "invocation_id",
-    "thread_id", "reply_to", "chapter", "attachments", "citations", "metadata", "user_id",
-    "size_bytes",
+    "tenant_id", "session_id", "id", "role", "content", "name", "tool_calls", "tool_call_id",
+    "invocation_id", "thread_id", "reply_to", "chapter", "attachments", "citations", "metadata",
+    "user_id", "size_bytes",
 )  # fmt: skip
 _JSON_INDEXES = tuple(
     _UNNESTED.index(name) for name in ("tool_calls", "attachments", "citations", "metadata")
@@ -29,41 +29,43 @@ _JSON_INDEXES = tuple(
 _APPEND_POSTGRESQL = """
 WITH batch AS (
     SELECT * FROM unnest(
-        $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::text[], $7::jsonb[], $8::text[],
-        $9::text[], $10::text[], $11::uuid[], $12::text[], $13::jsonb[], $14::jsonb[],
-        $15::jsonb[], $16::uuid[], $17::bigint[]
+        $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::jsonb[],
+        $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[], $14::jsonb[],
+        $15::jsonb[], $16::jsonb[], $17::uuid[], $18::bigint[]
     ) WITH ORDINALITY AS m(
-        session_id, id, role, content, name, tool_calls, tool_call_id, invocation_id, thread_id,
-        reply_to, chapter, attachments, citations, metadata, user_id, size_bytes, position
+        tenant_id, session_id, id, role, content, name, tool_calls, tool_call_id, invocation_id,
+        thread_id, reply_to, chapter, attachments, citations, metadata, user_id, size_bytes,
+        position
     )
 ), wanted AS (
-    SELECT session_id, count(*) AS n FROM batch GROUP BY session_id
+    SELECT tenant_id, session_id, count(*) AS n FROM batch GROUP BY tenant_id, session_id
 ), locked AS (
-    SELECT sessions.id, wanted.n
-    FROM sessions JOIN wanted ON wanted.session_id = sessions.id
+    SELECT sessions.tenant_id, sessions.id, wanted.n
+    FROM sessions
+    JOIN wanted ON wanted.tenant_id = sessions.tenant_id AND wanted.session_id = sessions.id
     WHERE sessions.end_time IS NULL
-    ORDER BY sessions.id
+    ORDER BY sessions.tenant_id, sessions.id
     FOR NO KEY UPDATE OF sessions
 ), reserved AS (
     UPDATE sessions
     SET last_seq = last_seq + locked.n, message_count = message_count + locked.n,
         last_message_time = $1, update_time = $1
     FROM locked
-    WHERE sessions.id = locked.id
-    RETURNING sessions.id, sessions.last_seq, locked.n
+    WHERE sessions.tenant_id = locked.tenant_id AND sessions.id = locked.id
+    RETURNING sessions.tenant_id, sessions.id, sessions.last_seq, locked.n
 )
 INSERT INTO messages (
-    id, session_id, seq, role, content, name, tool_calls, tool_call_id, invocation_id, thread_id,
-    reply_to, chapter, attachments, citations, metadata, user_id, size_bytes, create_time
+    tenant_id, id, session_id, seq, role, content, name, tool_calls, tool_call_id, invocation_id,
+    thread_id, reply_to, chapter, attachments, citations, metadata, user_id, size_bytes, create_time
 )
 SELECT
-    b.id, b.session_id,
+    b.tenant_id, b.id, b.session_id,
     reserved.last_seq - reserved.n
-        + row_number() OVER (PARTITION BY b.session_id ORDER BY b.position),
+        + row_number() OVER (PARTITION BY b.tenant_id, b.session_id ORDER BY b.position),
     b.role, b.content, b.name, b.tool_calls, b.tool_call_id, b.invocation_id, b.thread_id,
     b.reply_to, b.chapter, b.attachments, b.citations, b.metadata, b.user_id, b.size_bytes, $1
-FROM batch b JOIN reserved ON reserved.id = b.session_id
-RETURNING id, seq
+FROM batch b JOIN reserved ON reserved.tenant_id = b.tenant_id AND reserved.id = b.session_id
+RETURNING tenant_id, id, seq
 """
 
 
@@ -83,7 +85,7 @@ class PostgresAppender:
 
     async def _write_batch(
         self, connection: asyncpg.Connection, rows: list[dict[str, Any]]
-    ) -> dict[str, int]:
+    ) -> dict[tuple[str, str], int]:
         """One statement for the rows of several appends (to several sessions): one round trip,
         atomic and durable on its own."""
         now = utcnow()
@@ -93,4 +95,4 @@ class PostgresAppender:
         for index in _JSON_INDEXES:
             columns[index] = [None if v is None else json.dumps(v) for v in columns[index]]
         records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
-        return {str(record["id"]): record["seq"] for record in records}
+        return {(record["tenant_id"], str(record["id"])): record["seq"] for record in records}

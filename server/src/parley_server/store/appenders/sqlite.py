@@ -25,17 +25,21 @@ class SqliteAppender:
     async def append(self, session_id: str, rows: list[dict[str, Any]]) -> list[int] | None:
         return await self._group_commit.append(session_id, rows)
 
-    async def _write_batch(self, _: None, rows: list[dict[str, Any]]) -> dict[str, int]:
+    async def _write_batch(self, _: None, rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
         """Per session, an UPDATE that reserves its seqs (and matches nothing if it is closed or
         missing), then one INSERT for every row."""
         now = utcnow()
-        wanted = Counter(row["session_id"] for row in rows)
+        wanted = Counter((row["tenant_id"], row["session_id"]) for row in rows)
         async with self._db.write() as session:
-            next_seq: dict[str, int] = {}
-            for session_id, count in wanted.items():
+            next_seq: dict[tuple[str, str], int] = {}
+            for (tenant, session_id), count in wanted.items():
                 last_seq = await session.scalar(
                     update(sessions)
-                    .where(sessions.c.id == session_id, sessions.c.end_time.is_(None))
+                    .where(
+                        sessions.c.tenant_id == tenant,
+                        sessions.c.id == session_id,
+                        sessions.c.end_time.is_(None),
+                    )
                     .values(
                         last_seq=sessions.c.last_seq + count,
                         message_count=sessions.c.message_count + count,
@@ -45,12 +49,13 @@ class SqliteAppender:
                     .returning(sessions.c.last_seq)
                 )
                 if last_seq is not None:
-                    next_seq[session_id] = last_seq - count + 1
-            written = [row for row in rows if row["session_id"] in next_seq]
+                    next_seq[tenant, session_id] = last_seq - count + 1
+            written = [row for row in rows if (row["tenant_id"], row["session_id"]) in next_seq]
             for row in written:
-                row["seq"] = next_seq[row["session_id"]]
-                next_seq[row["session_id"]] += 1
+                key = (row["tenant_id"], row["session_id"])
+                row["seq"] = next_seq[key]
+                next_seq[key] += 1
                 row["create_time"] = now
             if written:
                 await session.execute(insert(messages), written)
-        return {row["id"]: row["seq"] for row in written}
+        return {(row["tenant_id"], row["id"]): row["seq"] for row in written}

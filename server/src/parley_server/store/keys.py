@@ -1,0 +1,137 @@
+"""API keys: made, listed, revoked, and looked up by the hash of the key a call presents."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, insert, select, update
+
+from parley_server.errors import NotFound
+from parley_server.identity import Principal, Role
+from parley_server.store.database import Database
+from parley_server.store.tables import api_keys, new_id, tenants, utcnow
+
+KEY_PREFIX = "pk_"
+# last_used_time is written at most this often per key, so authentication costs no write per call.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def key_hash(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    tenant: str
+    role: Role
+    user_id: str
+    display_name: str
+    create_time: datetime
+    last_used_time: datetime | None
+    revoke_time: datetime | None
+
+    def principal(self) -> Principal:
+        return Principal(
+            tenant=self.tenant, role=self.role, user_id=self.user_id, credential=f"key:{self.id}"
+        )
+
+
+def _to_key(row: object) -> ApiKey:
+    mapping = row._mapping  # type: ignore[attr-defined]
+    return ApiKey(
+        id=str(mapping["id"]),
+        tenant=mapping["tenant_id"],
+        role=Role(mapping["role"]),
+        user_id=str(mapping["user_id"]) if mapping["user_id"] else "",
+        display_name=mapping["display_name"],
+        create_time=mapping["create_time"],
+        last_used_time=mapping["last_used_time"],
+        revoke_time=mapping["revoke_time"],
+    )
+
+
+class KeyStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def create(
+        self, *, tenant: str, role: Role, user_id: str = "", display_name: str = ""
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret, which is shown now and never again (only its hash is
+        kept). The tenant is created with its first key."""
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        now = utcnow()
+        async with self._db.write() as session:
+            if not await session.scalar(select(tenants.c.id).where(tenants.c.id == tenant)):
+                await session.execute(insert(tenants).values(id=tenant, create_time=now))
+            row = (
+                await session.execute(
+                    insert(api_keys)
+                    .values(
+                        id=new_id(),
+                        tenant_id=tenant,
+                        role=role.value,
+                        user_id=user_id or None,
+                        display_name=display_name,
+                        key_hash=key_hash(secret),
+                        create_time=now,
+                    )
+                    .returning(api_keys)
+                )
+            ).one()
+        return _to_key(row), secret
+
+    async def list(self, *, tenant: str = "") -> list[ApiKey]:
+        query = select(api_keys).order_by(api_keys.c.create_time, api_keys.c.id)
+        if tenant:
+            query = query.where(api_keys.c.tenant_id == tenant)
+        async with self._db.read() as session:
+            return [_to_key(row) for row in (await session.execute(query)).all()]
+
+    async def revoke(self, key_id: str, *, tenant: str = "") -> ApiKey:
+        """Revoke a key (revoking it again changes nothing); only within `tenant` if given."""
+        condition = api_keys.c.id == key_id
+        if tenant:
+            condition &= api_keys.c.tenant_id == tenant
+        async with self._db.write() as session:
+            await session.execute(
+                update(api_keys)
+                .where(condition, api_keys.c.revoke_time.is_(None))
+                .values(revoke_time=utcnow())
+            )
+            row = (await session.execute(select(api_keys).where(condition))).first()
+        if row is None:
+            raise NotFound.resource("api_key", key_id)
+        return _to_key(row)
+
+    async def find(self, secret: str) -> ApiKey | None:
+        """The live (unrevoked) key with this secret, if any."""
+        async with self._db.read() as session:
+            row = (
+                await session.execute(
+                    select(api_keys).where(
+                        api_keys.c.key_hash == key_hash(secret), api_keys.c.revoke_time.is_(None)
+                    )
+                )
+            ).first()
+        return None if row is None else _to_key(row)
+
+    async def touch(self, key: ApiKey) -> None:
+        now = utcnow()
+        if key.last_used_time is not None and now - key.last_used_time < LAST_USED_RESOLUTION:
+            return
+        async with self._db.write() as session:
+            await session.execute(
+                update(api_keys).where(api_keys.c.id == key.id).values(last_used_time=now)
+            )
+
+    async def count_live(self) -> int:
+        async with self._db.read() as session:
+            count = await session.scalar(
+                select(func.count()).select_from(api_keys).where(api_keys.c.revoke_time.is_(None))
+            )
+        return count or 0

@@ -1,0 +1,380 @@
+"""Identity and tenancy through the real server: every RPC, tried with tenant A's keys against
+tenant B's resources, answers exactly as for resources that do not exist and changes nothing of
+B; roles limit what a key may do; credentials and transport security are enforced."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import random
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from google.protobuf import text_format
+from google.protobuf.message import Message as ProtoMessage
+
+from parley_client import (
+    NotFoundError,
+    ParleyClient,
+    PermissionDeniedError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from parley_client._gen.parley.v1 import parley_service_pb2 as pb
+from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
+from parley_server import app
+from parley_server.config import Settings
+from parley_server.domain import Scope
+from parley_server.identity import Role
+from parley_server.server import RunningServer
+from parley_server.store import Store
+from tests.rpcs import METHODS, STREAMING, World, a_world, valid_requests
+
+
+@dataclass
+class Keys:
+    a_service: str
+    a_user: str
+    a_user_id: str
+    a_admin: str
+    b_service: str
+
+
+@pytest.fixture
+async def keys(store: Store) -> Keys:
+    a_user_id = str(uuid.uuid4())
+    _, a_service = await store.keys.create(tenant="tenant-a", role=Role.SERVICE)
+    _, a_user = await store.keys.create(tenant="tenant-a", role=Role.USER, user_id=a_user_id)
+    _, a_admin = await store.keys.create(tenant="tenant-a", role=Role.ADMIN)
+    _, b_service = await store.keys.create(tenant="tenant-b", role=Role.SERVICE)
+    return Keys(a_service, a_user, a_user_id, a_admin, b_service)
+
+
+@pytest.fixture
+async def secured(store: Store, keys: Keys) -> AsyncIterator[str]:
+    """A server with keys (so every call needs one), on loopback."""
+    running = await app.start(store, Settings(auth_cache_seconds=0), address="127.0.0.1:0")
+    yield f"127.0.0.1:{running.port}"
+    await running.stop(None, quiet=0)
+
+
+def _auth(key: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {key}"),)
+
+
+async def _call(stub: ParleyServiceStub, method: str, request: ProtoMessage, key: str) -> Any:
+    return await _call_with(stub, method, request, _auth(key))
+
+
+async def _call_with(
+    stub: ParleyServiceStub, method: str, request: ProtoMessage, metadata: Any
+) -> Any:
+    """(code name, text of the answer): the responses' text, or the status message."""
+    try:
+        rpc = getattr(stub, method)(request, timeout=20, metadata=metadata)
+        if method in STREAMING:
+            answer = "".join([text_format.MessageToString(r) async for r in rpc])
+        else:
+            answer = text_format.MessageToString(await rpc)
+        return "OK", answer
+    except grpc.aio.AioRpcError as error:
+        return error.code().name, error.details() or ""
+
+
+def _world_ids(world: World) -> list[str]:
+    return [world.user_id, world.session_id, world.context_id, world.rating_id, *world.message_ids]
+
+
+async def _snapshot(client: ParleyClient, world: World) -> list[str]:
+    """Everything of B that A could have read or changed."""
+    user = await client.get_user(world.user_id)
+    session = await client.get_session(world.session_id)
+    messages = [m async for m in client.stream_messages(world.session_id)]
+    contexts = await client.list_contexts(world.session_id)
+    ratings = await client.list_ratings(session_id=world.session_id)
+    return [
+        text_format.MessageToString(item)
+        for item in (user, session, *messages, *contexts.contexts, *ratings.ratings)
+    ]
+
+
+async def test_no_call_of_tenant_a_reaches_tenant_b(secured: str, keys: Keys) -> None:
+    """Generated from the service descriptor (tests/rpcs.py has a valid request for every RPC,
+    and test_every_rpc fails until a new one has): each request names B's resources and is sent
+    with A's service key and A's user key; the same request with B's ids swapped for ids that
+    exist nowhere must get the same answer, and B must be left as it was."""
+    async with ParleyClient(secured, metadata=dict(_auth(keys.b_service))) as b_client:
+        world = await a_world(b_client, messages=20)
+        await b_client.create_user(display_name="world")  # so that ListUsers has a second page
+        b_tokens: dict[str, str] = {
+            "ListMessages": (
+                await b_client.list_messages(world.session_id, page_size=5)
+            ).next_page_token,
+            "ListUsers": (await b_client.list_users(page_size=1)).next_page_token,
+        }
+        before = await _snapshot(b_client, world)
+    b_ids = _world_ids(world)
+    b_contents = ["world", "be brief", "message 1 "]
+    channel = grpc.aio.insecure_channel(secured)
+    stub = ParleyServiceStub(channel)
+    rng = random.Random(7)
+    tried = 0
+    try:
+        for key in (keys.a_service, keys.a_user):
+            requests = valid_requests(world, rng)
+            for method in METHODS:
+                request = requests[method]()
+                text = text_format.MessageToString(request)
+                fresh = {b_id: str(uuid.uuid4()) for b_id in b_ids if b_id in text}
+                missing_text = text
+                for b_id, other in fresh.items():
+                    missing_text = missing_text.replace(b_id, other)
+                missing = text_format.Parse(missing_text, type(request)())
+                code, answer = await _call(stub, method, request, key)
+                missing_code, missing_answer = await _call(stub, method, missing, key)
+                for b_id, other in fresh.items():
+                    missing_answer = missing_answer.replace(other, b_id)
+                assert code == missing_code, (method, code, answer, missing_answer)
+                if code != "OK":
+                    assert answer == missing_answer, method
+                leaked = [b_id for b_id in b_ids if b_id in answer] + [
+                    c for c in b_contents if c in answer
+                ]
+                # An error may name the id the caller sent; an answer never holds B's data.
+                if code == "OK":
+                    assert not leaked, (method, leaked)
+                tried += 1
+            for method, b_token in b_tokens.items():
+                assert b_token
+                token_request: ProtoMessage = (
+                    pb.ListMessagesRequest(session_id=world.session_id, page_size=5)
+                    if method == "ListMessages"
+                    else pb.ListUsersRequest(page_size=1)
+                )
+                token_request.page_token = b_token  # type: ignore[attr-defined]
+                code, answer = await _call(stub, method, token_request, key)
+                assert code in ("INVALID_ARGUMENT", "NOT_FOUND"), (method, code)
+    finally:
+        await channel.close(None)
+    assert tried == 2 * len(METHODS)
+    async with ParleyClient(secured, metadata=dict(_auth(keys.b_service))) as b_client:
+        assert await _snapshot(b_client, world) == before
+
+
+async def test_a_user_key_sees_only_its_user(secured: str, keys: Keys) -> None:
+    async with (
+        ParleyClient(secured, metadata=dict(_auth(keys.a_service))) as service,
+        ParleyClient(secured, metadata=dict(_auth(keys.a_user))) as user,
+    ):
+        me = await service.create_user(id=keys.a_user_id, display_name="me")
+        other = await service.create_user(display_name="other")
+        mine = await service.create_session(user_id=me.id)
+        theirs = await service.create_session(user_id=other.id)
+        assert [u.id for u in (await user.list_users()).users] == [me.id]
+        assert [s.id for s in (await user.list_sessions()).sessions] == [mine.id]
+        assert len((await service.list_sessions()).sessions) == 2
+        own = await user.create_session()  # acts for itself
+        assert own.user_id == me.id
+        await user.append_message(mine.id, role="user", content="hi")
+        for attempt in (
+            user.get_session(theirs.id),
+            user.append_message(theirs.id, role="user", content="x"),
+            user.list_messages(theirs.id),
+            user.get_user(other.id),
+            user.create_session(user_id=other.id),
+            user.list_sessions(user_id=other.id),
+        ):
+            with pytest.raises(NotFoundError):
+                await attempt
+        with pytest.raises(PermissionDeniedError):
+            await user.create_user(display_name="nope")
+
+
+async def test_an_admin_key_manages_keys_and_reads_no_history(secured: str, keys: Keys) -> None:
+    async with ParleyClient(secured, metadata=dict(_auth(keys.a_admin))) as admin:
+        with pytest.raises(PermissionDeniedError, match="admin"):
+            await admin.list_users()
+
+
+@pytest.mark.parametrize("credential", ["none", "malformed", "unknown", "revoked"])
+async def test_calls_without_a_valid_key_are_unauthenticated(
+    secured: str, store: Store, keys: Keys, credential: str
+) -> None:
+    if credential == "revoked":
+        key, secret = await store.keys.create(tenant="tenant-a", role=Role.SERVICE)
+        await store.keys.revoke(key.id)
+        metadata: tuple[tuple[str, str], ...] = _auth(secret)
+    else:
+        metadata = {
+            "none": (),
+            "malformed": (("authorization", "Basic dXNlcjpwYXNz"),),
+            "unknown": _auth("pk_" + "x" * 43),
+        }[credential]
+    channel = grpc.aio.insecure_channel(secured)
+    try:
+        stub = ParleyServiceStub(channel)
+        for method, request in (
+            ("ListUsers", pb.ListUsersRequest()),
+            ("StreamMessages", pb.StreamMessagesRequest(session_id=str(uuid.uuid4()))),
+        ):
+            code, answer = await _call_with(stub, method, request, metadata)
+            assert code == "UNAUTHENTICATED", (code, answer)
+            assert "key" in answer
+    finally:
+        await channel.close(None)
+
+
+def test_serving_a_public_address_without_auth_refuses_to_start(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "parley_server.cli",
+            "--database-url",
+            f"sqlite+aiosqlite:///{tmp_path}/open.db",
+            "serve",
+            "--address",
+            "0.0.0.0:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert "refusing to serve 0.0.0.0:0 without authentication" in finished.stderr
+    assert "parley keys create" in finished.stderr
+    assert "--insecure" in finished.stderr
+
+
+# --- TLS and mTLS ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Pki:
+    ca: bytes
+    server_cert: bytes
+    server_key: bytes
+
+    def issue(self, subject: x509.Name, *, server: bool = False) -> tuple[bytes, bytes]:
+        return _issue(self, subject, server=server)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+_CA_KEY = ec.generate_private_key(ec.SECP256R1())
+_CA_NAME = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "parley test CA")])
+
+
+def _certificate(
+    subject: x509.Name, key: ec.EllipticCurvePrivateKey, *, ca: bool, server: bool
+) -> bytes:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(_CA_NAME)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(_CA_KEY, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def _issue(pki: Pki, subject: x509.Name, *, server: bool) -> tuple[bytes, bytes]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return _certificate(subject, key, ca=False, server=server), _pem_key(key)
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    ca = _certificate(_CA_NAME, _CA_KEY, ca=True, server=False)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    return Pki(ca, _certificate(name, key, ca=False, server=True), _pem_key(key))
+
+
+async def _tls_server(store: Store, pki: Pki, tmp_path: Path, *, mtls: bool) -> RunningServer:
+    for name, data in (
+        ("ca.pem", pki.ca),
+        ("cert.pem", pki.server_cert),
+        ("key.pem", pki.server_key),
+    ):
+        (tmp_path / name).write_bytes(data)
+    settings = Settings(
+        tls_cert=tmp_path / "cert.pem",
+        tls_key=tmp_path / "key.pem",
+        tls_client_ca=(tmp_path / "ca.pem") if mtls else None,
+    )
+    return await app.start(store, settings, address="127.0.0.1:0")
+
+
+async def test_tls_with_an_api_key(store: Store, keys: Keys, pki: Pki, tmp_path: Path) -> None:
+    running = await _tls_server(store, pki, tmp_path, mtls=False)
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=pki.ca)
+        async with ParleyClient(
+            f"localhost:{running.port}", tls=credentials, metadata=dict(_auth(keys.a_service))
+        ) as client:
+            user = await client.create_user(display_name="over tls")
+            assert (await client.get_user(user.id)).display_name == "over tls"
+    finally:
+        await running.stop(None, quiet=0)
+
+
+async def test_mtls_maps_a_certificate_to_a_principal_and_refuses_clients_without_one(
+    store: Store, pki: Pki, tmp_path: Path
+) -> None:
+    running = await _tls_server(store, pki, tmp_path, mtls=True)
+    target = f"localhost:{running.port}"
+    try:
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tenant-c"),
+                x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "service"),
+                x509.NameAttribute(NameOID.COMMON_NAME, "billing-agent"),
+            ]
+        )
+        cert, key = pki.issue(subject)
+        with_cert = grpc.ssl_channel_credentials(
+            root_certificates=pki.ca, private_key=key, certificate_chain=cert
+        )
+        async with ParleyClient(target, tls=with_cert) as client:
+            user = await client.create_user(display_name="by certificate")
+            assert (await client.get_user(user.id)).id == user.id
+        # The certificate's tenant is its own: tenant default sees nothing of it.
+        assert (await store.users.list(Scope("default"), after=None, limit=10)).items == []
+        assert [
+            u.id for u in (await store.users.list(Scope("tenant-c"), after=None, limit=10)).items
+        ] == [user.id]
+        without = grpc.ssl_channel_credentials(root_certificates=pki.ca)
+        async with ParleyClient(target, tls=without, default_timeout=5) as client:
+            with pytest.raises((UnavailableError, UnauthenticatedError)):
+                await client.list_users(retry=False)
+    finally:
+        await running.stop(None, quiet=0)
