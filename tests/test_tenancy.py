@@ -266,8 +266,10 @@ class Pki:
     server_cert: bytes
     server_key: bytes
 
-    def issue(self, subject: x509.Name, *, server: bool = False) -> tuple[bytes, bytes]:
-        return _issue(self, subject, server=server)
+    def issue(self, subject: x509.Name) -> tuple[bytes, bytes]:
+        """A client certificate for `subject` and its key, signed by the CA."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        return _certificate(subject, key, ca=False, server=False), _pem_key(key)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -304,11 +306,6 @@ def _certificate(
             critical=False,
         )
     return builder.sign(_CA_KEY, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-
-
-def _issue(pki: Pki, subject: x509.Name, *, server: bool) -> tuple[bytes, bytes]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    return _certificate(subject, key, ca=False, server=server), _pem_key(key)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from datetime import datetime
 
 from parley_server.domain import Scope
 
@@ -46,3 +47,22 @@ class Principal:
 
 # The caller when the server runs without authentication (loopback only, one tenant).
 ANONYMOUS = Principal(tenant=DEFAULT_TENANT, role=Role.SERVICE)
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A credential as stored (never the key itself), and the principal it authenticates."""
+
+    id: str
+    tenant: str
+    role: Role
+    user_id: str
+    display_name: str
+    create_time: datetime
+    last_used_time: datetime | None
+    revoke_time: datetime | None
+
+    def principal(self) -> Principal:
+        return Principal(
+            tenant=self.tenant, role=self.role, user_id=self.user_id, credential=f"key:{self.id}"
+        )

@@ -9,7 +9,15 @@ from parley_server.domain import Context, NewContext, Page, Scope, TimeCursor, r
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 from parley_server.store.database import Database
 from parley_server.store.rows import to_context
-from parley_server.store.tables import after_cursor, contexts, new_id, sessions, utcnow, visible
+from parley_server.store.tables import (
+    after_cursor,
+    contexts,
+    new_id,
+    require_visible,
+    sessions,
+    utcnow,
+    visible,
+)
 
 
 def session_closed(session_id: str, what: str) -> FailedPrecondition:
@@ -92,10 +100,7 @@ class ContextStore:
         if condition is not None:
             query = query.where(condition)
         async with self._db.read() as session:
-            if not await session.scalar(
-                select(exists().where(*visible(sessions, scope), sessions.c.id == session_id))
-            ):
-                raise NotFound.resource("session", session_id)
+            await require_visible(session, scope, "session", sessions, session_id)
             rows = (await session.execute(query)).all()
         return Page([to_context(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from sqlalchemy import func, insert, select, update
 
 from parley_server.errors import NotFound
-from parley_server.identity import Principal, Role
+from parley_server.identity import ApiKey, Role
 from parley_server.store.database import Database
+from parley_server.store.rows import to_api_key
 from parley_server.store.tables import api_keys, new_id, tenants, utcnow
 
 KEY_PREFIX = "pk_"
@@ -21,37 +21,6 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 def key_hash(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    id: str
-    tenant: str
-    role: Role
-    user_id: str
-    display_name: str
-    create_time: datetime
-    last_used_time: datetime | None
-    revoke_time: datetime | None
-
-    def principal(self) -> Principal:
-        return Principal(
-            tenant=self.tenant, role=self.role, user_id=self.user_id, credential=f"key:{self.id}"
-        )
-
-
-def _to_key(row: object) -> ApiKey:
-    mapping = row._mapping  # type: ignore[attr-defined]
-    return ApiKey(
-        id=str(mapping["id"]),
-        tenant=mapping["tenant_id"],
-        role=Role(mapping["role"]),
-        user_id=str(mapping["user_id"]) if mapping["user_id"] else "",
-        display_name=mapping["display_name"],
-        create_time=mapping["create_time"],
-        last_used_time=mapping["last_used_time"],
-        revoke_time=mapping["revoke_time"],
-    )
 
 
 class KeyStore:
@@ -83,14 +52,14 @@ class KeyStore:
                     .returning(api_keys)
                 )
             ).one()
-        return _to_key(row), secret
+        return to_api_key(row._mapping), secret
 
     async def list(self, *, tenant: str = "") -> list[ApiKey]:
         query = select(api_keys).order_by(api_keys.c.create_time, api_keys.c.id)
         if tenant:
             query = query.where(api_keys.c.tenant_id == tenant)
         async with self._db.read() as session:
-            return [_to_key(row) for row in (await session.execute(query)).all()]
+            return [to_api_key(row._mapping) for row in (await session.execute(query)).all()]
 
     async def revoke(self, key_id: str, *, tenant: str = "") -> ApiKey:
         """Revoke a key (revoking it again changes nothing); only within `tenant` if given."""
@@ -106,7 +75,7 @@ class KeyStore:
             row = (await session.execute(select(api_keys).where(condition))).first()
         if row is None:
             raise NotFound.resource("api_key", key_id)
-        return _to_key(row)
+        return to_api_key(row._mapping)
 
     async def find(self, secret: str) -> ApiKey | None:
         """The live (unrevoked) key with this secret, if any."""
@@ -118,7 +87,7 @@ class KeyStore:
                     )
                 )
             ).first()
-        return None if row is None else _to_key(row)
+        return None if row is None else to_api_key(row._mapping)
 
     async def touch(self, key: ApiKey) -> None:
         now = utcnow()

@@ -1,11 +1,8 @@
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import delete, exists, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import Page, Rating, RatingFilter, RatingSummary, Scope, TimeCursor
 from parley_server.errors import Aborted, NotFound
@@ -16,20 +13,12 @@ from parley_server.store.tables import (
     messages,
     new_id,
     ratings,
+    require_visible,
     sessions,
     users,
     utcnow,
     visible,
 )
-
-
-async def _require(
-    session: AsyncSession, scope: Scope, kind: str, table: Any, resource_id: str
-) -> None:
-    if not await session.scalar(
-        select(exists().where(*visible(table, scope), table.c.id == resource_id))
-    ):
-        raise NotFound.resource(kind, resource_id)
 
 
 class RatingStore:
@@ -52,7 +41,7 @@ class RatingStore:
                 )
                 if session_id is None:
                     raise NotFound.resource("message", message_id)
-                await _require(session, scope, "user", users, user_id)
+                await require_visible(session, scope, "user", users, user_id)
                 upsert = self._insert(ratings).values(
                     tenant_id=scope.tenant,
                     id=new_id(),
@@ -95,11 +84,11 @@ class RatingStore:
             query = query.where(condition)
         async with self._db.read() as session:
             if where.message_id:
-                await _require(session, scope, "message", messages, where.message_id)
+                await require_visible(session, scope, "message", messages, where.message_id)
             if where.session_id:
-                await _require(session, scope, "session", sessions, where.session_id)
+                await require_visible(session, scope, "session", sessions, where.session_id)
             if where.user_id:
-                await _require(session, scope, "user", users, where.user_id)
+                await require_visible(session, scope, "user", users, where.user_id)
             rows = (await session.execute(query)).all()
         return Page([to_rating(r._mapping) for r in rows[:limit]], has_more=len(rows) > limit)
 
@@ -123,10 +112,10 @@ class RatingStore:
         )
         async with self._db.read() as session:
             if message_id:
-                await _require(session, scope, "message", messages, message_id)
+                await require_visible(session, scope, "message", messages, message_id)
                 query = query.where(ratings.c.message_id == message_id)
             else:
-                await _require(session, scope, "session", sessions, session_id)
+                await require_visible(session, scope, "session", sessions, session_id)
                 query = query.where(ratings.c.session_id == session_id)
             count, mean = (await session.execute(query)).one()
         return RatingSummary(count=count, mean=float(mean or 0.0))

@@ -23,6 +23,8 @@ from parley_server.domain import (
     User,
     UserProfile,
 )
+from parley_server.identity import ApiKey
+from parley_server.identity import Role as PrincipalRole
 
 Row = Mapping[Any, Any]
 _ROLES = {role.value: role for role in Role}
@@ -146,3 +148,16 @@ def citations_json(items: Sequence[Citation]) -> list[dict[str, Any]] | None:
         }
         for c in items
     ] or None
+
+
+def to_api_key(row: Row) -> ApiKey:
+    return ApiKey(
+        id=str(row["id"]),
+        tenant=row["tenant_id"],
+        role=PrincipalRole(row["role"]),
+        user_id=_id_or_empty(row["user_id"]),
+        display_name=row["display_name"],
+        create_time=row["create_time"],
+        last_used_time=row["last_used_time"],
+        revoke_time=row["revoke_time"],
+    )

@@ -4,7 +4,6 @@ from typing import Any
 
 from sqlalchemy import Select, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import (
     NewSession,
@@ -18,7 +17,15 @@ from parley_server.domain import (
 from parley_server.errors import Aborted, AlreadyExists, NotFound
 from parley_server.store.database import Database
 from parley_server.store.rows import to_session
-from parley_server.store.tables import after_cursor, new_id, sessions, users, utcnow, visible
+from parley_server.store.tables import (
+    after_cursor,
+    new_id,
+    require_visible,
+    sessions,
+    users,
+    utcnow,
+    visible,
+)
 
 
 def _new_session_values(scope: Scope, new: NewSession, user_id: str | None) -> dict[str, Any]:
@@ -37,13 +44,6 @@ def _new_session_values(scope: Scope, new: NewSession, user_id: str | None) -> d
         "message_count": 0,
         "last_seq": 0,
     }
-
-
-async def _require_user(session: AsyncSession, scope: Scope, user_id: str) -> None:
-    if not await session.scalar(
-        select(exists().where(*visible(users, scope), users.c.id == user_id))
-    ):
-        raise NotFound.resource("user", user_id)
 
 
 def _select_one(scope: Scope, session_id: str) -> Select[Any]:
@@ -101,7 +101,7 @@ class SessionStore:
             query = query.where(condition)
         async with self._db.read() as session:
             if user_id:
-                await _require_user(session, scope, user_id)
+                await require_visible(session, scope, "user", users, user_id)
             rows = (await session.execute(query)).all()
             total = await session.scalar(count) or 0
         return Page(
@@ -203,7 +203,7 @@ class SessionStore:
     async def latest(self, scope: Scope, user_id: str) -> Session:
         """The user's session with the latest update_time, open or closed."""
         async with self._db.read() as session:
-            await _require_user(session, scope, user_id)
+            await require_visible(session, scope, "user", users, user_id)
             row = (
                 await session.execute(
                     select(sessions)

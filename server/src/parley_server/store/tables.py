@@ -6,9 +6,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, exists, or_
+from sqlalchemy import ColumnElement, Table, and_, exists, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import Scope, TimeCursor
+from parley_server.errors import NotFound
 from parley_server.store.schema import (
     ApiKeyRow,
     ContextRow,
@@ -77,3 +79,13 @@ def after_cursor(
             time_column < cursor.time, and_(time_column == cursor.time, id_column < cursor.id)
         )
     return or_(time_column > cursor.time, and_(time_column == cursor.time, id_column > cursor.id))
+
+
+async def require_visible(
+    session: AsyncSession, scope: Scope, kind: str, table: Table, resource_id: str
+) -> None:
+    """NOT_FOUND unless the `kind` resource `resource_id` of `table` is within `scope`."""
+    if not await session.scalar(
+        select(exists().where(*visible(table, scope), table.c.id == resource_id))
+    ):
+        raise NotFound.resource(kind, resource_id)
