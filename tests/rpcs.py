@@ -1,24 +1,55 @@
-"""A valid request for every RPC of ParleyService, over resources made for it: what the
-cancellation and hostile-input suites send. A new RPC fails test_every_rpc_has_a_valid_request
-until it is added here."""
+"""A valid request for every RPC of parley's services (ParleyService and AdminService), over
+resources made for it: what the cancellation, hostile-input and tenancy suites send. A new RPC
+fails test_every_rpc_has_a_valid_request until it is added here."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+import grpc
+from google.protobuf import message_factory
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message as ProtoMessage
 
 from parley_client import ParleyClient, new_message
-from parley_client._gen.parley.v1 import context_pb2, message_pb2, session_pb2, user_pb2
+from parley_client._gen.parley.v1 import (
+    admin_service_pb2,
+    context_pb2,
+    message_pb2,
+    session_pb2,
+    user_pb2,
+)
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
 from tests.factories import new_id
 
-SERVICE = pb.DESCRIPTOR.services_by_name["ParleyService"]
-METHODS = sorted(SERVICE.methods_by_name)
-STREAMING = {m.name for m in SERVICE.methods if m.server_streaming}
+SERVICES = [
+    pb.DESCRIPTOR.services_by_name["ParleyService"],
+    admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"],
+]
+METHOD_DESCRIPTORS = {method.name: method for s in SERVICES for method in s.methods}
+METHODS = sorted(METHOD_DESCRIPTORS)
+STREAMING = {name for name, method in METHOD_DESCRIPTORS.items() if method.server_streaming}
+
+
+def path(method: str) -> str:
+    """The method's full gRPC path, e.g. /parley.v1.ParleyService/GetUser."""
+    descriptor = METHOD_DESCRIPTORS[method]
+    return f"/{descriptor.containing_service.full_name}/{method}"
+
+
+def rpc(channel: grpc.Channel | grpc.aio.Channel, method: str) -> Any:
+    """The method as a callable on `channel` (sync or aio), whichever service it belongs to."""
+    descriptor = METHOD_DESCRIPTORS[method]
+    response = message_factory.GetMessageClass(descriptor.output_type)
+    kind = channel.unary_stream if descriptor.server_streaming else channel.unary_unary
+    return kind(
+        path(method),
+        request_serializer=lambda request: request.SerializeToString(),
+        response_deserializer=response.FromString,
+    )
 
 
 @dataclass(frozen=True)
@@ -31,6 +62,8 @@ class World:
     message_ids: list[str]
     context_id: str
     rating_id: str
+    # An API key the requests name (none exists unless a test made one and put its id here).
+    api_key_id: str = field(default_factory=new_id)
 
 
 async def a_world(client: ParleyClient, *, messages: int = 300) -> World:
@@ -114,4 +147,12 @@ def valid_requests(world: World, rng: random.Random) -> dict[str, Callable[[], P
         "ListRatings": lambda: pb.ListRatingsRequest(session_id=world.session_id),
         "DeleteRating": lambda: pb.DeleteRatingRequest(id=new_id(), allow_missing=True),
         "GetRatingSummary": lambda: pb.GetRatingSummaryRequest(session_id=world.session_id),
+        "CreateApiKey": lambda: admin_service_pb2.CreateApiKeyRequest(
+            api_key=admin_service_pb2.ApiKey(
+                role=admin_service_pb2.ApiKey.ROLE_USER, user_id=world.user_id
+            )
+        ),
+        "GetApiKey": lambda: admin_service_pb2.GetApiKeyRequest(id=world.api_key_id),
+        "ListApiKeys": lambda: admin_service_pb2.ListApiKeysRequest(page_size=rng.choice([0, 1])),
+        "RevokeApiKey": lambda: admin_service_pb2.RevokeApiKeyRequest(id=world.api_key_id),
     }

@@ -13,8 +13,7 @@ import grpc
 from google.protobuf.message import Message as ProtoMessage
 
 from parley_client import ParleyClient
-from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
-from tests.rpcs import METHODS, STREAMING, World, a_world, valid_requests
+from tests.rpcs import METHODS, STREAMING, World, a_world, rpc, valid_requests
 from tests.serving import idle_in_transaction, parley_serve
 
 CUTS_PER_METHOD = 30
@@ -35,12 +34,11 @@ async def test_every_rpc_survives_cancellation_at_any_point(
         makers = valid_requests(world, rng)
         outcomes: dict[str, int] = {}
         async with grpc.aio.insecure_channel(server.target) as channel:
-            stub = ParleyServiceStub(channel)
 
             async def cut(method: str, request: ProtoMessage) -> None:
                 # Deadlines spread evenly on a log scale from 1 ms to 100 ms.
                 deadline = math.exp(rng.uniform(math.log(0.001), math.log(0.1)))
-                call = getattr(stub, method)(request, timeout=deadline)
+                call = rpc(channel, method)(request, timeout=deadline)
                 try:
                     if method in STREAMING:
                         async for _ in call:

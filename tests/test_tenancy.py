@@ -4,6 +4,7 @@ B; roles limit what a key may do; credentials and transport security are enforce
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import random
@@ -25,21 +26,23 @@ from google.protobuf import text_format
 from google.protobuf.message import Message as ProtoMessage
 
 from parley_client import (
+    ApiKey,
+    InvalidArgumentError,
     NotFoundError,
     ParleyClient,
     PermissionDeniedError,
     UnauthenticatedError,
     UnavailableError,
 )
+from parley_client._gen.parley.v1 import admin_service_pb2
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
-from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
 from parley_server import app
 from parley_server.config import Settings
-from parley_server.domain import Scope
+from parley_server.domain import NewUser, Scope
 from parley_server.identity import Role
 from parley_server.server import RunningServer
 from parley_server.store import Store
-from tests.rpcs import METHODS, STREAMING, World, a_world, valid_requests
+from tests.rpcs import METHODS, STREAMING, World, a_world, rpc, valid_requests
 
 
 @dataclass
@@ -49,16 +52,21 @@ class Keys:
     a_user_id: str
     a_admin: str
     b_service: str
+    b_service_id: str
+    b_admin: str
 
 
 @pytest.fixture
 async def keys(store: Store) -> Keys:
-    a_user_id = str(uuid.uuid4())
     _, a_service = await store.keys.create(tenant="tenant-a", role=Role.SERVICE)
+    a_user_id = (
+        await store.users.create(Scope("tenant-a"), NewUser(id=None, display_name="me"))
+    ).id
     _, a_user = await store.keys.create(tenant="tenant-a", role=Role.USER, user_id=a_user_id)
     _, a_admin = await store.keys.create(tenant="tenant-a", role=Role.ADMIN)
-    _, b_service = await store.keys.create(tenant="tenant-b", role=Role.SERVICE)
-    return Keys(a_service, a_user, a_user_id, a_admin, b_service)
+    b_key, b_service = await store.keys.create(tenant="tenant-b", role=Role.SERVICE)
+    _, b_admin = await store.keys.create(tenant="tenant-b", role=Role.ADMIN)
+    return Keys(a_service, a_user, a_user_id, a_admin, b_service, b_key.id, b_admin)
 
 
 @pytest.fixture
@@ -73,27 +81,34 @@ def _auth(key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),)
 
 
-async def _call(stub: ParleyServiceStub, method: str, request: ProtoMessage, key: str) -> Any:
-    return await _call_with(stub, method, request, _auth(key))
+async def _call(channel: grpc.aio.Channel, method: str, request: ProtoMessage, key: str) -> Any:
+    return await _call_with(channel, method, request, _auth(key))
 
 
 async def _call_with(
-    stub: ParleyServiceStub, method: str, request: ProtoMessage, metadata: Any
+    channel: grpc.aio.Channel, method: str, request: ProtoMessage, metadata: Any
 ) -> Any:
     """(code name, text of the answer): the responses' text, or the status message."""
     try:
-        rpc = getattr(stub, method)(request, timeout=20, metadata=metadata)
+        call = rpc(channel, method)(request, timeout=20, metadata=metadata)
         if method in STREAMING:
-            answer = "".join([text_format.MessageToString(r) async for r in rpc])
+            answer = "".join([text_format.MessageToString(r) async for r in call])
         else:
-            answer = text_format.MessageToString(await rpc)
+            answer = text_format.MessageToString(await call)
         return "OK", answer
     except grpc.aio.AioRpcError as error:
         return error.code().name, error.details() or ""
 
 
 def _world_ids(world: World) -> list[str]:
-    return [world.user_id, world.session_id, world.context_id, world.rating_id, *world.message_ids]
+    return [
+        world.user_id,
+        world.session_id,
+        world.context_id,
+        world.rating_id,
+        world.api_key_id,
+        *world.message_ids,
+    ]
 
 
 async def _snapshot(client: ParleyClient, world: World) -> list[str]:
@@ -112,10 +127,12 @@ async def _snapshot(client: ParleyClient, world: World) -> list[str]:
 async def test_no_call_of_tenant_a_reaches_tenant_b(secured: str, keys: Keys) -> None:
     """Generated from the service descriptor (tests/rpcs.py has a valid request for every RPC,
     and test_every_rpc fails until a new one has): each request names B's resources and is sent
-    with A's service key and A's user key; the same request with B's ids swapped for ids that
+    with A's service, user and admin keys; the same request with B's ids swapped for ids that
     exist nowhere must get the same answer, and B must be left as it was."""
     async with ParleyClient(secured, metadata=dict(_auth(keys.b_service))) as b_client:
-        world = await a_world(b_client, messages=20)
+        world = dataclasses.replace(
+            await a_world(b_client, messages=20), api_key_id=keys.b_service_id
+        )
         await b_client.create_user(display_name="world")  # so that ListUsers has a second page
         b_tokens: dict[str, str] = {
             "ListMessages": (
@@ -123,15 +140,17 @@ async def test_no_call_of_tenant_a_reaches_tenant_b(secured: str, keys: Keys) ->
             ).next_page_token,
             "ListUsers": (await b_client.list_users(page_size=1)).next_page_token,
         }
+    async with ParleyClient(secured, metadata=dict(_auth(keys.b_admin))) as b_admin:
+        b_tokens["ListApiKeys"] = (await b_admin.list_api_keys(page_size=1)).next_page_token
+    async with ParleyClient(secured, metadata=dict(_auth(keys.b_service))) as b_client:
         before = await _snapshot(b_client, world)
     b_ids = _world_ids(world)
     b_contents = ["world", "be brief", "message 1 "]
     channel = grpc.aio.insecure_channel(secured)
-    stub = ParleyServiceStub(channel)
     rng = random.Random(7)
     tried = 0
     try:
-        for key in (keys.a_service, keys.a_user):
+        for key in (keys.a_service, keys.a_user, keys.a_admin):
             requests = valid_requests(world, rng)
             for method in METHODS:
                 request = requests[method]()
@@ -141,8 +160,8 @@ async def test_no_call_of_tenant_a_reaches_tenant_b(secured: str, keys: Keys) ->
                 for b_id, other in fresh.items():
                     missing_text = missing_text.replace(b_id, other)
                 missing = text_format.Parse(missing_text, type(request)())
-                code, answer = await _call(stub, method, request, key)
-                missing_code, missing_answer = await _call(stub, method, missing, key)
+                code, answer = await _call(channel, method, request, key)
+                missing_code, missing_answer = await _call(channel, method, missing, key)
                 for b_id, other in fresh.items():
                     missing_answer = missing_answer.replace(other, b_id)
                 assert code == missing_code, (method, code, answer, missing_answer)
@@ -157,19 +176,31 @@ async def test_no_call_of_tenant_a_reaches_tenant_b(secured: str, keys: Keys) ->
                 tried += 1
             for method, b_token in b_tokens.items():
                 assert b_token
-                token_request: ProtoMessage = (
-                    pb.ListMessagesRequest(session_id=world.session_id, page_size=5)
-                    if method == "ListMessages"
-                    else pb.ListUsersRequest(page_size=1)
-                )
+                token_request: ProtoMessage = {
+                    "ListMessages": pb.ListMessagesRequest(
+                        session_id=world.session_id, page_size=5
+                    ),
+                    "ListUsers": pb.ListUsersRequest(page_size=1),
+                    "ListApiKeys": admin_service_pb2.ListApiKeysRequest(page_size=1),
+                }[method]
                 token_request.page_token = b_token  # type: ignore[attr-defined]
-                code, answer = await _call(stub, method, token_request, key)
-                assert code in ("INVALID_ARGUMENT", "NOT_FOUND"), (method, code)
+                code, answer = await _call(channel, method, token_request, key)
+                # Refused, whoever asks: as a token from nowhere, or for the caller's role.
+                assert code in ("INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED"), (
+                    method,
+                    code,
+                )
+                if code == "PERMISSION_DENIED":
+                    assert (key == keys.a_admin) != (method == "ListApiKeys"), method
     finally:
         await channel.close(None)
-    assert tried == 2 * len(METHODS)
+    assert tried == 3 * len(METHODS)
     async with ParleyClient(secured, metadata=dict(_auth(keys.b_service))) as b_client:
         assert await _snapshot(b_client, world) == before
+    async with ParleyClient(secured, metadata=dict(_auth(keys.b_admin))) as b_admin:
+        b_keys = [key async for key in b_admin.iter_api_keys()]
+        assert len(b_keys) == 2  # B's service and admin keys: none made, none revoked
+        assert not any(key.HasField("revoke_time") for key in b_keys)
 
 
 async def test_a_user_key_sees_only_its_user(secured: str, keys: Keys) -> None:
@@ -177,7 +208,7 @@ async def test_a_user_key_sees_only_its_user(secured: str, keys: Keys) -> None:
         ParleyClient(secured, metadata=dict(_auth(keys.a_service))) as service,
         ParleyClient(secured, metadata=dict(_auth(keys.a_user))) as user,
     ):
-        me = await service.create_user(id=keys.a_user_id, display_name="me")
+        me = await service.get_user(keys.a_user_id)
         other = await service.create_user(display_name="other")
         mine = await service.create_session(user_id=me.id)
         theirs = await service.create_session(user_id=other.id)
@@ -202,9 +233,54 @@ async def test_a_user_key_sees_only_its_user(secured: str, keys: Keys) -> None:
 
 
 async def test_an_admin_key_manages_keys_and_reads_no_history(secured: str, keys: Keys) -> None:
-    async with ParleyClient(secured, metadata=dict(_auth(keys.a_admin))) as admin:
+    async with (
+        ParleyClient(secured, metadata=dict(_auth(keys.a_admin))) as admin,
+        ParleyClient(secured, metadata=dict(_auth(keys.a_service))) as service,
+        ParleyClient(secured, metadata=dict(_auth(keys.a_user))) as user,
+    ):
         with pytest.raises(PermissionDeniedError, match="admin"):
             await admin.list_users()
+        for other in (service, user):
+            with pytest.raises(PermissionDeniedError, match="manage API keys"):
+                await other.list_api_keys()
+            with pytest.raises(PermissionDeniedError, match="manage API keys"):
+                await other.create_api_key(role=ApiKey.ROLE_ADMIN)
+
+        made, secret = await admin.create_api_key(role=ApiKey.ROLE_SERVICE, display_name="bot")
+        assert secret.startswith("pk_")
+        assert made.tenant == "tenant-a"
+        assert made.role == ApiKey.ROLE_SERVICE
+        assert not made.HasField("revoke_time")
+        async with ParleyClient(secured, metadata=dict(_auth(secret))) as bot:
+            created = await bot.create_user(display_name="made by the new key")
+            assert (await service.get_user(created.id)).id == created.id  # the same tenant
+            listed = [k async for k in admin.iter_api_keys(page_size=1)]
+            assert {k.tenant for k in listed} == {"tenant-a"}
+            assert made.id in {k.id for k in listed}
+            assert keys.b_service_id not in str(listed)
+            assert len(listed) == 4  # a's service, user and admin keys, and the new one
+            assert (await admin.get_api_key(made.id)).last_used_time.seconds > 0
+            revoked = await admin.revoke_api_key(made.id)
+            assert revoked.HasField("revoke_time")
+            assert await admin.revoke_api_key(made.id) == revoked  # revoking again changes nothing
+            with pytest.raises(UnauthenticatedError):
+                await bot.get_user(created.id)
+
+        with pytest.raises(NotFoundError):
+            await admin.get_api_key(keys.b_service_id)
+        with pytest.raises(NotFoundError):
+            await admin.revoke_api_key(keys.b_service_id)
+        with pytest.raises(InvalidArgumentError) as invalid:
+            await admin.create_api_key(role=ApiKey.ROLE_USER)
+        assert [v.field for v in invalid.value.field_violations] == ["api_key.user_id"]
+        with pytest.raises(NotFoundError):  # a user key is bound to a user of the tenant
+            await admin.create_api_key(role=ApiKey.ROLE_USER, user_id=str(uuid.uuid4()))
+        bound, bound_secret = await admin.create_api_key(
+            role=ApiKey.ROLE_USER, user_id=keys.a_user_id
+        )
+        assert bound.user_id == keys.a_user_id
+        async with ParleyClient(secured, metadata=dict(_auth(bound_secret))) as same_user:
+            assert not (await same_user.list_sessions()).sessions
 
 
 @pytest.mark.parametrize("credential", ["none", "malformed", "unknown", "revoked"])
@@ -223,12 +299,11 @@ async def test_calls_without_a_valid_key_are_unauthenticated(
         }[credential]
     channel = grpc.aio.insecure_channel(secured)
     try:
-        stub = ParleyServiceStub(channel)
         for method, request in (
             ("ListUsers", pb.ListUsersRequest()),
             ("StreamMessages", pb.StreamMessagesRequest(session_id=str(uuid.uuid4()))),
         ):
-            code, answer = await _call_with(stub, method, request, metadata)
+            code, answer = await _call_with(channel, method, request, metadata)
             assert code == "UNAUTHENTICATED", (code, answer)
             assert "key" in answer
     finally:

@@ -38,6 +38,7 @@ from parley_client._errors import (
     UnimplementedError,
     UnknownError,
 )
+from parley_client._gen.parley.v1.admin_service_pb2 import ApiKey
 from parley_client._gen.parley.v1.context_pb2 import Context
 from parley_client._gen.parley.v1.message_pb2 import Attachment, Citation, Message, Role, ToolCall
 from parley_client._gen.parley.v1.rating_pb2 import Rating, RatingSummary
@@ -48,6 +49,7 @@ from parley_client._retry import RetryPolicy
 __all__ = [
     "AbortedError",
     "AlreadyExistsError",
+    "ApiKey",
     "Attachment",
     "CallOptions",
     "CancelledError",

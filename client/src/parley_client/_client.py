@@ -1,10 +1,11 @@
-"""ParleyClient: one typed async method per RPC of parley.v1.ParleyService."""
+"""ParleyClient: one typed async method per RPC of parley.v1.ParleyService and AdminService."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypedDict, TypeVar, Unpack
 
@@ -13,7 +14,10 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.struct_pb2 import Struct
 
 from parley_client._errors import ClientClosedError, UnavailableError, from_rpc_error
+from parley_client._gen.parley.v1 import admin_service_pb2 as admin_pb
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
+from parley_client._gen.parley.v1.admin_service_pb2 import ApiKey
+from parley_client._gen.parley.v1.admin_service_pb2_grpc import AdminServiceStub
 from parley_client._gen.parley.v1.context_pb2 import Context
 from parley_client._gen.parley.v1.message_pb2 import (
     Attachment,
@@ -28,7 +32,8 @@ from parley_client._gen.parley.v1.session_pb2 import ClientInfo, Session
 from parley_client._gen.parley.v1.user_pb2 import User, UserProfile
 from parley_client._retry import DEFAULT_RETRY, RetryPolicy, Safety, retryable
 
-if TYPE_CHECKING:  # the async stub type exists only in the generated .pyi
+if TYPE_CHECKING:  # the async stub types exist only in the generated .pyi
+    from parley_client._gen.parley.v1.admin_service_pb2_grpc import AdminServiceAsyncStub
     from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceAsyncStub
 
 RequestT = TypeVar("RequestT")
@@ -37,6 +42,12 @@ ItemT = TypeVar("ItemT")
 RoleLike: TypeAlias = "Role.ValueType | str"  # Role.ROLE_USER, "user", "ROLE_USER"
 
 DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Stubs:
+    parley: ParleyServiceAsyncStub
+    admin: AdminServiceAsyncStub
 
 
 class CallOptions(TypedDict, total=False):
@@ -143,7 +154,7 @@ class ParleyClient:
         self._default_timeout = default_timeout
         self._channel_options = tuple(channel_options)
         self._channel: grpc.aio.Channel | None = None
-        self._stub: ParleyServiceAsyncStub | None = None
+        self._stubs: _Stubs | None = None
         self._closed = False
 
     @classmethod
@@ -191,17 +202,17 @@ class ParleyClient:
         """Close the channel; calls in flight are cancelled. Closing twice is harmless."""
         self._closed = True
         if self._channel is not None:
-            channel, self._channel, self._stub = self._channel, None, None
+            channel, self._channel, self._stubs = self._channel, None, None
             await channel.close(None)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def _open(self) -> tuple[grpc.aio.Channel, ParleyServiceAsyncStub]:
+    def _open(self) -> tuple[grpc.aio.Channel, _Stubs]:
         if self._closed:
             raise ClientClosedError("this ParleyClient is closed; create a new one")
-        if self._channel is None or self._stub is None:
+        if self._channel is None or self._stubs is None:
             if self._tls is False:
                 channel = grpc.aio.insecure_channel(self.target, options=self._channel_options)
             else:
@@ -210,14 +221,12 @@ class ParleyClient:
                     self.target, credentials, options=self._channel_options
                 )
             self._channel = channel
-            self._stub = ParleyServiceStub(channel)
-        return self._channel, self._stub
+            self._stubs = _Stubs(ParleyServiceStub(channel), AdminServiceStub(channel))
+        return self._channel, self._stubs
 
     async def _call(
         self,
-        rpc: Callable[
-            [ParleyServiceAsyncStub], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]
-        ],
+        rpc: Callable[[_Stubs], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]],
         request: RequestT,
         safety: Safety,
         options: CallOptions,
@@ -244,8 +253,9 @@ class ParleyClient:
             policy = _policy(asked)
         if policy is not None and safety is Safety.UNSAFE:
             raise ValueError(
-                "a repeat of this delete would fail with NotFoundError if the first attempt"
-                " landed; pass allow_missing=True to retry it"
+                "this call is not safe to repeat: a delete that landed would then report"
+                " NotFoundError (pass allow_missing=True to retry one), and a repeated"
+                " create_api_key makes a second key"
             )
         metadata = self._metadata + tuple(
             (key.lower(), value) for key, value in options.get("call_metadata", {}).items()
@@ -275,17 +285,17 @@ class ParleyClient:
             preferences=struct(preferences),
         )
         request = pb.CreateUserRequest(user=user)
-        return await self._call(lambda s: s.CreateUser, request, Safety.IDEMPOTENT, options)
+        return await self._call(lambda s: s.parley.CreateUser, request, Safety.IDEMPOTENT, options)
 
     async def get_user(self, user_id: str, **options: Unpack[CallOptions]) -> User:
         request = pb.GetUserRequest(id=user_id)
-        return await self._call(lambda s: s.GetUser, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.GetUser, request, Safety.READ, options)
 
     async def list_users(
         self, *, page_size: int = 0, page_token: str = "", **options: Unpack[CallOptions]
     ) -> pb.ListUsersResponse:
         request = pb.ListUsersRequest(page_size=page_size, page_token=page_token)
-        return await self._call(lambda s: s.ListUsers, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.ListUsers, request, Safety.READ, options)
 
     def iter_users(
         self, *, page_size: int = 0, **options: Unpack[CallOptions]
@@ -318,7 +328,7 @@ class ParleyClient:
         mask = [name for name, value in changes.items() if value is not None]
         user = User(id=user_id, **{name: changes[name] for name in mask})
         request = pb.UpdateUserRequest(user=user, update_mask=FieldMask(paths=mask))
-        return await self._call(lambda s: s.UpdateUser, request, Safety.IDEMPOTENT, options)
+        return await self._call(lambda s: s.parley.UpdateUser, request, Safety.IDEMPOTENT, options)
 
     async def delete_user(
         self,
@@ -330,7 +340,9 @@ class ParleyClient:
     ) -> None:
         """Delete the user and their ratings; force=True also deletes the sessions they own."""
         request = pb.DeleteUserRequest(id=user_id, force=force, allow_missing=allow_missing)
-        await self._call(lambda s: s.DeleteUser, request, _delete_safety(allow_missing), options)
+        await self._call(
+            lambda s: s.parley.DeleteUser, request, _delete_safety(allow_missing), options
+        )
 
     # --- sessions ---------------------------------------------------------------------------------
 
@@ -352,11 +364,13 @@ class ParleyClient:
             client_info=client_info,
         )
         request = pb.CreateSessionRequest(session=session)
-        return await self._call(lambda s: s.CreateSession, request, Safety.IDEMPOTENT, options)
+        return await self._call(
+            lambda s: s.parley.CreateSession, request, Safety.IDEMPOTENT, options
+        )
 
     async def get_session(self, session_id: str, **options: Unpack[CallOptions]) -> Session:
         request = pb.GetSessionRequest(id=session_id)
-        return await self._call(lambda s: s.GetSession, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.GetSession, request, Safety.READ, options)
 
     async def list_sessions(
         self,
@@ -370,7 +384,7 @@ class ParleyClient:
         request = pb.ListSessionsRequest(
             user_id=user_id, page_size=page_size, page_token=page_token
         )
-        return await self._call(lambda s: s.ListSessions, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.ListSessions, request, Safety.READ, options)
 
     def iter_sessions(
         self, *, user_id: str = "", page_size: int = 0, **options: Unpack[CallOptions]
@@ -401,19 +415,25 @@ class ParleyClient:
         mask = [name for name, value in changes.items() if value is not None]
         session = Session(id=session_id, **{name: changes[name] for name in mask})
         request = pb.UpdateSessionRequest(session=session, update_mask=FieldMask(paths=mask))
-        return await self._call(lambda s: s.UpdateSession, request, Safety.IDEMPOTENT, options)
+        return await self._call(
+            lambda s: s.parley.UpdateSession, request, Safety.IDEMPOTENT, options
+        )
 
     async def close_session(self, session_id: str, **options: Unpack[CallOptions]) -> Session:
         """Set end_time; the session then accepts no more messages."""
         request = pb.CloseSessionRequest(id=session_id)
-        return await self._call(lambda s: s.CloseSession, request, Safety.IDEMPOTENT, options)
+        return await self._call(
+            lambda s: s.parley.CloseSession, request, Safety.IDEMPOTENT, options
+        )
 
     async def delete_session(
         self, session_id: str, *, allow_missing: bool = False, **options: Unpack[CallOptions]
     ) -> None:
         """Delete the session with its messages, contexts and ratings."""
         request = pb.DeleteSessionRequest(id=session_id, allow_missing=allow_missing)
-        await self._call(lambda s: s.DeleteSession, request, _delete_safety(allow_missing), options)
+        await self._call(
+            lambda s: s.parley.DeleteSession, request, _delete_safety(allow_missing), options
+        )
 
     async def get_or_create_open_session(
         self,
@@ -428,13 +448,13 @@ class ParleyClient:
         template = Session(title=title, metadata=struct(metadata), client_info=client_info)
         request = pb.GetOrCreateOpenSessionRequest(user_id=user_id, session_template=template)
         return await self._call(
-            lambda s: s.GetOrCreateOpenSession, request, Safety.IDEMPOTENT, options
+            lambda s: s.parley.GetOrCreateOpenSession, request, Safety.IDEMPOTENT, options
         )
 
     async def get_latest_session(self, user_id: str, **options: Unpack[CallOptions]) -> Session:
         """The user's most recently active session, open or closed."""
         request = pb.GetLatestSessionRequest(user_id=user_id)
-        return await self._call(lambda s: s.GetLatestSession, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.GetLatestSession, request, Safety.READ, options)
 
     # --- messages ---------------------------------------------------------------------------------
 
@@ -476,7 +496,9 @@ class ParleyClient:
             user_id=user_id,
         )
         request = pb.AppendMessageRequest(session_id=session_id, message=message)
-        return await self._call(lambda s: s.AppendMessage, request, Safety.IDEMPOTENT, options)
+        return await self._call(
+            lambda s: s.parley.AppendMessage, request, Safety.IDEMPOTENT, options
+        )
 
     async def batch_append_messages(
         self, session_id: str, messages: Sequence[Message], **options: Unpack[CallOptions]
@@ -488,13 +510,13 @@ class ParleyClient:
             if not message.id:
                 message.id = new_id()
         response = await self._call(
-            lambda s: s.BatchAppendMessages, request, Safety.IDEMPOTENT, options
+            lambda s: s.parley.BatchAppendMessages, request, Safety.IDEMPOTENT, options
         )
         return list(response.messages)
 
     async def get_message(self, message_id: str, **options: Unpack[CallOptions]) -> Message:
         request = pb.GetMessageRequest(id=message_id)
-        return await self._call(lambda s: s.GetMessage, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.GetMessage, request, Safety.READ, options)
 
     async def list_messages(
         self,
@@ -523,7 +545,7 @@ class ParleyClient:
             page_size=page_size,
             page_token=page_token,
         )
-        return await self._call(lambda s: s.ListMessages, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.ListMessages, request, Safety.READ, options)
 
     def iter_messages(
         self,
@@ -572,7 +594,7 @@ class ParleyClient:
 
         A stream cut by UNAVAILABLE (a server shutting down, say) or DEADLINE_EXCEEDED resumes
         after the last message received, so no message is repeated or skipped."""
-        stub = self._open()[1]
+        stub = self._open()[1].parley
         timeout, metadata, delays = self._prepare(options, Safety.READ)
         position = after_seq
         while True:
@@ -604,13 +626,15 @@ class ParleyClient:
         """The session, its contexts and its newest max_messages messages (0 means 100) in seq
         order, read at one moment: what an agent needs for its next prompt."""
         request = pb.GetContextWindowRequest(session_id=session_id, max_messages=max_messages)
-        return await self._call(lambda s: s.GetContextWindow, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.GetContextWindow, request, Safety.READ, options)
 
     async def delete_message(
         self, message_id: str, *, allow_missing: bool = False, **options: Unpack[CallOptions]
     ) -> None:
         request = pb.DeleteMessageRequest(id=message_id, allow_missing=allow_missing)
-        await self._call(lambda s: s.DeleteMessage, request, _delete_safety(allow_missing), options)
+        await self._call(
+            lambda s: s.parley.DeleteMessage, request, _delete_safety(allow_missing), options
+        )
 
     # --- contexts ---------------------------------------------------------------------------------
 
@@ -633,11 +657,13 @@ class ParleyClient:
             metadata=struct(metadata),
         )
         request = pb.CreateContextRequest(context=context)
-        return await self._call(lambda s: s.CreateContext, request, Safety.IDEMPOTENT, options)
+        return await self._call(
+            lambda s: s.parley.CreateContext, request, Safety.IDEMPOTENT, options
+        )
 
     async def get_context(self, context_id: str, **options: Unpack[CallOptions]) -> Context:
         request = pb.GetContextRequest(id=context_id)
-        return await self._call(lambda s: s.GetContext, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.GetContext, request, Safety.READ, options)
 
     async def list_contexts(
         self,
@@ -651,7 +677,7 @@ class ParleyClient:
         request = pb.ListContextsRequest(
             session_id=session_id, type=type, page_size=page_size, page_token=page_token
         )
-        return await self._call(lambda s: s.ListContexts, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.ListContexts, request, Safety.READ, options)
 
     def iter_contexts(
         self,
@@ -673,7 +699,9 @@ class ParleyClient:
         self, context_id: str, *, allow_missing: bool = False, **options: Unpack[CallOptions]
     ) -> None:
         request = pb.DeleteContextRequest(id=context_id, allow_missing=allow_missing)
-        await self._call(lambda s: s.DeleteContext, request, _delete_safety(allow_missing), options)
+        await self._call(
+            lambda s: s.parley.DeleteContext, request, _delete_safety(allow_missing), options
+        )
 
     # --- ratings ----------------------------------------------------------------------------------
 
@@ -690,7 +718,7 @@ class ParleyClient:
         request = pb.RateMessageRequest(
             message_id=message_id, user_id=user_id, value=value, comment=comment
         )
-        return await self._call(lambda s: s.RateMessage, request, Safety.IDEMPOTENT, options)
+        return await self._call(lambda s: s.parley.RateMessage, request, Safety.IDEMPOTENT, options)
 
     async def list_ratings(
         self,
@@ -709,7 +737,7 @@ class ParleyClient:
             page_size=page_size,
             page_token=page_token,
         )
-        return await self._call(lambda s: s.ListRatings, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.ListRatings, request, Safety.READ, options)
 
     def iter_ratings(
         self,
@@ -737,7 +765,9 @@ class ParleyClient:
         self, rating_id: str, *, allow_missing: bool = False, **options: Unpack[CallOptions]
     ) -> None:
         request = pb.DeleteRatingRequest(id=rating_id, allow_missing=allow_missing)
-        await self._call(lambda s: s.DeleteRating, request, _delete_safety(allow_missing), options)
+        await self._call(
+            lambda s: s.parley.DeleteRating, request, _delete_safety(allow_missing), options
+        )
 
     async def get_rating_summary(
         self, *, message_id: str = "", session_id: str = "", **options: Unpack[CallOptions]
@@ -750,7 +780,49 @@ class ParleyClient:
             if message_id
             else pb.GetRatingSummaryRequest(session_id=session_id)
         )
-        return await self._call(lambda s: s.GetRatingSummary, request, Safety.READ, options)
+        return await self._call(lambda s: s.parley.GetRatingSummary, request, Safety.READ, options)
+
+    # --- API keys (AdminService; admin keys only) -------------------------------------------------
+
+    async def create_api_key(
+        self,
+        *,
+        role: ApiKey.Role.ValueType,
+        user_id: str = "",
+        display_name: str = "",
+        **options: Unpack[CallOptions],
+    ) -> tuple[ApiKey, str]:
+        """A new key of the caller's tenant, and its secret: shown this once, so keep it. Not
+        retried: a repeat would make a second key."""
+        request = admin_pb.CreateApiKeyRequest(
+            api_key=ApiKey(role=role, user_id=user_id, display_name=display_name)
+        )
+        response = await self._call(lambda s: s.admin.CreateApiKey, request, Safety.UNSAFE, options)
+        return response.api_key, response.secret
+
+    async def get_api_key(self, key_id: str, **options: Unpack[CallOptions]) -> ApiKey:
+        request = admin_pb.GetApiKeyRequest(id=key_id)
+        return await self._call(lambda s: s.admin.GetApiKey, request, Safety.READ, options)
+
+    async def list_api_keys(
+        self, *, page_size: int = 0, page_token: str = "", **options: Unpack[CallOptions]
+    ) -> admin_pb.ListApiKeysResponse:
+        request = admin_pb.ListApiKeysRequest(page_size=page_size, page_token=page_token)
+        return await self._call(lambda s: s.admin.ListApiKeys, request, Safety.READ, options)
+
+    def iter_api_keys(
+        self, *, page_size: int = 0, **options: Unpack[CallOptions]
+    ) -> AsyncIterator[ApiKey]:
+        async def page(token: str) -> tuple[Sequence[ApiKey], str]:
+            response = await self.list_api_keys(page_size=page_size, page_token=token, **options)
+            return response.api_keys, response.next_page_token
+
+        return _every_item(page)
+
+    async def revoke_api_key(self, key_id: str, **options: Unpack[CallOptions]) -> ApiKey:
+        """Revoke a key (revoking a revoked key changes nothing, so this is retried)."""
+        request = admin_pb.RevokeApiKeyRequest(id=key_id)
+        return await self._call(lambda s: s.admin.RevokeApiKey, request, Safety.IDEMPOTENT, options)
 
 
 def _policy(retry: RetryPolicy | bool) -> RetryPolicy | None:

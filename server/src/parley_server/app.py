@@ -17,6 +17,7 @@ import grpc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from parley_server.api.admin import AdminServicer
 from parley_server.api.auth import Authenticator, AuthInterceptor
 from parley_server.api.interceptors import (
     ErrorInterceptor,
@@ -139,6 +140,7 @@ async def start(
     return await create_server(
         address,
         servicer=servicer,
+        admin=AdminServicer(services.keys, tokens=tokens),
         interceptors=[
             LoggingInterceptor(),
             ErrorInterceptor(),

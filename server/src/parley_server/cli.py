@@ -60,7 +60,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
             print("the key (shown once; keep it secret):", file=sys.stderr)
             print(secret)
         elif args.keys_command == "list":
-            for key in await keys.list(tenant=args.tenant or ""):
+            for key in (await keys.list(tenant=args.tenant or "")).items:
                 state = "revoked" if key.revoke_time else "live"
                 used = key.last_used_time.isoformat() if key.last_used_time else "never"
                 bound = f" user={key.user_id}" if key.user_id else ""

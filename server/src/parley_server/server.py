@@ -15,12 +15,18 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
 from grpc_reflection.v1alpha import reflection
 
-from parley_client._gen.parley.v1 import parley_service_pb2, parley_service_pb2_grpc
+from parley_client._gen.parley.v1 import (
+    admin_service_pb2,
+    admin_service_pb2_grpc,
+    parley_service_pb2,
+    parley_service_pb2_grpc,
+)
 from parley_server.api.interceptors import LifecycleInterceptor
 
 # After draining, how long no new call may have arrived before grpc is stopped.
 QUIET_BEFORE_STOP = 0.5
 SERVICE_NAME = parley_service_pb2.DESCRIPTOR.services_by_name["ParleyService"].full_name
+ADMIN_SERVICE_NAME = admin_service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 @dataclass(frozen=True)
@@ -49,14 +55,15 @@ async def create_server(
     address: str,
     *,
     servicer: parley_service_pb2_grpc.ParleyServiceServicer,
+    admin: admin_service_pb2_grpc.AdminServiceServicer,
     interceptors: Sequence[grpc.aio.ServerInterceptor],  # type: ignore[type-arg]
     lifecycle: LifecycleInterceptor,
     max_receive_message_bytes: int,
     reflection_enabled: bool = True,
     credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
-    """Start serving `servicer` (with health, and reflection unless disabled) on `address`
-    ("host:port"; port 0 picks a free one). `lifecycle` must be one of `interceptors`."""
+    """Start serving `servicer` and `admin` (with health, and reflection unless disabled) on
+    `address` ("host:port"; port 0 picks a free one). `lifecycle` must be one of `interceptors`."""
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -66,11 +73,13 @@ async def create_server(
         ],
     )
     parley_service_pb2_grpc.add_ParleyServiceServicer_to_server(servicer, server)
+    admin_service_pb2_grpc.add_AdminServiceServicer_to_server(admin, server)
     health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if reflection_enabled:
         reflection.enable_server_reflection(
-            [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+            [SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME],
+            server,
         )
     try:
         port = (
@@ -81,6 +90,6 @@ async def create_server(
     except RuntimeError as error:
         raise OSError(f"cannot listen on {address}: {error}") from error
     await server.start()
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     return RunningServer(server=server, port=port, health=health_servicer, lifecycle=lifecycle)

@@ -15,6 +15,7 @@ from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from parley_client._gen.parley.v1 import (
+    admin_service_pb2,
     context_pb2,
     message_pb2,
     rating_pb2,
@@ -23,6 +24,7 @@ from parley_client._gen.parley.v1 import (
 )
 from parley_server import domain
 from parley_server.api.validate import Violations
+from parley_server.identity import ApiKey, Role
 
 # --- domain -> proto ------------------------------------------------------------------------------
 # Messages are built by assigning fields, only those that are set: with upb that is several times
@@ -175,6 +177,53 @@ def rating_pb(rating: domain.Rating) -> rating_pb2.Rating:
 
 
 # --- proto -> domain ------------------------------------------------------------------------------
+
+
+_KEY_ROLE_TO_PB = {
+    Role.ADMIN: admin_service_pb2.ApiKey.ROLE_ADMIN,
+    Role.SERVICE: admin_service_pb2.ApiKey.ROLE_SERVICE,
+    Role.USER: admin_service_pb2.ApiKey.ROLE_USER,
+}
+_KEY_ROLE_FROM_PB = {number: role for role, number in _KEY_ROLE_TO_PB.items()}
+DISPLAY_NAME_MAX_LENGTH = 200
+
+
+def api_key_pb(key: ApiKey) -> admin_service_pb2.ApiKey:
+    result = admin_service_pb2.ApiKey(
+        id=key.id,
+        tenant=key.tenant,
+        role=_KEY_ROLE_TO_PB[key.role],
+        user_id=key.user_id,
+        display_name=key.display_name,
+    )
+    _set_time(result.create_time, key.create_time)
+    if key.last_used_time is not None:
+        _set_time(result.last_used_time, key.last_used_time)
+    if key.revoke_time is not None:
+        _set_time(result.revoke_time, key.revoke_time)
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class NewApiKey:
+    role: Role
+    user_id: str
+    display_name: str
+
+
+def new_api_key(key: admin_service_pb2.ApiKey, prefix: str, v: Violations) -> NewApiKey:
+    role = _KEY_ROLE_FROM_PB.get(key.role)
+    if role is None:
+        v.add(f"{prefix}.role", "is required: ROLE_ADMIN, ROLE_SERVICE or ROLE_USER")
+    user_id = v.uuid(f"{prefix}.user_id", key.user_id, required=role is Role.USER)
+    if key.user_id and role is not Role.USER:
+        v.add(f"{prefix}.user_id", "is only for ROLE_USER keys; leave it empty")
+    if len(key.display_name) > DISPLAY_NAME_MAX_LENGTH:
+        v.add(
+            f"{prefix}.display_name",
+            f"is {len(key.display_name)} characters long; at most {DISPLAY_NAME_MAX_LENGTH}",
+        )
+    return NewApiKey(role or Role.SERVICE, user_id, key.display_name)
 
 
 def struct_dict(struct: Struct) -> dict[str, Any]:

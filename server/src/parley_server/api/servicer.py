@@ -26,7 +26,7 @@ from parley_server import domain
 from parley_server.api import convert
 from parley_server.api.auth import caller
 from parley_server.api.pagination import PageTokens
-from parley_server.api.validate import Violations
+from parley_server.api.validate import Violations, required_uuid
 from parley_server.domain import Page
 from parley_server.services import Services
 from parley_server.services.messages import batch_violations, message_violations
@@ -57,7 +57,9 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         return convert.user_pb(await self._services.users.create(caller(), new))
 
     async def GetUser(self, request: pb.GetUserRequest, context: Context) -> user_pb2.User:
-        return convert.user_pb(await self._services.users.get(caller(), _id(request.id, "id")))
+        return convert.user_pb(
+            await self._services.users.get(caller(), required_uuid(request.id, "id"))
+        )
 
     async def ListUsers(
         self, request: pb.ListUsersRequest, context: Context
@@ -80,7 +82,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
     async def DeleteUser(self, request: pb.DeleteUserRequest, context: Context) -> Empty:
         await self._services.users.delete(
             caller(),
-            _id(request.id, "id"),
+            required_uuid(request.id, "id"),
             force=request.force,
             allow_missing=request.allow_missing,
         )
@@ -100,7 +102,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.GetSessionRequest, context: Context
     ) -> session_pb2.Session:
         return convert.session_pb(
-            await self._services.sessions.get(caller(), _id(request.id, "id"))
+            await self._services.sessions.get(caller(), required_uuid(request.id, "id"))
         )
 
     async def ListSessions(
@@ -134,12 +136,12 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.CloseSessionRequest, context: Context
     ) -> session_pb2.Session:
         return convert.session_pb(
-            await self._services.sessions.close(caller(), _id(request.id, "id"))
+            await self._services.sessions.close(caller(), required_uuid(request.id, "id"))
         )
 
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Context) -> Empty:
         await self._services.sessions.delete(
-            caller(), _id(request.id, "id"), allow_missing=request.allow_missing
+            caller(), required_uuid(request.id, "id"), allow_missing=request.allow_missing
         )
         return Empty()
 
@@ -161,7 +163,9 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.GetLatestSessionRequest, context: Context
     ) -> session_pb2.Session:
         return convert.session_pb(
-            await self._services.sessions.latest(caller(), _id(request.user_id, "user_id"))
+            await self._services.sessions.latest(
+                caller(), required_uuid(request.user_id, "user_id")
+            )
         )
 
     # --- messages ---------------------------------------------------------------------------------
@@ -196,7 +200,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.GetMessageRequest, context: Context
     ) -> message_pb2.Message:
         return convert.message_pb(
-            await self._services.messages.get(caller(), _id(request.id, "id"))
+            await self._services.messages.get(caller(), required_uuid(request.id, "id"))
         )
 
     async def ListMessages(
@@ -255,7 +259,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
 
     async def DeleteMessage(self, request: pb.DeleteMessageRequest, context: Context) -> Empty:
         await self._services.messages.delete(
-            caller(), _id(request.id, "id"), allow_missing=request.allow_missing
+            caller(), required_uuid(request.id, "id"), allow_missing=request.allow_missing
         )
         return Empty()
 
@@ -273,7 +277,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.GetContextRequest, context: Context
     ) -> context_pb2.Context:
         return convert.context_pb(
-            await self._services.contexts.get(caller(), _id(request.id, "id"))
+            await self._services.contexts.get(caller(), required_uuid(request.id, "id"))
         )
 
     async def ListContexts(
@@ -297,7 +301,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
 
     async def DeleteContext(self, request: pb.DeleteContextRequest, context: Context) -> Empty:
         await self._services.contexts.delete(
-            caller(), _id(request.id, "id"), allow_missing=request.allow_missing
+            caller(), required_uuid(request.id, "id"), allow_missing=request.allow_missing
         )
         return Empty()
 
@@ -336,7 +340,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
 
     async def DeleteRating(self, request: pb.DeleteRatingRequest, context: Context) -> Empty:
         await self._services.ratings.delete(
-            caller(), _id(request.id, "id"), allow_missing=request.allow_missing
+            caller(), required_uuid(request.id, "id"), allow_missing=request.allow_missing
         )
         return Empty()
 
@@ -350,11 +354,11 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
             v.raise_if_any()
         if scope == "message_id":
             summary = await self._services.ratings.summarize(
-                caller(), message_id=_id(request.message_id, "message_id")
+                caller(), message_id=required_uuid(request.message_id, "message_id")
             )
         else:
             summary = await self._services.ratings.summarize(
-                caller(), session_id=_id(request.session_id, "session_id")
+                caller(), session_id=required_uuid(request.session_id, "session_id")
             )
         return rating_pb2.RatingSummary(count=summary.count, mean=summary.mean)
 
@@ -401,11 +405,3 @@ def _newest_first(order_by: str, v: Violations) -> bool:
         return True
     v.add("order_by", f'must be "seq" or "seq desc", not {order_by[:64]!r}')
     return False
-
-
-def _id(value: str, field: str) -> str:
-    """A required UUID field of a request, canonicalised, or INVALID_ARGUMENT."""
-    v = Violations()
-    parsed = v.uuid(field, value, required=True)
-    v.raise_if_any()
-    return parsed

@@ -81,6 +81,14 @@ class Violations:
         return min(value, MAX_PAGE_SIZE)
 
 
+def required_uuid(value: str, field: str) -> str:
+    """A request's one required UUID field, canonicalised, or INVALID_ARGUMENT."""
+    v = Violations()
+    parsed = v.uuid(field, value, required=True)
+    v.raise_if_any()
+    return parsed
+
+
 def find_unstorable(message: ProtoMessage, path: str = "") -> list[FieldViolation]:
     """Values no backend can hold: NUL characters (PostgreSQL text) and NaN or infinite numbers
     (JSON). Checked for every request in one place, so none reaches the database."""

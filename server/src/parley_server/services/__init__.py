@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from parley_server.services.contexts import ContextService
+from parley_server.services.keys import KeyService
 from parley_server.services.messages import MessageService
 from parley_server.services.ratings import RatingService
 from parley_server.services.sessions import SessionService
@@ -23,6 +24,7 @@ class Services:
     messages: MessageService
     contexts: ContextService
     ratings: RatingService
+    keys: KeyService
 
     @classmethod
     def over(cls, store: Store, *, response_budget_bytes: int) -> Services:
@@ -33,6 +35,7 @@ class Services:
             messages=MessageService(store, sessions, response_budget_bytes=response_budget_bytes),
             contexts=ContextService(store),
             ratings=RatingService(store),
+            keys=KeyService(store.keys),
         )
 
 

@@ -8,11 +8,12 @@ from datetime import timedelta
 
 from sqlalchemy import func, insert, select, update
 
+from parley_server.domain import Page, TimeCursor
 from parley_server.errors import NotFound
 from parley_server.identity import ApiKey, Role
 from parley_server.store.database import Database
 from parley_server.store.rows import to_api_key
-from parley_server.store.tables import api_keys, new_id, tenants, utcnow
+from parley_server.store.tables import after_cursor, api_keys, new_id, tenants, users, utcnow
 
 KEY_PREFIX = "pk_"
 # last_used_time is written at most this often per key, so authentication costs no write per call.
@@ -31,12 +32,16 @@ class KeyStore:
         self, *, tenant: str, role: Role, user_id: str = "", display_name: str = ""
     ) -> tuple[ApiKey, str]:
         """A new key and its secret, which is shown now and never again (only its hash is
-        kept). The tenant is created with its first key."""
+        kept). The tenant is created with its first key; a user key's user must exist in it."""
         secret = KEY_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
         async with self._db.write() as session:
             if not await session.scalar(select(tenants.c.id).where(tenants.c.id == tenant)):
                 await session.execute(insert(tenants).values(id=tenant, create_time=now))
+            if user_id and not await session.scalar(
+                select(users.c.id).where(users.c.tenant_id == tenant, users.c.id == user_id)
+            ):
+                raise NotFound.resource("user", user_id)
             row = (
                 await session.execute(
                     insert(api_keys)
@@ -54,12 +59,33 @@ class KeyStore:
             ).one()
         return to_api_key(row._mapping), secret
 
-    async def list(self, *, tenant: str = "") -> list[ApiKey]:
+    async def get(self, key_id: str, *, tenant: str) -> ApiKey:
+        async with self._db.read() as session:
+            row = (
+                await session.execute(
+                    select(api_keys).where(api_keys.c.id == key_id, api_keys.c.tenant_id == tenant)
+                )
+            ).first()
+        if row is None:
+            raise NotFound.resource("api_key", key_id)
+        return to_api_key(row._mapping)
+
+    async def list(
+        self, *, tenant: str = "", after: TimeCursor | None = None, limit: int | None = None
+    ) -> Page[ApiKey]:
+        """Oldest first: `tenant`'s keys (every tenant's if empty), `limit` of them if given."""
         query = select(api_keys).order_by(api_keys.c.create_time, api_keys.c.id)
         if tenant:
             query = query.where(api_keys.c.tenant_id == tenant)
+        condition = after_cursor(api_keys.c.create_time, api_keys.c.id, after)
+        if condition is not None:
+            query = query.where(condition)
+        if limit is not None:
+            query = query.limit(limit + 1)
         async with self._db.read() as session:
-            return [to_api_key(row._mapping) for row in (await session.execute(query)).all()]
+            rows = (await session.execute(query)).all()
+        keys = [to_api_key(row._mapping) for row in rows[:limit]]
+        return Page(keys, has_more=limit is not None and len(rows) > limit)
 
     async def revoke(self, key_id: str, *, tenant: str = "") -> ApiKey:
         """Revoke a key (revoking it again changes nothing); only within `tenant` if given."""
