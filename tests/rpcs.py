@@ -32,6 +32,8 @@ SERVICES = [
 METHOD_DESCRIPTORS = {method.name: method for s in SERVICES for method in s.methods}
 METHODS = sorted(METHOD_DESCRIPTORS)
 STREAMING = {name for name, method in METHOD_DESCRIPTORS.items() if method.server_streaming}
+# Streams that stay open until the client leaves.
+ENDLESS = {"WatchSession"}
 
 
 def path(method: str) -> str:
@@ -129,6 +131,9 @@ def valid_requests(world: World, rng: random.Random) -> dict[str, Callable[[], P
             order_by=rng.choice(["", "seq desc"]),
         ),
         "StreamMessages": lambda: pb.StreamMessagesRequest(session_id=world.session_id),
+        "WatchSession": lambda: pb.WatchSessionRequest(
+            session_id=world.session_id, after_seq=rng.choice([0, len(world.message_ids) - 1])
+        ),
         "GetContextWindow": lambda: pb.GetContextWindowRequest(
             session_id=world.session_id, max_messages=rng.choice([0, 50, 1000])
         ),

@@ -73,6 +73,7 @@ CASES: list[tuple[str, Callable[[str], ProtoMessage], str, str]] = [
     ("ListMessages", lambda i: pb.ListMessagesRequest(session_id=i), "session_id", "session"),
     ("DeleteMessage", lambda i: pb.DeleteMessageRequest(id=i), "id", "message"),
     ("StreamMessages", lambda i: pb.StreamMessagesRequest(session_id=i), "session_id", "session"),
+    ("WatchSession", lambda i: pb.WatchSessionRequest(session_id=i), "session_id", "session"),
     (
         "GetContextWindow",
         lambda i: pb.GetContextWindowRequest(session_id=i),

@@ -114,6 +114,51 @@ async def test_kill_9_under_concurrent_appenders_loses_and_repeats_nothing(
     assert stored >= len(history.acknowledged)
 
 
+async def test_a_watch_follows_writers_on_another_process_across_a_kill_9(
+    database_url: str, backend: str
+) -> None:
+    """The watcher on process 1, the writers on process 2, over one PostgreSQL; process 1 is
+    killed mid-watch and started again: the watch resumes and still sees 1..N once each."""
+    if backend != "postgres":
+        pytest.skip("several server processes share PostgreSQL only")
+    total = 600
+    port = _free_port()
+    async with (
+        parley_serve(database_url) as writers_process,
+        ParleyClient(writers_process.target) as writer,
+    ):
+        _, session = await a_session(writer)
+        seqs: list[int] = []
+        got = asyncio.Condition()
+
+        async def watch() -> None:
+            async with ParleyClient(f"127.0.0.1:{port}") as watcher:
+                async for event in watcher.watch_session(session.id, retry=PATIENT):
+                    async with got:
+                        seqs.extend(m.seq for m in event.messages.messages)
+                        got.notify_all()
+                    if len(seqs) >= total:
+                        return
+
+        async def write(n: int) -> None:
+            for turn in range(total // 3):
+                await writer.append_message(
+                    session.id, id=new_id(), role="user", content=f"{n}:{turn}", retry=PATIENT
+                )
+
+        async with parley_serve(database_url, port=port) as first:
+            watching = asyncio.create_task(watch())
+            writing = asyncio.gather(*(write(n) for n in range(3)))
+            async with got:
+                await asyncio.wait_for(got.wait_for(lambda: len(seqs) >= 100), 60)
+            assert await first.stop(9) == -9  # SIGKILL, mid-watch
+        async with parley_serve(database_url, port=port):
+            await asyncio.wait_for(writing, 120)
+            await asyncio.wait_for(watching, 60)
+    print(f"watch across kill -9: {len(seqs)} messages delivered")
+    assert seqs == list(range(1, total + 1))
+
+
 # --- a private PostgreSQL cluster -----------------------------------------------------------------
 
 

@@ -620,6 +620,71 @@ class ParleyClient:
                     raise from_rpc_error(error) from None
             await asyncio.sleep(delay)
 
+    async def watch_session(
+        self,
+        session_id: str,
+        *,
+        after_seq: int = 0,
+        after_deletion: int = 0,
+        chapter: str = "",
+        thread_id: str = "",
+        invocation_id: str = "",
+        role: RoleLike | None = None,
+        heartbeats: bool = False,
+        retry: RetryPolicy | bool = True,
+        call_metadata: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[pb.WatchSessionResponse]:
+        """Follow a session: the session, its stored messages after `after_seq`, then every
+        change as it happens (appends, deletes, updates and closes, and its deletion, the last
+        event), until you stop iterating.
+
+        A stream cut by UNAVAILABLE (a server stopping or restarting, a watch reaching its
+        maximum lifetime) is resumed from the last event, on whichever server answers, so you
+        see one sequence with nothing lost or repeated. `retry` bounds the attempts in a row
+        that fail before an event arrives (retry=False: none). Heartbeats, which only say the
+        stream is alive, are passed on with heartbeats=True."""
+        stub = self._open()[1].parley
+        metadata = self._metadata + tuple(
+            (key.lower(), value) for key, value in (call_metadata or {}).items()
+        )
+        policy = _policy(retry)
+        position, deletion = after_seq, after_deletion
+        last_session: Session | None = None
+        delays = policy.delays() if policy is not None else iter(())
+        while True:
+            request = pb.WatchSessionRequest(
+                session_id=session_id,
+                after_seq=position,
+                after_deletion=deletion,
+                chapter=chapter,
+                thread_id=thread_id,
+                invocation_id=invocation_id,
+                role=to_role(role) if role is not None else Role.ROLE_UNSPECIFIED,
+            )
+            try:
+                async for event in stub.WatchSession(request, metadata=metadata):
+                    delays = policy.delays() if policy is not None else iter(())
+                    position, deletion = event.last_seq, event.last_deletion
+                    kind = event.WhichOneof("event")
+                    if kind == "heartbeat" and not heartbeats:
+                        continue
+                    if kind == "session":
+                        # Each resumed stream starts with the session: pass it on only if changed.
+                        if last_session is not None and _same_session(last_session, event.session):
+                            continue
+                        last_session = event.session
+                    yield event
+                    if kind == "deleted_session":
+                        return
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise from_rpc_error(error) from None
+                delay = next(delays, None)
+                if delay is None:
+                    raise from_rpc_error(error) from None
+            await asyncio.sleep(delay)
+
     async def get_context_window(
         self, session_id: str, *, max_messages: int = 0, **options: Unpack[CallOptions]
     ) -> pb.GetContextWindowResponse:
@@ -823,6 +888,18 @@ class ParleyClient:
         """Revoke a key (revoking a revoked key changes nothing, so this is retried)."""
         request = admin_pb.RevokeApiKeyRequest(id=key_id)
         return await self._call(lambda s: s.admin.RevokeApiKey, request, Safety.IDEMPOTENT, options)
+
+
+def _same_session(before: Session, after: Session) -> bool:
+    """Equal but for what appends and deletes change (counts, last seq, times)."""
+    changing = ("message_count", "last_seq", "update_time", "last_message_time")
+    first, second = Session(), Session()
+    first.CopyFrom(before)
+    second.CopyFrom(after)
+    for name in changing:
+        first.ClearField(name)  # type: ignore[arg-type]
+        second.ClearField(name)  # type: ignore[arg-type]
+    return first == second
 
 
 def _policy(retry: RetryPolicy | bool) -> RetryPolicy | None:

@@ -8,6 +8,7 @@ on its own in a test.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import ipaddress
 import logging
@@ -32,6 +33,7 @@ from parley_server.server import SERVICE_NAME, RunningServer, create_server
 from parley_server.services import Services
 from parley_server.store import Database, Store
 from parley_server.store import migrate as migrations
+from parley_server.store.changes import PostgresListener
 from parley_server.store.database import create_engine
 
 log = logging.getLogger("parley")
@@ -132,12 +134,18 @@ async def start(
         store.keys, anonymous_possible=anonymous, cache_seconds=settings.auth_cache_seconds
     )
     tokens = PageTokens(settings.page_token_key() or await store.secrets.get("page_token"))
-    services = Services.over(store, response_budget_bytes=settings.response_budget_bytes)
+    services = Services.over(
+        store,
+        response_budget_bytes=settings.response_budget_bytes,
+        watch_heartbeat_seconds=settings.watch_heartbeat_seconds,
+        watch_max_lifetime_seconds=settings.watch_max_lifetime_seconds,
+    )
     servicer = ParleyServicer(
         services, tokens=tokens, response_budget_bytes=settings.response_budget_bytes
     )
     lifecycle = LifecycleInterceptor(stall_timeout=settings.stream_stall_timeout_seconds)
-    return await create_server(
+    listener = _history_listener(store.db)
+    running = await create_server(
         address,
         servicer=servicer,
         admin=AdminServicer(services.keys, tokens=tokens),
@@ -152,6 +160,22 @@ async def start(
         reflection_enabled=settings.reflection,
         credentials=server_credentials(settings),
     )
+    if listener is not None:
+        listener.start()
+    return dataclasses.replace(
+        running,
+        on_drain=store.db.changes.close,
+        on_stopped=listener.stop if listener is not None else None,
+    )
+
+
+def _history_listener(db: Database) -> PostgresListener | None:
+    """PostgreSQL: the process's one connection that hears of every session change (the
+    NOTIFYs of any process), to wake its watchers. SQLite needs none: one process writes."""
+    if db.dialect != "postgresql":
+        return None
+    dsn = db.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+    return PostgresListener(db.changes, dsn)
 
 
 def _tune_garbage_collector() -> None:

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
         gt=0,
         description="cancel a server stream whose client has taken no response for this long",
     )
+    watch_heartbeat_seconds: float = Field(
+        15.0, gt=0, description="a WatchSession stream quiet for this long sends a heartbeat"
+    )
+    watch_max_lifetime_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="a WatchSession stream ends after this long with UNAVAILABLE, to be resumed",
+    )
     response_budget_bytes: int = Field(
         3 * 1024 * 1024,
         ge=64 * 1024,

@@ -11,6 +11,7 @@ frozen ones. Nothing mutates them after the store hands them out.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -211,6 +212,44 @@ class ContextWindow:
     contexts: list[Context]
     messages: list[Message]
     has_earlier_messages: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MessageDeletion:
+    """A message deleted from a session: its deletion's number in that session (1, 2, 3, ...)."""
+
+    number: int
+    message_id: str
+    seq: int
+    delete_time: datetime
+
+
+@dataclass(slots=True, kw_only=True)
+class HistoryStep:
+    """What a watcher of a session reads at one moment after its position: the session (None
+    once deleted), the next messages after `position`, and deletions after `after_deletion`."""
+
+    session: Session | None
+    messages: list[Message]
+    more_messages: bool
+    deletions: list[MessageDeletion]
+    more_deletions: bool
+    last_deletion: int  # the session's newest deletion number
+
+
+@dataclass(slots=True, kw_only=True)
+class WatchEvent:
+    """One event of a watch, exactly one of: the session (as the watch starts, and whenever it
+    is updated or closed), messages, a deletion, the session's deletion, or a heartbeat. Each
+    says where the watcher then stands: resuming from (last_seq, last_deletion) loses nothing."""
+
+    last_seq: int
+    last_deletion: int
+    session: Session | None = None
+    messages: Sequence[Message] = ()
+    deletion: MessageDeletion | None = None
+    deleted_session_id: str = ""
+    heartbeat: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,9 @@ class RunningServer:
     port: int
     health: Any  # grpc_health.v1.health.aio.HealthServicer (untyped in grpc-stubs)
     lifecycle: LifecycleInterceptor
+    # Called as draining begins (to end streams that wait, such as watches), and once stopped.
+    on_drain: Callable[[], None] = lambda: None
+    on_stopped: Callable[[], Awaitable[None]] | None = None
 
     async def stop(self, grace: float | None, *, quiet: float = QUIET_BEFORE_STOP) -> None:
         """Shut down so that no client loses a call it would not retry: health says NOT_SERVING,
@@ -44,11 +47,14 @@ class RunningServer:
         deadline = None if grace is None else time.monotonic() + grace
         await self.health.enter_graceful_shutdown()
         self.lifecycle.drain()
+        self.on_drain()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(grace):
                 await self.lifecycle.settled(quiet=quiet)
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         await self.server.stop(left)
+        if self.on_stopped is not None:
+            await self.on_stopped()
 
 
 async def create_server(

@@ -18,6 +18,7 @@ from parley_client._gen.parley.v1 import (
     admin_service_pb2,
     context_pb2,
     message_pb2,
+    parley_service_pb2,
     rating_pb2,
     session_pb2,
     user_pb2,
@@ -177,6 +178,26 @@ def rating_pb(rating: domain.Rating) -> rating_pb2.Rating:
 
 
 # --- proto -> domain ------------------------------------------------------------------------------
+
+
+def watch_event_pb(event: domain.WatchEvent) -> parley_service_pb2.WatchSessionResponse:
+    result = parley_service_pb2.WatchSessionResponse(
+        last_seq=event.last_seq, last_deletion=event.last_deletion
+    )
+    if event.messages:
+        add_messages(result.messages.messages, event.messages)
+    elif event.session is not None:
+        result.session.CopyFrom(session_pb(event.session))
+    elif event.deletion is not None:
+        gone = result.deleted_message
+        gone.message_id = event.deletion.message_id
+        gone.seq = event.deletion.seq
+        _set_time(gone.delete_time, event.deletion.delete_time)
+    elif event.deleted_session_id:
+        result.deleted_session.session_id = event.deleted_session_id
+    else:
+        result.heartbeat.SetInParent()
+    return result
 
 
 _KEY_ROLE_TO_PB = {

@@ -4,6 +4,7 @@ them into statuses."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -241,6 +242,25 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
             convert.add_messages(response.messages, batch)
             yield response
 
+    async def WatchSession(
+        self, request: pb.WatchSessionRequest, context: Context
+    ) -> AsyncIterator[pb.WatchSessionResponse]:
+        v = Violations()
+        session_id = v.uuid("session_id", request.session_id, required=True)
+        where = _message_filter(request, v)
+        if request.after_deletion < 0:
+            v.add("after_deletion", "must not be negative")
+        v.raise_if_any()
+        events = self._services.watch.watch(
+            caller(),
+            session_id,
+            dataclasses.replace(where, after_seq=0),
+            after_seq=request.after_seq,
+            after_deletion=request.after_deletion,
+        )
+        async for event in events:
+            yield convert.watch_event_pb(event)
+
     async def GetContextWindow(
         self, request: pb.GetContextWindowRequest, context: Context
     ) -> pb.GetContextWindowResponse:
@@ -379,7 +399,8 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
 
 
 def _message_filter(
-    request: pb.ListMessagesRequest | pb.StreamMessagesRequest, v: Violations
+    request: pb.ListMessagesRequest | pb.StreamMessagesRequest | pb.WatchSessionRequest,
+    v: Violations,
 ) -> domain.MessageFilter:
     role = (
         convert.role(request.role, "role", v)

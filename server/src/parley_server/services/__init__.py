@@ -14,6 +14,7 @@ from parley_server.services.messages import MessageService
 from parley_server.services.ratings import RatingService
 from parley_server.services.sessions import SessionService
 from parley_server.services.users import UserService
+from parley_server.services.watch import WatchService
 from parley_server.store import Store
 
 
@@ -25,9 +26,17 @@ class Services:
     contexts: ContextService
     ratings: RatingService
     keys: KeyService
+    watch: WatchService
 
     @classmethod
-    def over(cls, store: Store, *, response_budget_bytes: int) -> Services:
+    def over(
+        cls,
+        store: Store,
+        *,
+        response_budget_bytes: int,
+        watch_heartbeat_seconds: float = 15.0,
+        watch_max_lifetime_seconds: float = 3600.0,
+    ) -> Services:
         sessions = SessionService(store)
         return cls(
             users=UserService(store),
@@ -36,6 +45,13 @@ class Services:
             contexts=ContextService(store),
             ratings=RatingService(store),
             keys=KeyService(store.keys),
+            watch=WatchService(
+                store,
+                sessions,
+                response_budget_bytes=response_budget_bytes,
+                heartbeat_seconds=watch_heartbeat_seconds,
+                max_lifetime_seconds=watch_max_lifetime_seconds,
+            ),
         )
 
 

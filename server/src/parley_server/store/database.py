@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from parley_server.errors import Aborted, Unavailable
 from parley_server.logs import describe, throttled
+from parley_server.store.changes import ChangeHub
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +87,7 @@ def _configure_postgresql(engine: AsyncEngine) -> None:
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
-    def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+    def on_connect(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
         # Let the "begin" hook below emit BEGIN itself (the driver's implicit BEGIN is DEFERRED).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -95,6 +97,15 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()
+        # The sessions a write transaction changed, collected by this connection's triggers (see
+        # on_begin) and published by Database.write once it has committed.
+        changed: list[tuple[str, str]] = []
+        record.info[_SQLITE_CHANGED] = changed
+        dbapi_connection.create_function(
+            "parley_history_changed",
+            2,
+            lambda tenant, session_id: changed.append((tenant, str(uuid.UUID(session_id)))),
+        )
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Connection) -> None:
@@ -102,6 +113,28 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # can fail at once with SQLITE_BUSY instead of waiting for busy_timeout.
         immediate = connection.get_execution_options().get(_WRITE_OPTION, False)
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        if not immediate:
+            return
+        connection.info[_SQLITE_CHANGED].clear()
+        # TEMP triggers live with the connection, not in the file: made once per connection, as
+        # soon as the schema has a sessions table.
+        if (
+            not connection.info.get(_SQLITE_TRIGGERS)
+            and connection.exec_driver_sql(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sessions'"
+            ).first()
+        ):
+            for operation, row in (("UPDATE", "NEW"), ("DELETE", "OLD")):
+                connection.exec_driver_sql(
+                    f"CREATE TEMP TRIGGER IF NOT EXISTS parley_history_{operation.lower()}"
+                    f" AFTER {operation} ON main.sessions BEGIN"
+                    f" SELECT parley_history_changed({row}.tenant_id, {row}.id); END"
+                )
+            connection.info[_SQLITE_TRIGGERS] = True
+
+
+_SQLITE_CHANGED = "parley_history_changed"
+_SQLITE_TRIGGERS = "parley_history_triggers"
 
 
 Rows = Sequence[Mapping[str, Any]]
@@ -123,6 +156,8 @@ class Database:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # Wakes watchers of a session's history (fed by PostgresListener on PostgreSQL).
+        self.changes = ChangeHub()
         self._reader = async_sessionmaker(engine, expire_on_commit=False)
         # SQLite takes one writer at a time. Writers of this process queue here, in order, instead
         # of in SQLite's busy handler, which sleeps with growing back-off and made tail latency
@@ -148,9 +183,20 @@ class Database:
             self._write_lock or nullcontext(),
             translated_errors(),
             self._writer() as session,
-            session.begin(),
         ):
-            yield session
+            async with session.begin():
+                yield session
+                changed = await self._changed_sessions(session)
+            self.changes.publish(changed)
+
+    async def _changed_sessions(self, session: AsyncSession) -> list[tuple[str, str]]:
+        """SQLite: the sessions this transaction changed (on PostgreSQL a trigger notifies)."""
+        if self.dialect != "sqlite":
+            return []
+        changed: list[tuple[str, str]] = (await session.connection()).info[_SQLITE_CHANGED]
+        taken = list(changed)
+        changed.clear()
+        return taken
 
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[asyncpg.Connection]:

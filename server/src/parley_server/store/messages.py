@@ -13,6 +13,7 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    insert,
     or_,
     select,
     update,
@@ -22,7 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import (
     ContextWindow,
+    HistoryStep,
     Message,
+    MessageDeletion,
     MessageFilter,
     NewMessage,
     Page,
@@ -41,7 +44,16 @@ from parley_server.store.rows import (
     to_session,
     tool_calls_json,
 )
-from parley_server.store.tables import contexts, messages, new_id, sessions, users, utcnow, visible
+from parley_server.store.tables import (
+    contexts,
+    message_deletions,
+    messages,
+    new_id,
+    sessions,
+    users,
+    utcnow,
+    visible,
+)
 
 MAX_WINDOW_CONTEXTS = 1000
 
@@ -172,6 +184,18 @@ _WINDOW_MESSAGES = _within_budget(
     .order_by(messages.c.seq.desc())
     .limit(bindparam("limit")),
     _descending,
+)
+
+MAX_STEP_DELETIONS = 500
+_STEP_DELETIONS = (
+    select(message_deletions)
+    .where(
+        message_deletions.c.tenant_id == bindparam("tenant"),
+        message_deletions.c.session_id == bindparam("session_id"),
+        message_deletions.c.number > bindparam("after_deletion"),
+    )
+    .order_by(message_deletions.c.number)
+    .limit(MAX_STEP_DELETIONS + 1)
 )
 
 
@@ -344,6 +368,68 @@ class MessageStore:
             has_earlier_messages=len(message_rows) > fitting,
         )
 
+    async def history_step(
+        self,
+        scope: Scope,
+        session_id: str,
+        where: MessageFilter,
+        *,
+        position: int,
+        after_deletion: int,
+        limit: int,
+        max_bytes: int,
+    ) -> HistoryStep:
+        """One step of a watch, from one snapshot: the session, the messages matching `where`
+        after seq `position` (at most `limit` and `max_bytes` of them, but at least one), and
+        the deletions numbered after `after_deletion`."""
+        shape = _Shape.of(where, newest_first=False, after_position=position > 0)
+        values = {
+            "tenant": scope.tenant,
+            "session_id": session_id,
+            "chapter": where.chapter,
+            "thread_id": where.thread_id,
+            "invocation_id": where.invocation_id,
+            "role": where.role.value if where.role is not None else "",
+            "after_seq": 0,
+            "position": position,
+            "limit": limit + 1,
+            "budget": max_bytes,
+            "after_deletion": after_deletion,
+        }
+        session_rows, message_rows, deletion_rows = await self._db.fetch_snapshot(
+            [
+                (_WINDOW_SESSION, values),
+                (_page_query(shape, False), values),
+                (_STEP_DELETIONS, values),
+            ]
+        )
+        if not session_rows:
+            return HistoryStep(
+                session=None,
+                messages=[],
+                more_messages=False,
+                deletions=[],
+                more_deletions=False,
+                last_deletion=after_deletion,
+            )
+        fitting = fit(message_rows, limit=limit, max_bytes=max_bytes)
+        return HistoryStep(
+            session=to_session(session_rows[0]),
+            messages=[to_message(row) for row in message_rows[:fitting]],
+            more_messages=len(message_rows) > fitting,
+            deletions=[
+                MessageDeletion(
+                    number=row["number"],
+                    message_id=str(row["message_id"]),
+                    seq=row["seq"],
+                    delete_time=row["delete_time"],
+                )
+                for row in deletion_rows[:MAX_STEP_DELETIONS]
+            ],
+            more_deletions=len(deletion_rows) > MAX_STEP_DELETIONS,
+            last_deletion=session_rows[0]["deletions"],
+        )
+
     async def delete(self, scope: Scope, message_id: str, *, allow_missing: bool) -> None:
         """Delete the message (its ratings cascade); its seq is never handed out again."""
         try:
@@ -356,18 +442,35 @@ class MessageStore:
                 if session_id is None:
                     raise NotFound.resource("message", message_id)
                 # Session row first, as append does, so the two never wait on each other in a cycle.
-                await session.execute(
+                now = utcnow()
+                number = await session.scalar(
                     update(sessions)
                     .where(sessions.c.tenant_id == scope.tenant, sessions.c.id == session_id)
-                    .values(message_count=sessions.c.message_count - 1, update_time=utcnow())
+                    .values(
+                        message_count=sessions.c.message_count - 1,
+                        deletions=sessions.c.deletions + 1,
+                        update_time=now,
+                    )
+                    .returning(sessions.c.deletions)
                 )
-                deleted = await session.scalar(
+                seq = await session.scalar(
                     delete(messages)
                     .where(messages.c.tenant_id == scope.tenant, messages.c.id == message_id)
-                    .returning(messages.c.id)
+                    .returning(messages.c.seq)
                 )
-                if deleted is None:  # deleted concurrently; the rollback restores the count
+                if seq is None:  # deleted concurrently; the rollback restores the counts
                     raise NotFound.resource("message", message_id)
+                # Watchers that were away learn of it by its number (WatchSession).
+                await session.execute(
+                    insert(message_deletions).values(
+                        tenant_id=scope.tenant,
+                        session_id=session_id,
+                        number=number,
+                        message_id=message_id,
+                        seq=seq,
+                        delete_time=now,
+                    )
+                )
         except NotFound:
             if not allow_missing:
                 raise

@@ -152,6 +152,8 @@ class SessionRow(Base):
     # Highest seq ever assigned; the next append takes last_seq + 1. Never decreases.
     last_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     last_message_time: Mapped[datetime | None]
+    # How many messages were ever deleted from it: the number of its newest message_deletions row.
+    deletions: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -210,6 +212,26 @@ class MessageRow(Base):
             "user_id",
             postgresql_where=text("user_id IS NOT NULL"),
             sqlite_where=text("user_id IS NOT NULL"),
+        ),
+    )
+
+
+class MessageDeletionRow(Base):
+    """A message deleted from a session, numbered 1, 2, 3, ... per session, so that a watcher
+    that was away learns of every delete it missed (WatchSession's after_deletion)."""
+
+    __tablename__ = "message_deletions"
+
+    tenant_id: Mapped[str] = _tenant()
+    session_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    message_id: Mapped[str] = mapped_column(Id)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    delete_time: Mapped[datetime]
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "session_id"], ["sessions.tenant_id", "sessions.id"], ondelete="CASCADE"
         ),
     )
 

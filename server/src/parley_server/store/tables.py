@@ -14,6 +14,7 @@ from parley_server.errors import NotFound
 from parley_server.store.schema import (
     ApiKeyRow,
     ContextRow,
+    MessageDeletionRow,
     MessageRow,
     RatingRow,
     SecretRow,
@@ -30,6 +31,7 @@ ratings = cast(Table, RatingRow.__table__)
 secrets = cast(Table, SecretRow.__table__)
 tenants = cast(Table, TenantRow.__table__)
 api_keys = cast(Table, ApiKeyRow.__table__)
+message_deletions = cast(Table, MessageDeletionRow.__table__)
 
 
 def visible(table: Table, scope: Scope) -> list[ColumnElement[bool]]:

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from parley_client._gen.parley.v1 import context_pb2 as _context_pb2
 from parley_client._gen.parley.v1 import message_pb2 as _message_pb2
@@ -616,6 +617,193 @@ class StreamMessagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamMessagesResponse: _TypeAlias = StreamMessagesResponse  # noqa: Y015
+
+@_typing.final
+class WatchSessionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    AFTER_SEQ_FIELD_NUMBER: _builtins.int
+    AFTER_DELETION_FIELD_NUMBER: _builtins.int
+    CHAPTER_FIELD_NUMBER: _builtins.int
+    THREAD_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    after_seq: _builtins.int
+    """Deliver messages with seq greater than this: 0 replays the whole history first; a resumed
+    watch passes the last_seq of the last event it received.
+    """
+    after_deletion: _builtins.int
+    """A resumed watch passes the last_deletion of the last event it received, to learn of the
+    deletes it missed: those numbered after it, of messages up to after_seq. (With after_seq 0
+    there are none: the watch reports deletes from when it starts.)
+    """
+    chapter: _builtins.str
+    """Filters as in ListMessages; an empty value does not filter. Deletes, session events and
+    heartbeats are not filtered.
+    """
+    thread_id: _builtins.str
+    role: _message_pb2.Role.ValueType
+    invocation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        after_seq: _builtins.int = ...,
+        after_deletion: _builtins.int = ...,
+        chapter: _builtins.str = ...,
+        thread_id: _builtins.str = ...,
+        role: _message_pb2.Role.ValueType = ...,
+        invocation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_deletion", b"after_deletion", "after_seq", b"after_seq", "chapter", b"chapter", "invocation_id", b"invocation_id", "role", b"role", "session_id", b"session_id", "thread_id", b"thread_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchSessionRequest: _TypeAlias = WatchSessionRequest  # noqa: Y015
+
+@_typing.final
+class WatchSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAST_SEQ_FIELD_NUMBER: _builtins.int
+    LAST_DELETION_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    DELETED_MESSAGE_FIELD_NUMBER: _builtins.int
+    DELETED_SESSION_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
+    last_seq: _builtins.int
+    """The highest seq the watcher has been brought up to (messages the filters skip included):
+    resume with after_seq = last_seq.
+    """
+    last_deletion: _builtins.int
+    """The number of the newest deletion reported: resume with after_deletion = last_deletion."""
+    @_builtins.property
+    def session(self) -> _session_pb2.Session:
+        """The session: first when the watch starts, then whenever it is updated or closed."""
+
+    @_builtins.property
+    def messages(self) -> Global___WatchedMessages:
+        """Messages appended (or stored, on replay), in seq order."""
+
+    @_builtins.property
+    def deleted_message(self) -> Global___DeletedMessage:
+        """A message deleted. Its seq may be one this watch never delivered (deleted before it could
+        be, or skipped by the filters).
+        """
+
+    @_builtins.property
+    def deleted_session(self) -> Global___DeletedSession:
+        """The session was deleted; the stream then ends with OK."""
+
+    @_builtins.property
+    def heartbeat(self) -> Global___Heartbeat:
+        """Nothing happened for heartbeat seconds: the stream is alive."""
+
+    def __init__(
+        self,
+        *,
+        last_seq: _builtins.int = ...,
+        last_deletion: _builtins.int = ...,
+        session: _session_pb2.Session | None = ...,
+        messages: Global___WatchedMessages | None = ...,
+        deleted_message: Global___DeletedMessage | None = ...,
+        deleted_session: Global___DeletedSession | None = ...,
+        heartbeat: Global___Heartbeat | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deleted_message", b"deleted_message", "deleted_session", b"deleted_session", "event", b"event", "heartbeat", b"heartbeat", "messages", b"messages", "session", b"session"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted_message", b"deleted_message", "deleted_session", b"deleted_session", "event", b"event", "heartbeat", b"heartbeat", "last_deletion", b"last_deletion", "last_seq", b"last_seq", "messages", b"messages", "session", b"session"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["session", "messages", "deleted_message", "deleted_session", "heartbeat"]  # noqa: Y015
+    _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
+
+Global___WatchSessionResponse: _TypeAlias = WatchSessionResponse  # noqa: Y015
+
+@_typing.final
+class WatchedMessages(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]: ...
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[_message_pb2.Message] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchedMessages: _TypeAlias = WatchedMessages  # noqa: Y015
+
+@_typing.final
+class DeletedMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    SEQ_FIELD_NUMBER: _builtins.int
+    DELETE_TIME_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    seq: _builtins.int
+    @_builtins.property
+    def delete_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        seq: _builtins.int = ...,
+        delete_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delete_time", b"delete_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete_time", b"delete_time", "message_id", b"message_id", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletedMessage: _TypeAlias = DeletedMessage  # noqa: Y015
+
+@_typing.final
+class DeletedSession(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeletedSession: _TypeAlias = DeletedSession  # noqa: Y015
+
+@_typing.final
+class Heartbeat(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 
 @_typing.final
 class GetContextWindowRequest(_message.Message):

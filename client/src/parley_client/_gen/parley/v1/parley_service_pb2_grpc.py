@@ -142,6 +142,11 @@ class ParleyServiceStub:
                 request_serializer=parley_dot_v1_dot_parley__service__pb2.StreamMessagesRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_parley__service__pb2.StreamMessagesResponse.FromString,
                 _registered_method=True)
+        self.WatchSession = channel.unary_stream(
+                '/parley.v1.ParleyService/WatchSession',
+                request_serializer=parley_dot_v1_dot_parley__service__pb2.WatchSessionRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_parley__service__pb2.WatchSessionResponse.FromString,
+                _registered_method=True)
         self.GetContextWindow = channel.unary_unary(
                 '/parley.v1.ParleyService/GetContextWindow',
                 request_serializer=parley_dot_v1_dot_parley__service__pb2.GetContextWindowRequest.SerializeToString,
@@ -337,6 +342,20 @@ class ParleyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSession(self, request, context):
+        """Follows a session as it grows, from any server process: first the session itself, then the
+        stored messages after after_seq, then every message appended later, in seq order, each once,
+        until the client cancels. It also reports deleted messages, session updates and closes, and
+        the session's deletion (the last event). Every event carries the watcher's position
+        (last_seq, last_deletion): a watch resumed with those after any disconnect loses nothing and
+        repeats nothing. Quiet sessions get a heartbeat every few seconds (15 by default). A watch
+        ends with UNAVAILABLE when the server shuts down and after its maximum lifetime (one hour by
+        default; ErrorInfo reason WATCH_LIFETIME_ENDED): resume it, on this server or another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetContextWindow(self, request, context):
         """What an agent needs to build its next prompt, read at one moment: the session, its contexts
         (oldest first) and its newest messages (in seq order).
@@ -498,6 +517,11 @@ def add_ParleyServiceServicer_to_server(servicer, server):
                     servicer.StreamMessages,
                     request_deserializer=parley_dot_v1_dot_parley__service__pb2.StreamMessagesRequest.FromString,
                     response_serializer=parley_dot_v1_dot_parley__service__pb2.StreamMessagesResponse.SerializeToString,
+            ),
+            'WatchSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSession,
+                    request_deserializer=parley_dot_v1_dot_parley__service__pb2.WatchSessionRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_parley__service__pb2.WatchSessionResponse.SerializeToString,
             ),
             'GetContextWindow': grpc.unary_unary_rpc_method_handler(
                     servicer.GetContextWindow,
@@ -1048,6 +1072,33 @@ class ParleyService:
             '/parley.v1.ParleyService/StreamMessages',
             parley_dot_v1_dot_parley__service__pb2.StreamMessagesRequest.SerializeToString,
             parley_dot_v1_dot_parley__service__pb2.StreamMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/parley.v1.ParleyService/WatchSession',
+            parley_dot_v1_dot_parley__service__pb2.WatchSessionRequest.SerializeToString,
+            parley_dot_v1_dot_parley__service__pb2.WatchSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

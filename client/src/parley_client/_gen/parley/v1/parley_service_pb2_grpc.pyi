@@ -93,6 +93,16 @@ class ParleyServiceStub:
     response byte budget. Each batch is read when it is sent, so messages appended meanwhile may
     arrive at the end. A server shutting down ends it with UNAVAILABLE: resume with after_seq.
     """
+    WatchSession: _grpc.UnaryStreamMultiCallable[_parley_service_pb2.WatchSessionRequest, _parley_service_pb2.WatchSessionResponse]
+    """Follows a session as it grows, from any server process: first the session itself, then the
+    stored messages after after_seq, then every message appended later, in seq order, each once,
+    until the client cancels. It also reports deleted messages, session updates and closes, and
+    the session's deletion (the last event). Every event carries the watcher's position
+    (last_seq, last_deletion): a watch resumed with those after any disconnect loses nothing and
+    repeats nothing. Quiet sessions get a heartbeat every few seconds (15 by default). A watch
+    ends with UNAVAILABLE when the server shuts down and after its maximum lifetime (one hour by
+    default; ErrorInfo reason WATCH_LIFETIME_ENDED): resume it, on this server or another.
+    """
     GetContextWindow: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.GetContextWindowRequest, _parley_service_pb2.GetContextWindowResponse]
     """What an agent needs to build its next prompt, read at one moment: the session, its contexts
     (oldest first) and its newest messages (in seq order).
@@ -173,6 +183,16 @@ class ParleyServiceAsyncStub(ParleyServiceStub):
     """The session's history in seq order as a server stream, in batches of up to 500 messages and the
     response byte budget. Each batch is read when it is sent, so messages appended meanwhile may
     arrive at the end. A server shutting down ends it with UNAVAILABLE: resume with after_seq.
+    """
+    WatchSession: _aio.UnaryStreamMultiCallable[_parley_service_pb2.WatchSessionRequest, _parley_service_pb2.WatchSessionResponse]  # type: ignore[assignment]
+    """Follows a session as it grows, from any server process: first the session itself, then the
+    stored messages after after_seq, then every message appended later, in seq order, each once,
+    until the client cancels. It also reports deleted messages, session updates and closes, and
+    the session's deletion (the last event). Every event carries the watcher's position
+    (last_seq, last_deletion): a watch resumed with those after any disconnect loses nothing and
+    repeats nothing. Quiet sessions get a heartbeat every few seconds (15 by default). A watch
+    ends with UNAVAILABLE when the server shuts down and after its maximum lifetime (one hour by
+    default; ErrorInfo reason WATCH_LIFETIME_ENDED): resume it, on this server or another.
     """
     GetContextWindow: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.GetContextWindowRequest, _parley_service_pb2.GetContextWindowResponse]  # type: ignore[assignment]
     """What an agent needs to build its next prompt, read at one moment: the session, its contexts
@@ -359,6 +379,22 @@ class ParleyServiceServicer(metaclass=_abc_1.ABCMeta):
         """The session's history in seq order as a server stream, in batches of up to 500 messages and the
         response byte budget. Each batch is read when it is sent, so messages appended meanwhile may
         arrive at the end. A server shutting down ends it with UNAVAILABLE: resume with after_seq.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchSession(
+        self,
+        request: _parley_service_pb2.WatchSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_parley_service_pb2.WatchSessionResponse], _abc.AsyncIterator[_parley_service_pb2.WatchSessionResponse]]:
+        """Follows a session as it grows, from any server process: first the session itself, then the
+        stored messages after after_seq, then every message appended later, in seq order, each once,
+        until the client cancels. It also reports deleted messages, session updates and closes, and
+        the session's deletion (the last event). Every event carries the watcher's position
+        (last_seq, last_deletion): a watch resumed with those after any disconnect loses nothing and
+        repeats nothing. Quiet sessions get a heartbeat every few seconds (15 by default). A watch
+        ends with UNAVAILABLE when the server shuts down and after its maximum lifetime (one hour by
+        default; ErrorInfo reason WATCH_LIFETIME_ENDED): resume it, on this server or another.
         """
 
     @_abc_1.abstractmethod
