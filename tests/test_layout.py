@@ -74,6 +74,33 @@ def test_importing_the_client_loads_no_server_dependency() -> None:
     assert output.strip() == "[]"
 
 
+_COMMAND_IMPORTS = """
+import contextlib, io, sys
+import parley_server.cli as cli
+for argv in (["--help"], ["tail", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        cli.main(argv)
+heavy = {"sqlalchemy", "asyncpg", "aiosqlite", "alembic", "pydantic", "pydantic_settings"}
+print(sorted(m for m in sys.modules if m.split(".")[0] in heavy or m.startswith("parley_server.")))
+"""
+
+
+def test_client_commands_load_no_server_dependency() -> None:
+    """`parley --help` and `parley tail` start in well under a second: they import the client
+    only (with the server, SQLAlchemy and Alembic they took 2.5-3 s)."""
+    output = subprocess.run(
+        [sys.executable, "-c", _COMMAND_IMPORTS], capture_output=True, text=True, check=True
+    ).stdout
+    assert output.strip() == "['parley_server.cli']"
+
+
+def test_the_command_line_names_the_identity_values() -> None:
+    from parley_server import cli, identity
+
+    assert cli.DEFAULT_TENANT == identity.DEFAULT_TENANT
+    assert tuple(role.value for role in identity.Role) == cli.ROLES
+
+
 def _recipe(target: str) -> str:
     finished = subprocess.run(
         ["make", "-n", "--no-print-directory", target],

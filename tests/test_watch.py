@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+import signal
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -12,13 +16,14 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
-from parley_client import NotFoundError, ParleyClient, new_message
+from parley_client import NotFoundError, ParleyClient, ToolCall, new_message
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
 from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
 from parley_server import app
 from parley_server.config import Settings
 from parley_server.store import Store
 from tests.factories import a_session
+from tests.serving import PARLEY
 
 
 async def _collect(
@@ -262,3 +267,45 @@ def _asyncpg_dsn(url: str, *, database: str | None = None) -> str:
     if database is not None:
         parsed = parsed.set(database=database)
     return parsed.render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["lines", "json"])
+async def test_parley_tail_prints_the_history_then_follows_it(
+    client: ParleyClient, target: str, as_json: bool
+) -> None:
+    _, session = await a_session(client, title="support")
+    await client.append_message(session.id, role="user", content="what is the weather in Paris?")
+    await client.append_message(
+        session.id,
+        role="assistant",
+        tool_calls=[ToolCall(id="call-1", name="get_weather", arguments='{"city": "Paris"}')],
+    )
+    process = await asyncio.create_subprocess_exec(
+        PARLEY, "tail", session.id, "--target", target, *(["--json"] if as_json else []),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        # JSON: one line per event (the stored two messages are one); else one per message.
+        lines = [await _line(process.stdout) for _ in range(2 if as_json else 3)]
+        await client.append_message(session.id, role="tool", tool_call_id="call-1", content="18C")
+        lines.append(await _line(process.stdout))
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C
+        _, errors = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 130
+    assert b"Traceback" not in errors, errors.decode()
+    if as_json:
+        events = [json.loads(line) for line in lines]
+        assert events[0]["session"]["title"] == "support"
+        assert [m["seq"] for m in events[1]["messages"]["messages"]] == ["1", "2"]
+        assert events[2]["messages"]["messages"][0]["tool_call_id"] == "call-1"
+        return
+    assert lines[0].startswith(f"-- session {session.id} 'support', open")
+    assert re.fullmatch(r"#1 \S+ \S+ user +what is the weather in Paris\?", lines[1]), lines[1]
+    assert lines[2].endswith('assistant calls get_weather({"city": "Paris"}) [call-1]'), lines[2]
+    assert lines[3].endswith("tool      result of [call-1]: 18C"), lines[3]
+
+
+async def _line(stream: asyncio.StreamReader) -> str:
+    return (await asyncio.wait_for(stream.readline(), 20)).decode().rstrip("\n")

@@ -1,24 +1,30 @@
-"""The `parley` command: serve, migrate, keys."""
+"""The `parley` command: serve, migrate, keys (on the database) and tail (a client).
+
+Each command imports what it needs when it runs: `parley --help` and `parley tail` never load
+the server, SQLAlchemy or Alembic.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from parley_server.app import open_database, open_engine, serve
-from parley_server.config import Settings
-from parley_server.identity import DEFAULT_TENANT, Role
-from parley_server.services.access import audit
-from parley_server.store import migrate as migrations
-from parley_server.store.keys import KeyStore
+if TYPE_CHECKING:
+    from parley_server.config import Settings
+
+DEFAULT_TENANT = "default"  # parley_server.identity's, which a test keeps equal
+ROLES = ("admin", "service", "user")  # parley_server.identity.Role's values, likewise
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    from parley_server.config import Settings
+
     overrides: dict[str, Any] = {
         key: value
         for key, value in (
@@ -38,6 +44,11 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> None:
     """Key management straight on the database (the first key cannot come over RPC)."""
+    from parley_server.app import open_database
+    from parley_server.identity import Role
+    from parley_server.services.access import audit
+    from parley_server.store.keys import KeyStore
+
     database = await open_database(settings)
     try:
         keys = KeyStore(database)
@@ -78,6 +89,9 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _migrate(settings: Settings, revision: str) -> None:
+    from parley_server.app import open_engine
+    from parley_server.store import migrate as migrations
+
     engine = open_engine(settings)
     try:
         await migrations.upgrade(engine, revision)
@@ -121,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     keys_commands = keys_parser.add_subparsers(dest="keys_command", required=True)
     create_parser = keys_commands.add_parser("create", help="make a key and print it, once")
     create_parser.add_argument("--tenant", default=DEFAULT_TENANT, help="its tenant (default)")
-    create_parser.add_argument("--role", choices=[r.value for r in Role], required=True)
+    create_parser.add_argument("--role", choices=ROLES, required=True)
     create_parser.add_argument("--user-id", help="the user a user key is bound to")
     create_parser.add_argument("--name", default="", help="a label, e.g. what uses the key")
     list_parser = keys_commands.add_parser("list", help="every key (never the key itself)")
@@ -130,7 +144,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     revoke_parser.add_argument("key_id")
     migrate_parser = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate_parser.add_argument("--revision", default="head", help="target revision (head)")
+    tail_parser = commands.add_parser(
+        "tail", help="print a session's history, then follow it (Ctrl-C stops)"
+    )
+    tail_parser.add_argument("session_id")
+    tail_parser.add_argument(
+        "--target",
+        default=os.environ.get("PARLEY_TARGET", "127.0.0.1:50051"),
+        help="the server, host:port (PARLEY_TARGET; default 127.0.0.1:50051)",
+    )
+    tail_parser.add_argument(
+        "--after-seq", type=int, default=0, help="start after this seq (0: the whole history)"
+    )
+    tail_parser.add_argument("--json", action="store_true", help="one JSON event per line")
+    tail_parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    tail_parser.add_argument("--ca", type=Path, help="PEM CA to trust (implies --tls)")
     args = parser.parse_args(argv)
+    if args.command == "tail":
+        return _tail(args)
 
     settings = _settings(args)
     logging.basicConfig(
@@ -140,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "serve":
+            from parley_server.app import serve
+
             with asyncio.Runner(loop_factory=_loop_factory(settings)) as runner:
                 runner.run(serve(settings))
         elif args.command == "keys":
@@ -149,6 +182,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"database schema at {args.revision}", file=sys.stderr)
     except OSError as error:
         print(f"parley: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    import grpc
+
+    from parley_client import ParleyError
+    from parley_client._tail import tail
+
+    credentials = None
+    if args.tls or args.ca:
+        credentials = grpc.ssl_channel_credentials(args.ca.read_bytes() if args.ca else None)
+    try:
+        asyncio.run(
+            tail(
+                args.target,
+                args.session_id,
+                after_seq=args.after_seq,
+                as_json=args.json,
+                credentials=credentials,
+                # From the environment only: an argument would show in the process list.
+                api_key=os.environ.get("PARLEY_API_KEY", ""),
+            )
+        )
+    except KeyboardInterrupt:
+        return 130
+    except ParleyError as error:
+        print(f"parley tail: {error}", file=sys.stderr)
         return 1
     return 0
 
