@@ -13,13 +13,17 @@ absolute:
 
 A parley figure's "fraction of ceiling" is its operations per second divided by the smaller
 ceiling at the same concurrency. Growth: append and list-last-50 latency at session sizes of 1k,
-10k and 100k messages. Results go to bench/results/*.json and bench/results/chart.png.
+10k and 100k messages. Live history: commit-to-delivery latency of WatchSession with 1, 10 and 100
+watchers on a session that a writer appends to, and what 1,000 idle watchers cost the server (its
+memory, its database connections, and appends beside them, against appends without them in the
+same run). Results go to bench/results/*.json and bench/results/chart.png.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -472,6 +476,220 @@ class BackendResult:
     cells: list[Cell] = field(default_factory=list)
     ceilings: list[Cell] = field(default_factory=list)
     growth: list[GrowthPoint] = field(default_factory=list)
+    delivery: list[DeliveryPoint] = field(default_factory=list)
+    idle_watchers: IdleWatchers | None = None
+
+
+# --- live history -----------------------------------------------------------------------------
+
+
+@dataclass
+class DeliveryPoint:
+    """Commit-to-delivery latency: from a message's create_time (taken in the statement that
+    commits it) to its arrival at each watcher, while one writer appends every 20 ms."""
+
+    watchers: int
+    deliveries: int
+    p50_ms: float
+    p99_ms: float
+    missing: int  # deliveries that did not arrive (should be 0)
+
+
+async def delivery_latency(
+    address: str, session_id: str, writer: ParleyClient, watchers: int, seconds: float
+) -> DeliveryPoint:
+    channels = [ParleyClient(address) for _ in range(min(watchers, 10))]
+    latencies: list[float] = []
+    ready = 0
+    all_ready = asyncio.Event()
+    appended = asyncio.Event()
+    complete = asyncio.Event()
+    expected: list[int] = []
+
+    async def watch(index: int) -> None:
+        nonlocal ready
+        stream = channels[index % len(channels)].watch_session(session_id, after_seq=1)
+        async for event in stream:
+            now = time.time()
+            if event.WhichOneof("event") == "session":
+                ready += 1
+                if ready == watchers:
+                    all_ready.set()
+            for message in event.messages.messages:
+                stamp = message.create_time
+                latencies.append(now - (stamp.seconds + stamp.nanos / 1e9))
+            if appended.is_set() and len(latencies) >= len(expected) * watchers:
+                complete.set()
+
+    tasks = [asyncio.create_task(watch(i)) for i in range(watchers)]
+    await asyncio.wait_for(all_ready.wait(), 60)
+    stop_at = time.perf_counter() + seconds
+    while time.perf_counter() < stop_at:
+        message = await writer.append_message(session_id, role="user", content=CONTENT)
+        expected.append(message.seq)
+        await asyncio.sleep(0.02)
+    appended.set()
+    if len(latencies) >= len(expected) * watchers:
+        complete.set()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(complete.wait(), 30)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    latencies.sort()
+    return DeliveryPoint(
+        watchers=watchers,
+        deliveries=len(latencies),
+        p50_ms=_percentile(latencies, 0.50) * 1000,
+        p99_ms=_percentile(latencies, 0.99) * 1000,
+        missing=len(expected) * watchers - len(latencies),
+    )
+
+
+@dataclass
+class IdleWatchers:
+    """1,000 watchers, each on a quiet session of its own: what they cost the server. "before"
+    is with a tenth of them open, "after" with all of them."""
+
+    watchers: int
+    rss_before_mb: float
+    rss_after_mb: float
+    kib_per_watcher: float
+    db_connections_before: int | None  # PostgreSQL: parley's connections to its database
+    db_connections_after: int | None
+    append_before: Cell  # without watchers, before they open
+    append_with: Cell
+    append_after: Cell  # without watchers, after they closed
+    append_ratio: float  # with / the mean of before and after, ops per second
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _db_connections(database_url: str) -> int | None:
+    if not database_url.startswith("postgresql"):
+        return None
+    url = make_url(database_url)
+    connection = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            url.database,
+        )
+        return count
+    finally:
+        await connection.close()
+
+
+async def idle_watchers(
+    backend: str,
+    server: Server,
+    database_url: str,
+    client: ParleyClient,
+    append: Operation,
+    count: int,
+    args: argparse.Namespace,
+) -> IdleWatchers:
+    clients = min(16, max(args.clients))
+    user = await client.create_user(display_name="watched")
+    sessions = [(await client.create_session(user_id=user.id)).id for _ in range(count)]
+    # The sessions are made first: the churn of making them slows the database for a while, and
+    # would be charged to the watchers. Appends without watchers run before and after them.
+    await asyncio.sleep(2)
+    before = await closed_loop(
+        backend, "append (no watchers, before)", append, clients, args.seconds, args.warmup
+    )
+    channels = [ParleyClient(server.address) for _ in range(10)]
+    opened = 0
+    tasks: list[asyncio.Task[None]] = []
+
+    async def watch(index: int) -> None:
+        nonlocal opened
+        async for _ in channels[index % len(channels)].watch_session(sessions[index]):
+            opened += 1
+
+    async def open_watchers(total: int) -> tuple[float, int | None]:
+        """Watchers up to `total`, each past its first event; then the server's RSS and
+        database connections."""
+        tasks.extend(asyncio.create_task(watch(i)) for i in range(len(tasks), total))
+        async with asyncio.timeout(120):
+            while opened < total:  # noqa: ASYNC110  # counts the watch tasks' first events
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(1)
+        return _rss_mb(server.pid), await _db_connections(database_url)
+
+    # A tenth first, so that the pool has opened what it opens under this load: memory and
+    # connections are then measured from there to all of them.
+    rss_before, connections_before = await open_watchers(count // 10)
+    rss_after, connections_after = await open_watchers(count)
+    with_watchers = await closed_loop(
+        backend, f"append ({count} idle watchers)", append, clients, args.seconds, args.warmup
+    )
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    after = await closed_loop(
+        backend, "append (no watchers, after)", append, clients, args.seconds, args.warmup
+    )
+    without_ops = (before.ops_per_second + after.ops_per_second) / 2
+    return IdleWatchers(
+        watchers=count,
+        rss_before_mb=round(rss_before, 1),
+        rss_after_mb=round(rss_after, 1),
+        kib_per_watcher=round((rss_after - rss_before) * 1024 / (count - count // 10), 1),
+        db_connections_before=connections_before,
+        db_connections_after=connections_after,
+        append_before=before,
+        append_with=with_watchers,
+        append_after=after,
+        append_ratio=round(with_watchers.ops_per_second / without_ops, 3),
+    )
+
+
+async def bench_watch(
+    backend: str,
+    server: Server,
+    database_url: str,
+    client: ParleyClient,
+    append: Operation,
+    result: BackendResult,
+    args: argparse.Namespace,
+) -> None:
+    user = await client.create_user(display_name="watch")
+    for watchers in args.watchers:
+        session = await client.create_session(user_id=user.id)
+        await client.append_message(session.id, role="user", content=CONTENT)
+        point = await delivery_latency(
+            server.address, session.id, client, watchers, args.watch_seconds
+        )
+        result.delivery.append(point)
+        console.print(
+            f"  {backend:<8} watch delivery {watchers:>3} watchers: p50 {point.p50_ms:6.2f}"
+            f" p99 {point.p99_ms:6.2f} ms over {point.deliveries} deliveries"
+            f" ({point.missing} missing)"
+        )
+    if args.idle_watchers:
+        idle = await idle_watchers(
+            backend, server, database_url, client, append, args.idle_watchers, args
+        )
+        result.idle_watchers = idle
+        console.print(
+            f"  {backend:<8} {idle.watchers // 10} -> {idle.watchers} idle watchers: server RSS"
+            f" {idle.rss_before_mb} ->"
+            f" {idle.rss_after_mb} MB ({idle.kib_per_watcher} KiB each); database connections"
+            f" {idle.db_connections_before} -> {idle.db_connections_after}; appends at"
+            f" {idle.append_with.clients} clients {idle.append_with.ops_per_second:.0f} ops/s with"
+            f" them, {idle.append_before.ops_per_second:.0f} before and"
+            f" {idle.append_after.ops_per_second:.0f} after ({idle.append_ratio:.0%})"
+        )
 
 
 async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult:
@@ -515,6 +733,8 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
                 )
         if args.growth:
             result.growth = await growth(backend, clients[0], args.growth, args.growth_seconds)
+        if args.watchers or args.idle_watchers:
+            await bench_watch(backend, server, url, clients[0], operations["append"], result, args)
         for client in channels:
             await client.close()
     return result
@@ -603,9 +823,43 @@ class Check:
     passed: bool
 
 
+def watch_checks(result: BackendResult) -> list[Check]:
+    found = [
+        Check(
+            f"{result.backend}: every watcher got every message ({point.watchers} watchers)",
+            f"{point.deliveries} delivered, {point.missing} missing;"
+            f" commit to delivery p50 {point.p50_ms:.1f} ms, p99 {point.p99_ms:.1f} ms",
+            point.missing == 0,
+        )
+        for point in result.delivery
+    ]
+    idle = result.idle_watchers
+    if idle is not None:
+        found.append(
+            Check(
+                f"{result.backend}: {idle.watchers // 10} -> {idle.watchers} idle watchers hold no"
+                " more database connections",
+                f"{idle.db_connections_before} -> {idle.db_connections_after} connections;"
+                f" server RSS +{idle.rss_after_mb - idle.rss_before_mb:.1f} MB"
+                f" ({idle.kib_per_watcher} KiB per watcher)",
+                idle.db_connections_before == idle.db_connections_after,
+            )
+        )
+        found.append(
+            Check(
+                f"{result.backend}: appends beside {idle.watchers} idle watchers no slower"
+                " (>= 90% of without, same run)",
+                f"{idle.append_ratio:.0%}",
+                idle.append_ratio >= 0.90,
+            )
+        )
+    return found
+
+
 def checks(results: list[BackendResult]) -> list[Check]:
     found: list[Check] = []
     for result in results:
+        found += watch_checks(result)
         if result.backend != "postgres":
             continue
 
@@ -748,6 +1002,18 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--growth-seconds", type=float, default=4.0, help="per size and workload, over 8 rounds"
+    )
+    parser.add_argument(
+        "--watchers",
+        type=lambda s: [int(n) for n in s.split(",")] if s else [],
+        default=[1, 10, 100],
+        help="watchers of one session for the delivery latency; empty to skip",
+    )
+    parser.add_argument(
+        "--watch-seconds", type=float, default=4.0, help="appending time per watcher count"
+    )
+    parser.add_argument(
+        "--idle-watchers", type=int, default=1000, help="idle watchers to open; 0 to skip"
     )
     parser.add_argument("--server-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     parser.add_argument("--client-loop", choices=["uvloop", "asyncio"], default="uvloop")

@@ -15,6 +15,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         sys.executable, str(ROOT / "bench" / "run.py"), "--backends", "sqlite",
         "--clients", "1,2", "--seconds", "0.3", "--warmup", "0.1",
         "--growth", "100,200", "--growth-seconds", "0.4", "--results", str(tmp_path),
+        "--watchers", "1,3", "--watch-seconds", "0.3", "--idle-watchers", "20",
     ]  # fmt: skip
     finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stdout + finished.stderr
@@ -31,5 +32,8 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert all(cell["fraction_of_ceiling"] > 0 for cell in results["cells"])
     assert [point["session_size"] for point in results["growth"]] == [100, 200]
     assert results["growth"][0]["append_ratio"] == 1.0  # each size against the first
+    assert [(p["watchers"], p["missing"]) for p in results["delivery"]] == [(1, 0), (3, 0)]
+    assert results["idle_watchers"]["watchers"] == 20
+    assert results["idle_watchers"]["append_ratio"] > 0
     assert (tmp_path / "chart.png").stat().st_size > 10_000
     assert "fraction of ceiling" in finished.stdout
