@@ -21,6 +21,8 @@ from parley_client._gen.parley.v1 import parley_service_pb2 as pb
 from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
 from parley_server import app
 from parley_server.config import Settings
+from parley_server.domain import MessageFilter, Scope
+from parley_server.services.watch import SharedReads
 from parley_server.store import Store
 from tests.factories import a_session
 from tests.serving import PARLEY
@@ -73,6 +75,34 @@ async def test_a_watcher_gets_every_append_once_in_order_within_a_second(
     lags = [arrival - m.create_time.ToDatetime().timestamp() for arrival, m in delivered]
     assert max(lags) < 1.0, sorted(lags)[-5:]
     assert received[0][1].WhichOneof("event") == "session"
+
+
+async def test_many_watchers_of_one_session_each_get_every_append_once(
+    client: ParleyClient,
+) -> None:
+    """Watchers woken by one change share one read (SharedReads): none may lose or repeat a
+    message for it, whenever it joined."""
+    _, session = await a_session(client)
+    received: list[list[tuple[float, pb.WatchSessionResponse]]] = [[] for _ in range(8)]
+    watchers = [
+        asyncio.create_task(
+            _collect(
+                client.watch_session(session.id),
+                lambda events: len(_messages(events)) >= 400,
+                into,
+            )
+        )
+        for into in received
+    ]
+
+    async def writer(number: int) -> None:
+        for n in range(40):
+            await client.append_message(session.id, role="user", content=f"w{number} m{n}")
+
+    await asyncio.gather(*(writer(w) for w in range(10)))
+    await asyncio.wait_for(asyncio.gather(*watchers), 60)
+    for events in received:
+        assert [m.seq for _, m in _messages(events)] == list(range(1, 401))
 
 
 async def test_deletes_updates_closes_and_the_deletion_reach_the_watcher(
@@ -309,3 +339,30 @@ async def test_parley_tail_prints_the_history_then_follows_it(
 
 async def _line(stream: asyncio.StreamReader) -> str:
     return (await asyncio.wait_for(stream.readline(), 20)).decode().rstrip("\n")
+
+
+async def test_a_shared_read_is_joined_only_before_it_begins() -> None:
+    """A watcher that asks after a read has begun may have been woken by a change that read's
+    snapshot misses: it gets a read of its own. Watchers that ask before it begins share it."""
+    begun: list[int] = []
+    release = asyncio.Event()
+
+    async def read(*_: Any, **__: Any) -> Any:
+        number = len(begun) + 1
+        begun.append(number)
+        await release.wait()
+        return number  # stands for the HistoryStep of read `number`
+
+    reads = SharedReads(read)
+    key: dict[str, Any] = {"position": 5, "after_deletion": 0}
+    where = MessageFilter()
+    scope = Scope("t")
+    early = [asyncio.create_task(reads.read(scope, "s", where, **key)) for _ in range(3)]
+    await _until(lambda: len(begun) == 1)  # one read for the three
+    late = asyncio.create_task(reads.read(scope, "s", where, **key))
+    await _until(lambda: len(begun) == 2)  # the late one did not join the running read
+    release.set()
+    shared: list[Any] = await asyncio.gather(*early)
+    own: Any = await late
+    assert shared == [1, 1, 1]
+    assert own == 2

@@ -9,16 +9,16 @@ client slows its own watch and nothing else.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from parley_server.domain import MessageFilter, Session, WatchEvent
+from parley_server.domain import HistoryStep, MessageFilter, Scope, Session, WatchEvent
 from parley_server.errors import NotFound, Unavailable
 from parley_server.identity import Principal
 from parley_server.services.messages import STREAM_BATCH
 from parley_server.services.sessions import SessionService
 from parley_server.store import Store
-from parley_server.tasks import run_to_end
 
 # A deletion number none reaches: what a first read asks for when there is none to resume from.
 _NO_PAST_DELETIONS = 2**62
@@ -27,6 +27,67 @@ _NO_PAST_DELETIONS = 2**62
 def _shown(session: Session) -> tuple[Any, ...]:
     """What a session event reports a change of (appends and deletes change other fields)."""
     return (session.title, session.metadata, session.client_info, session.end_time)
+
+
+ReadKey = tuple[Scope, str, MessageFilter, int, int]
+StepReader = Callable[..., Awaitable[HistoryStep]]
+
+
+class SharedReads:
+    """Watchers of one session at one position, woken by one change, share one read.
+
+    A watcher clears its wake-up event before it asks to read, and must get a snapshot taken
+    after that. So it joins a read only while that read has not begun: a read starts in a task
+    that takes itself out of the table first, on a later turn of the event loop than the
+    watchers woken with the one that asked for it.
+    """
+
+    def __init__(self, read: StepReader) -> None:
+        self._read = read
+        self._waiting: dict[ReadKey, asyncio.Future[HistoryStep]] = {}
+        self._running: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
+
+    async def read(
+        self,
+        scope: Scope,
+        session_id: str,
+        where: MessageFilter,
+        *,
+        position: int,
+        after_deletion: int,
+    ) -> HistoryStep:
+        key = (scope, session_id, where, position, after_deletion)
+        result = self._waiting.get(key)
+        if result is None:
+            result = asyncio.get_running_loop().create_future()
+            result.add_done_callback(_retrieve)
+            self._waiting[key] = result
+            task = asyncio.create_task(self._run(key, result))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+        # Shielded: a watcher that leaves never cuts the read that others wait for.
+        return await asyncio.shield(result)
+
+    async def _run(self, key: ReadKey, result: asyncio.Future[HistoryStep]) -> None:
+        del self._waiting[key]  # from now on, later wake-ups need a read of their own
+        scope, session_id, where, position, after_deletion = key
+        try:
+            step = await self._read(
+                scope, session_id, where, position=position, after_deletion=after_deletion
+            )
+        except asyncio.CancelledError:
+            result.cancel()
+            raise
+        except Exception as error:
+            result.set_exception(error)
+        else:
+            result.set_result(step)
+
+
+def _retrieve(result: asyncio.Future[HistoryStep]) -> None:
+    """Mark a shared read's error as seen even when every watcher waiting for it has left."""
+    if not result.cancelled():
+        result.exception()
 
 
 class WatchService:
@@ -44,6 +105,11 @@ class WatchService:
         self._budget = response_budget_bytes
         self._heartbeat = heartbeat_seconds
         self._lifetime = max_lifetime_seconds
+        self._reads = SharedReads(
+            functools.partial(
+                store.messages.history_step, limit=STREAM_BATCH, max_bytes=response_budget_bytes
+            )
+        )
 
     async def watch(
         self,
@@ -74,16 +140,12 @@ class WatchService:
                         " after_deletion from its last event",
                         reason="SERVER_SHUTTING_DOWN",
                     )
-                step = await run_to_end(
-                    self._store.messages.history_step(
-                        caller.scope,
-                        session_id,
-                        where,
-                        position=position,
-                        after_deletion=deletion if deletions_known else _NO_PAST_DELETIONS,
-                        limit=STREAM_BATCH,
-                        max_bytes=self._budget,
-                    )
+                step = await self._reads.read(
+                    caller.scope,
+                    session_id,
+                    where,
+                    position=position,
+                    after_deletion=deletion if deletions_known else _NO_PAST_DELETIONS,
                 )
                 if step.session is None:
                     if shown is None:
