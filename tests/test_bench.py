@@ -35,5 +35,6 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert [(p["watchers"], p["missing"]) for p in results["delivery"]] == [(1, 0), (3, 0)]
     assert results["idle_watchers"]["watchers"] == 20
     assert results["idle_watchers"]["append_ratio"] > 0
+    assert len(results["idle_watchers"]["append_without"]) == 3
     assert (tmp_path / "chart.png").stat().st_size > 10_000
     assert "fraction of ceiling" in finished.stdout
