@@ -16,7 +16,7 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
-from parley_client import NotFoundError, ParleyClient, ToolCall, new_message
+from parley_client import InvalidArgumentError, NotFoundError, ParleyClient, ToolCall, new_message
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
 from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
 from parley_server import app
@@ -170,6 +170,15 @@ async def test_a_resumed_watch_learns_of_the_deletes_it_missed(client: ParleyCli
 async def test_a_watch_of_a_missing_session_is_not_found(client: ParleyClient) -> None:
     with pytest.raises(NotFoundError):
         async for _ in client.watch_session("123e4567-e89b-12d3-a456-426614174000"):
+            pass
+
+
+async def test_a_watch_from_past_the_last_seq_is_invalid(client: ParleyClient) -> None:
+    """It would silently skip the next appends until their seqs passed after_seq."""
+    _, session = await a_session(client)
+    await client.append_message(session.id, role="user", content="one")
+    with pytest.raises(InvalidArgumentError, match="past the session's last seq 1"):
+        async for _ in client.watch_session(session.id, after_seq=2):
             pass
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from parley_server.domain import HistoryStep, MessageFilter, Scope, Session, WatchEvent
-from parley_server.errors import NotFound, Unavailable
+from parley_server.errors import InvalidArgument, NotFound, Unavailable
 from parley_server.identity import Principal
 from parley_server.services.messages import STREAM_BATCH
 from parley_server.services.sessions import SessionService
@@ -154,6 +154,13 @@ class WatchService:
                         last_seq=position, last_deletion=deletion, deleted_session_id=session_id
                     )
                     return
+                if shown is None and after_seq > step.session.last_seq:
+                    # It would skip the next appends until their seqs passed it.
+                    raise InvalidArgument.field(
+                        "after_seq",
+                        f"is {after_seq}, past the session's last seq"
+                        f" {step.session.last_seq}; resume from a seq this session has had",
+                    )
                 sent = False
                 if _shown(step.session) != shown:
                     shown = _shown(step.session)

@@ -632,7 +632,8 @@ class WatchSessionRequest(_message.Message):
     session_id: _builtins.str
     after_seq: _builtins.int
     """Deliver messages with seq greater than this: 0 replays the whole history first; a resumed
-    watch passes the last_seq of the last event it received.
+    watch passes the last_seq of the last event it received. Past the session's last_seq it is
+    INVALID_ARGUMENT.
     """
     after_deletion: _builtins.int
     """A resumed watch passes the last_deletion of the last event it received, to learn of the
