@@ -476,9 +476,12 @@ class ParleyClient:
         citations: Sequence[Citation] = (),
         metadata: Mapping[str, Any] | None = None,
         user_id: str = "",
+        expected_last_seq: int | None = None,
         **options: Unpack[CallOptions],
     ) -> Message:
-        """Append one message; the server assigns its seq."""
+        """Append one message; the server assigns its seq. With expected_last_seq, only if the
+        session's last seq is that: otherwise AbortedError (reason LAST_SEQ_MISMATCH, the
+        current one in .metadata["lastSeq"]) and nothing is written."""
         message = new_message(
             role=role,
             content=content,
@@ -495,17 +498,27 @@ class ParleyClient:
             metadata=metadata,
             user_id=user_id,
         )
-        request = pb.AppendMessageRequest(session_id=session_id, message=message)
+        request = pb.AppendMessageRequest(
+            session_id=session_id, message=message, expected_last_seq=expected_last_seq
+        )
         return await self._call(
             lambda s: s.parley.AppendMessage, request, Safety.IDEMPOTENT, options
         )
 
     async def batch_append_messages(
-        self, session_id: str, messages: Sequence[Message], **options: Unpack[CallOptions]
+        self,
+        session_id: str,
+        messages: Sequence[Message],
+        *,
+        expected_last_seq: int | None = None,
+        **options: Unpack[CallOptions],
     ) -> list[Message]:
         """Append all of messages (build them with new_message) or none, in order; a message
-        without an id is given one, so that a retried batch cannot be stored twice."""
-        request = pb.BatchAppendMessagesRequest(session_id=session_id, messages=messages)
+        without an id is given one, so that a retried batch cannot be stored twice. With
+        expected_last_seq, as in append_message."""
+        request = pb.BatchAppendMessagesRequest(
+            session_id=session_id, messages=messages, expected_last_seq=expected_last_seq
+        )
         for message in request.messages:
             if not message.id:
                 message.id = new_id()

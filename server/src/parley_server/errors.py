@@ -93,6 +93,16 @@ class Aborted(ParleyError):
             "a concurrent change conflicted with this one; retry it", reason="CONCURRENT_CONFLICT"
         )
 
+    @classmethod
+    def last_seq_mismatch(cls, expected: int, current: int) -> Aborted:
+        """A conditional append found the session elsewhere than its caller expected."""
+        return cls(
+            f"the session's last seq is {current}, not the expected {expected}: nothing was"
+            " appended; read what was appended since and decide again",
+            reason="LAST_SEQ_MISMATCH",
+            metadata={"lastSeq": str(current), "expectedLastSeq": str(expected)},
+        )
+
 
 class Unavailable(ParleyError):
     """The database cannot be reached right now; retry with backoff."""

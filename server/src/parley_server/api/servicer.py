@@ -178,8 +178,12 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         session_id = v.uuid("session_id", request.session_id, required=True)
         new = convert.new_message(request.message, "message", session_id, v)
         v.items += message_violations(new, "message")
+        expected = _expected_last_seq(request, v)
         v.raise_if_any()
-        return convert.message_pb(await self._services.messages.append(caller(), session_id, new))
+        message = await self._services.messages.append(
+            caller(), session_id, new, expected_last_seq=expected
+        )
+        return convert.message_pb(message)
 
     async def BatchAppendMessages(
         self, request: pb.BatchAppendMessagesRequest, context: Context
@@ -191,8 +195,11 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
             for i, m in enumerate(request.messages)
         ]
         v.items += batch_violations(news)
+        expected = _expected_last_seq(request, v)
         v.raise_if_any()
-        messages = await self._services.messages.append_batch(caller(), session_id, news)
+        messages = await self._services.messages.append_batch(
+            caller(), session_id, news, expected_last_seq=expected
+        )
         response = pb.BatchAppendMessagesResponse()
         convert.add_messages(response.messages, messages)
         return response
@@ -416,6 +423,16 @@ def _message_filter(
         role=role,
         after_seq=request.after_seq,
     )
+
+
+def _expected_last_seq(
+    request: pb.AppendMessageRequest | pb.BatchAppendMessagesRequest, v: Violations
+) -> int | None:
+    if not request.HasField("expected_last_seq"):
+        return None
+    if request.expected_last_seq < 0:
+        v.add("expected_last_seq", "must not be negative (0: a session that never had a message)")
+    return request.expected_last_seq
 
 
 def _newest_first(order_by: str, v: Violations) -> bool:

@@ -71,29 +71,48 @@ class MessageService:
         self._sessions = sessions
         self._budget = response_budget_bytes
 
-    async def append(self, caller: Principal, session_id: str, new: NewMessage) -> Message:
+    async def append(
+        self,
+        caller: Principal,
+        session_id: str,
+        new: NewMessage,
+        *,
+        expected_last_seq: int | None = None,
+    ) -> Message:
+        """With expected_last_seq, only if the session's last seq is that (else Aborted)."""
         violations = message_violations(new, "message")
         if violations:
             raise InvalidArgument(violations)
-        (message,) = await self._append(caller, session_id, [new])
+        (message,) = await self._append(caller, session_id, [new], expected_last_seq)
         return message
 
     async def append_batch(
-        self, caller: Principal, session_id: str, news: Sequence[NewMessage]
+        self,
+        caller: Principal,
+        session_id: str,
+        news: Sequence[NewMessage],
+        *,
+        expected_last_seq: int | None = None,
     ) -> list[Message]:
         """All of news or none, with consecutive seqs."""
         violations = batch_violations(news)
         if violations:
             raise InvalidArgument(violations)
-        return await self._append(caller, session_id, news)
+        return await self._append(caller, session_id, news, expected_last_seq)
 
     async def _append(
-        self, caller: Principal, session_id: str, news: Sequence[NewMessage]
+        self,
+        caller: Principal,
+        session_id: str,
+        news: Sequence[NewMessage],
+        expected_last_seq: int | None,
     ) -> list[Message]:
         await self._sessions.require_visible(caller, session_id)
         for new in news:
             acting_for(caller, new.user_id)  # a user writes as itself (or as no one)
-        return await self._store.messages.append(caller.scope, session_id, news)
+        return await self._store.messages.append(
+            caller.scope, session_id, news, expected_last_seq=expected_last_seq
+        )
 
     async def get(self, caller: Principal, message_id: str) -> Message:
         require_data_access(caller)

@@ -205,10 +205,16 @@ class MessageStore:
         self._appender = appender_for(db, write_lanes=write_lanes)
 
     async def append(
-        self, scope: Scope, session_id: str, news: Sequence[NewMessage]
+        self,
+        scope: Scope,
+        session_id: str,
+        news: Sequence[NewMessage],
+        *,
+        expected_last_seq: int | None = None,
     ) -> list[Message]:
         """Append news in order with consecutive seqs, atomically; the batch must not be empty.
-        Its create_time is when the statement carrying it runs (see group_commit)."""
+        Its create_time is when the statement carrying it runs (see group_commit). With
+        expected_last_seq, only if the session's last seq is that (else Aborted)."""
         rows: list[dict[str, Any]] = [
             {
                 "tenant_id": scope.tenant,
@@ -233,7 +239,10 @@ class MessageStore:
         ]
         try:
             async with translated_errors():
-                seqs = await self._appender.append(session_id, rows)
+                if expected_last_seq is None:
+                    seqs = await self._appender.append(session_id, rows)
+                else:
+                    seqs = await self._append_if(scope, session_id, rows, expected_last_seq)
         except (IntegrityError, asyncpg.IntegrityConstraintViolationError) as error:
             if stored := await self._stored_repeat(scope, session_id, news, rows):
                 return stored
@@ -246,10 +255,52 @@ class MessageStore:
                 taken = await _first_taken(session, scope, [row["id"] for row in rows])
                 if taken is not None:
                     raise AlreadyExists.resource("message", taken)
+                if expected_last_seq is not None:
+                    current = await session.scalar(
+                        select(sessions.c.last_seq).where(
+                            *visible(sessions, scope),
+                            sessions.c.id == session_id,
+                            sessions.c.end_time.is_(None),
+                        )
+                    )
+                    if current is not None:
+                        raise Aborted.last_seq_mismatch(expected_last_seq, current)
                 raise await _closed_or_missing(session, scope, session_id)
         for row, seq in zip(rows, seqs, strict=True):
             row["seq"] = seq
         return [to_message(row) for row in rows]
+
+    async def _append_if(
+        self, scope: Scope, session_id: str, rows: list[dict[str, Any]], expected_last_seq: int
+    ) -> list[int] | None:
+        """The rows' seqs, appended in a transaction of their own if the session is open and at
+        expected_last_seq; None (nothing written) otherwise. Not coalesced by group commit: a
+        statement for several appends cannot fail one of them alone on its condition."""
+        now = utcnow()
+        async with self._db.write() as session:
+            last_seq = await session.scalar(
+                update(sessions)
+                .where(
+                    sessions.c.tenant_id == scope.tenant,
+                    sessions.c.id == session_id,
+                    sessions.c.end_time.is_(None),
+                    sessions.c.last_seq == expected_last_seq,
+                )
+                .values(
+                    last_seq=sessions.c.last_seq + len(rows),
+                    message_count=sessions.c.message_count + len(rows),
+                    last_message_time=now,
+                    update_time=now,
+                )
+                .returning(sessions.c.last_seq)
+            )
+            if last_seq is None:
+                return None
+            for offset, row in enumerate(rows, start=1):
+                row["seq"] = expected_last_seq + offset
+                row["create_time"] = now
+            await session.execute(insert(messages), rows)
+        return [row["seq"] for row in rows]
 
     async def _stored_repeat(
         self,

@@ -404,7 +404,14 @@ class AppendMessageRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    expected_last_seq: _builtins.int
+    """Append only if the session's last_seq is this (0: only to a session that never had a
+    message). Otherwise nothing is written and the call fails with ABORTED, ErrorInfo reason
+    LAST_SEQ_MISMATCH and metadata lastSeq (the current one): read what was appended since, then
+    decide again. A retry of an append that landed still answers with the stored message.
+    """
     @_builtins.property
     def message(self) -> _message_pb2.Message: ...
     def __init__(
@@ -412,12 +419,15 @@ class AppendMessageRequest(_message.Message):
         *,
         session_id: _builtins.str = ...,
         message: _message_pb2.Message | None = ...,
+        expected_last_seq: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "message", b"message"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "message", b"message", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
+    _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_last_seq) -> _WhichOneofReturnType__expected_last_seq | None: ...
 
 Global___AppendMessageRequest: _TypeAlias = AppendMessageRequest  # noqa: Y015
 
@@ -427,7 +437,10 @@ class BatchAppendMessagesRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
+    EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    expected_last_seq: _builtins.int
+    """As in AppendMessageRequest: the whole batch or nothing."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
         """1 to 1000 messages, appended in this order."""
@@ -437,12 +450,15 @@ class BatchAppendMessagesRequest(_message.Message):
         *,
         session_id: _builtins.str = ...,
         messages: _abc.Iterable[_message_pb2.Message] | None = ...,
+        expected_last_seq: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "messages", b"messages", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
+    _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_last_seq) -> _WhichOneofReturnType__expected_last_seq | None: ...
 
 Global___BatchAppendMessagesRequest: _TypeAlias = BatchAppendMessagesRequest  # noqa: Y015
 
