@@ -145,6 +145,24 @@ def _page_query(shape: _Shape, with_total: bool) -> Select[Any]:
     return _within_budget(query.limit(bindparam("limit")), order, *total)
 
 
+def _page_values(
+    scope: Scope, session_id: str, where: MessageFilter, position: int, limit: int, max_bytes: int
+) -> dict[str, Any]:
+    """The parameters of a _page_query: one row more than `limit`, to tell if more follow."""
+    return {
+        "tenant": scope.tenant,
+        "session_id": session_id,
+        "chapter": where.chapter,
+        "thread_id": where.thread_id,
+        "invocation_id": where.invocation_id,
+        "role": where.role.value if where.role is not None else "",
+        "after_seq": where.after_seq,
+        "position": position,
+        "limit": limit + 1,
+        "budget": max_bytes,
+    }
+
+
 def fit(rows: Sequence[Mapping[str, Any]], *, limit: int, max_bytes: int) -> int:
     """How many of `rows` (in order) a response carries: at most `limit`, and no more than
     `max_bytes` of size_bytes, but always the first."""
@@ -363,18 +381,7 @@ class MessageStore:
         filtered = shape.filtered
         # Unfiltered, the session's own counter is the total: no scan, and no second round trip.
         total_inline = count_total and not filtered
-        values = {
-            "tenant": scope.tenant,
-            "session_id": session_id,
-            "chapter": where.chapter,
-            "thread_id": where.thread_id,
-            "invocation_id": where.invocation_id,
-            "role": where.role.value if where.role is not None else "",
-            "after_seq": where.after_seq,
-            "position": position,
-            "limit": limit + 1,
-            "budget": max_bytes,
-        }
+        values = _page_values(scope, session_id, where, position, limit, max_bytes)
         rows = await self._db.fetch(_page_query(shape, total_inline), values)
         total: int | None = rows[0]["total"] if rows and total_inline else None
         if not rows or (count_total and filtered):
@@ -434,19 +441,8 @@ class MessageStore:
         after seq `position` (at most `limit` and `max_bytes` of them, but at least one), and
         the deletions numbered after `after_deletion`."""
         shape = _Shape.of(where, newest_first=False, after_position=position > 0)
-        values = {
-            "tenant": scope.tenant,
-            "session_id": session_id,
-            "chapter": where.chapter,
-            "thread_id": where.thread_id,
-            "invocation_id": where.invocation_id,
-            "role": where.role.value if where.role is not None else "",
-            "after_seq": 0,
-            "position": position,
-            "limit": limit + 1,
-            "budget": max_bytes,
-            "after_deletion": after_deletion,
-        }
+        values = _page_values(scope, session_id, where, position, limit, max_bytes)
+        values["after_deletion"] = after_deletion
         session_rows, message_rows, deletion_rows = await self._db.fetch_snapshot(
             [
                 (_WINDOW_SESSION, values),
