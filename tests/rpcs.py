@@ -66,6 +66,8 @@ class World:
     rating_id: str
     # An API key the requests name (none exists unless a test made one and put its id here).
     api_key_id: str = field(default_factory=new_id)
+    # A second session of the user, with a few messages.
+    spare_session_id: str = field(default_factory=new_id)
 
 
 async def a_world(client: ParleyClient, *, messages: int = 300) -> World:
@@ -80,7 +82,11 @@ async def a_world(client: ParleyClient, *, messages: int = 300) -> World:
         ids.extend(m.id for m in await client.batch_append_messages(session.id, batch))
     context = await client.create_context(session.id, type="system", content="be brief")
     rating = await client.rate_message(ids[0], user_id=user.id, value=4)
-    return World(user.id, session.id, ids, context.id, rating.id)
+    spare = await client.create_session(user_id=user.id, title="spare")
+    await client.batch_append_messages(
+        spare.id, [new_message(role="user", content=f"spare {n}") for n in range(3)]
+    )
+    return World(user.id, session.id, ids, context.id, rating.id, spare_session_id=spare.id)
 
 
 def valid_requests(world: World, rng: random.Random) -> dict[str, Callable[[], ProtoMessage]]:
@@ -138,6 +144,9 @@ def valid_requests(world: World, rng: random.Random) -> dict[str, Callable[[], P
             session_id=world.session_id, max_messages=rng.choice([0, 50, 1000])
         ),
         "DeleteMessage": lambda: pb.DeleteMessageRequest(id=new_id(), allow_missing=True),
+        "PopMessage": lambda: pb.PopMessageRequest(session_id=world.session_id),
+        # The spare session: clearing the one the other requests name would leave them nothing.
+        "ClearMessages": lambda: pb.ClearMessagesRequest(session_id=world.spare_session_id),
         "CreateContext": lambda: pb.CreateContextRequest(
             context=context_pb2.Context(
                 id=new_id(), session_id=world.session_id, type="file", content="c"

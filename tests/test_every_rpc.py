@@ -74,6 +74,8 @@ CASES: list[tuple[str, Callable[[str], ProtoMessage], str, str]] = [
     ("DeleteMessage", lambda i: pb.DeleteMessageRequest(id=i), "id", "message"),
     ("StreamMessages", lambda i: pb.StreamMessagesRequest(session_id=i), "session_id", "session"),
     ("WatchSession", lambda i: pb.WatchSessionRequest(session_id=i), "session_id", "session"),
+    ("PopMessage", lambda i: pb.PopMessageRequest(session_id=i), "session_id", "session"),
+    ("ClearMessages", lambda i: pb.ClearMessagesRequest(session_id=i), "session_id", "session"),
     (
         "GetContextWindow",
         lambda i: pb.GetContextWindowRequest(session_id=i),

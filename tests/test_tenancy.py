@@ -104,6 +104,7 @@ def _world_ids(world: World) -> list[str]:
     return [
         world.user_id,
         world.session_id,
+        world.spare_session_id,
         world.context_id,
         world.rating_id,
         world.api_key_id,
@@ -118,9 +119,19 @@ async def _snapshot(client: ParleyClient, world: World) -> list[str]:
     messages = [m async for m in client.stream_messages(world.session_id)]
     contexts = await client.list_contexts(world.session_id)
     ratings = await client.list_ratings(session_id=world.session_id)
+    spare = await client.get_session(world.spare_session_id)
+    spare_messages = [m async for m in client.stream_messages(world.spare_session_id)]
     return [
         text_format.MessageToString(item)
-        for item in (user, session, *messages, *contexts.contexts, *ratings.ratings)
+        for item in (
+            user,
+            session,
+            *messages,
+            *contexts.contexts,
+            *ratings.ratings,
+            spare,
+            *spare_messages,
+        )
     ]
 
 

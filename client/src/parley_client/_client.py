@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypedDict, TypeVar, Unpack
@@ -254,8 +262,8 @@ class ParleyClient:
         if policy is not None and safety is Safety.UNSAFE:
             raise ValueError(
                 "this call is not safe to repeat: a delete that landed would then report"
-                " NotFoundError (pass allow_missing=True to retry one), and a repeated"
-                " create_api_key makes a second key"
+                " NotFoundError (pass allow_missing=True to retry one), a repeated pop_message"
+                " pops the next message, and a repeated create_api_key makes a second key"
             )
         metadata = self._metadata + tuple(
             (key.lower(), value) for key, value in options.get("call_metadata", {}).items()
@@ -646,7 +654,7 @@ class ParleyClient:
         heartbeats: bool = False,
         retry: RetryPolicy | bool = True,
         call_metadata: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[pb.WatchSessionResponse]:
+    ) -> AsyncGenerator[pb.WatchSessionResponse, None]:
         """Follow a session: the session, its stored messages after `after_seq`, then every
         change as it happens (appends, deletes, updates and closes, and its deletion, the last
         event), until you stop iterating.
@@ -713,6 +721,22 @@ class ParleyClient:
         await self._call(
             lambda s: s.parley.DeleteMessage, request, _delete_safety(allow_missing), options
         )
+
+    async def pop_message(self, session_id: str, **options: Unpack[CallOptions]) -> Message | None:
+        """Remove the session's newest message and return it (None if it has none); concurrent
+        pops never return the same message. Not retried: a repeat would pop the next one."""
+        request = pb.PopMessageRequest(session_id=session_id)
+        response = await self._call(lambda s: s.parley.PopMessage, request, Safety.UNSAFE, options)
+        return response.message if response.HasField("message") else None
+
+    async def clear_messages(self, session_id: str, **options: Unpack[CallOptions]) -> int:
+        """Delete every message of the session, keeping the session and its contexts; returns
+        how many were deleted. Clearing twice leaves the same, so this is retried."""
+        request = pb.ClearMessagesRequest(session_id=session_id)
+        response = await self._call(
+            lambda s: s.parley.ClearMessages, request, Safety.IDEMPOTENT, options
+        )
+        return response.deleted_count
 
     # --- contexts ---------------------------------------------------------------------------------
 

@@ -290,6 +290,23 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         )
         return Empty()
 
+    async def PopMessage(
+        self, request: pb.PopMessageRequest, context: Context
+    ) -> pb.PopMessageResponse:
+        session_id = required_uuid(request.session_id, "session_id")
+        popped = await self._services.messages.pop(caller(), session_id)
+        response = pb.PopMessageResponse()
+        if popped is not None:
+            response.message.CopyFrom(convert.message_pb(popped))
+        return response
+
+    async def ClearMessages(
+        self, request: pb.ClearMessagesRequest, context: Context
+    ) -> pb.ClearMessagesResponse:
+        session_id = required_uuid(request.session_id, "session_id")
+        cleared = await self._services.messages.clear(caller(), session_id)
+        return pb.ClearMessagesResponse(deleted_count=cleared)
+
     # --- contexts ---------------------------------------------------------------------------------
 
     async def CreateContext(

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator, Sequence
 from parley_server.domain import ContextWindow, Message, MessageFilter, NewMessage, Page, Role
 from parley_server.errors import FieldViolation, InvalidArgument
 from parley_server.identity import Principal
-from parley_server.services.access import acting_for, require_data_access
+from parley_server.services.access import acting_for, audit, require_data_access
 from parley_server.services.sessions import SessionService
 from parley_server.store import Store
 from parley_server.tasks import run_to_end
@@ -176,3 +176,16 @@ class MessageService:
     async def delete(self, caller: Principal, message_id: str, *, allow_missing: bool) -> None:
         require_data_access(caller)
         await self._store.messages.delete(caller.scope, message_id, allow_missing=allow_missing)
+
+    async def pop(self, caller: Principal, session_id: str) -> Message | None:
+        """The session's newest message, removed; None if it has none."""
+        await self._sessions.require_visible(caller, session_id)
+        return await self._store.messages.pop(caller.scope, session_id)
+
+    async def clear(self, caller: Principal, session_id: str) -> int:
+        await self._sessions.require_visible(caller, session_id)
+        cleared = await self._store.messages.clear(caller.scope, session_id)
+        audit.info(
+            "session history cleared: session=%s messages=%d by %s", session_id, cleared, caller
+        )
+        return cleared

@@ -145,6 +145,10 @@ def _page_query(shape: _Shape, with_total: bool) -> Select[Any]:
     return _within_budget(query.limit(bindparam("limit")), order, *total)
 
 
+def _of_session(scope: Scope, session_id: str) -> tuple[ColumnElement[bool], ...]:
+    return (messages.c.tenant_id == scope.tenant, messages.c.session_id == session_id)
+
+
 def _page_values(
     scope: Scope, session_id: str, where: MessageFilter, position: int, limit: int, max_bytes: int
 ) -> dict[str, Any]:
@@ -489,38 +493,97 @@ class MessageStore:
                 if session_id is None:
                     raise NotFound.resource("message", message_id)
                 # Session row first, as append does, so the two never wait on each other in a cycle.
-                now = utcnow()
-                number = await session.scalar(
-                    update(sessions)
-                    .where(sessions.c.tenant_id == scope.tenant, sessions.c.id == session_id)
-                    .values(
-                        message_count=sessions.c.message_count - 1,
-                        deletions=sessions.c.deletions + 1,
-                        update_time=now,
-                    )
-                    .returning(sessions.c.deletions)
-                )
+                deletions = await _lock_session(session, scope, session_id)
                 seq = await session.scalar(
                     delete(messages)
                     .where(messages.c.tenant_id == scope.tenant, messages.c.id == message_id)
                     .returning(messages.c.seq)
                 )
-                if seq is None:  # deleted concurrently; the rollback restores the counts
+                if seq is None:  # deleted concurrently
                     raise NotFound.resource("message", message_id)
-                # Watchers that were away learn of it by its number (WatchSession).
-                await session.execute(
-                    insert(message_deletions).values(
-                        tenant_id=scope.tenant,
-                        session_id=session_id,
-                        number=number,
-                        message_id=message_id,
-                        seq=seq,
-                        delete_time=now,
-                    )
+                await self._record_deletions(
+                    session, scope, session_id, [(message_id, seq)], deletions
                 )
         except NotFound:
             if not allow_missing:
                 raise
+
+    async def pop(self, scope: Scope, session_id: str) -> Message | None:
+        """Remove the session's newest message and return it (None if it has none). The
+        session row is locked first, as appends lock it, so pops (and appends) take turns."""
+        async with self._db.write() as session:
+            deletions = await _lock_session(session, scope, session_id)
+            row = (
+                await session.execute(
+                    select(messages)
+                    .where(*_of_session(scope, session_id))
+                    .order_by(messages.c.seq.desc())
+                    .limit(1)
+                )
+            ).first()
+            if row is None:
+                return None
+            newest = to_message(row._mapping)
+            await session.execute(
+                delete(messages).where(
+                    messages.c.tenant_id == scope.tenant, messages.c.id == newest.id
+                )
+            )
+            await self._record_deletions(
+                session, scope, session_id, [(newest.id, newest.seq)], deletions
+            )
+        return newest
+
+    async def clear(self, scope: Scope, session_id: str) -> int:
+        """Delete every message of the session (their ratings cascade); the session, its
+        contexts and its last seq stay. Returns how many were deleted."""
+        async with self._db.write() as session:
+            deletions = await _lock_session(session, scope, session_id)
+            deleted = await session.execute(
+                delete(messages)
+                .where(*_of_session(scope, session_id))
+                .returning(messages.c.id, messages.c.seq)
+            )
+            gone = sorted(((str(id_), seq) for id_, seq in deleted), key=lambda pair: pair[1])
+            await self._record_deletions(session, scope, session_id, gone, deletions)
+        return len(gone)
+
+    @staticmethod
+    async def _record_deletions(
+        session: AsyncSession,
+        scope: Scope,
+        session_id: str,
+        gone: Sequence[tuple[str, int]],
+        deletions: int,
+    ) -> None:
+        """Count the deleted messages (id, seq) out of their session and number them after
+        `deletions`, so watchers that were away learn of them (WatchSession)."""
+        if not gone:
+            return
+        now = utcnow()
+        await session.execute(
+            update(sessions)
+            .where(sessions.c.tenant_id == scope.tenant, sessions.c.id == session_id)
+            .values(
+                message_count=sessions.c.message_count - len(gone),
+                deletions=deletions + len(gone),
+                update_time=now,
+            )
+        )
+        await session.execute(
+            insert(message_deletions),
+            [
+                {
+                    "tenant_id": scope.tenant,
+                    "session_id": session_id,
+                    "number": deletions + number,
+                    "message_id": message_id,
+                    "seq": seq,
+                    "delete_time": now,
+                }
+                for number, (message_id, seq) in enumerate(gone, start=1)
+            ],
+        )
 
     async def _conflict(self, scope: Scope, rows: Sequence[dict[str, Any]]) -> Exception:
         ids = [row["id"] for row in rows]
@@ -541,6 +604,19 @@ class MessageStore:
                 if missing:
                     return NotFound.resource("user", missing[0])
         return Aborted.concurrent_conflict()
+
+
+async def _lock_session(session: AsyncSession, scope: Scope, session_id: str) -> int:
+    """Lock the session's row for this transaction (SQLite's writer holds the whole file) and
+    return its deletion count; NOT_FOUND if the scope has no such session."""
+    deletions = await session.scalar(
+        select(sessions.c.deletions)
+        .where(*visible(sessions, scope), sessions.c.id == session_id)
+        .with_for_update()
+    )
+    if deletions is None:
+        raise NotFound.resource("session", session_id)
+    return int(deletions)
 
 
 async def _first_taken(session: AsyncSession, scope: Scope, ids: Sequence[str]) -> str | None:

@@ -157,6 +157,16 @@ class ParleyServiceStub:
                 request_serializer=parley_dot_v1_dot_parley__service__pb2.DeleteMessageRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.PopMessage = channel.unary_unary(
+                '/parley.v1.ParleyService/PopMessage',
+                request_serializer=parley_dot_v1_dot_parley__service__pb2.PopMessageRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_parley__service__pb2.PopMessageResponse.FromString,
+                _registered_method=True)
+        self.ClearMessages = channel.unary_unary(
+                '/parley.v1.ParleyService/ClearMessages',
+                request_serializer=parley_dot_v1_dot_parley__service__pb2.ClearMessagesRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_parley__service__pb2.ClearMessagesResponse.FromString,
+                _registered_method=True)
         self.CreateContext = channel.unary_unary(
                 '/parley.v1.ParleyService/CreateContext',
                 request_serializer=parley_dot_v1_dot_parley__service__pb2.CreateContextRequest.SerializeToString,
@@ -371,6 +381,23 @@ class ParleyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PopMessage(self, request, context):
+        """Removes the session's newest message (and its ratings) and returns it, in one step:
+        concurrent pops never return the same message. An empty session answers with no message.
+        Not safe to repeat: a retry after a lost answer pops the next message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearMessages(self, request, context):
+        """Deletes every message of the session (and their ratings) and keeps the session and its
+        contexts; seqs are not reused. Watchers get a deleted_message event for each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateContext(self, request, context):
         """Contexts.
         """
@@ -532,6 +559,16 @@ def add_ParleyServiceServicer_to_server(servicer, server):
                     servicer.DeleteMessage,
                     request_deserializer=parley_dot_v1_dot_parley__service__pb2.DeleteMessageRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'PopMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.PopMessage,
+                    request_deserializer=parley_dot_v1_dot_parley__service__pb2.PopMessageRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_parley__service__pb2.PopMessageResponse.SerializeToString,
+            ),
+            'ClearMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearMessages,
+                    request_deserializer=parley_dot_v1_dot_parley__service__pb2.ClearMessagesRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_parley__service__pb2.ClearMessagesResponse.SerializeToString,
             ),
             'CreateContext': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateContext,
@@ -1153,6 +1190,60 @@ class ParleyService:
             '/parley.v1.ParleyService/DeleteMessage',
             parley_dot_v1_dot_parley__service__pb2.DeleteMessageRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PopMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.ParleyService/PopMessage',
+            parley_dot_v1_dot_parley__service__pb2.PopMessageRequest.SerializeToString,
+            parley_dot_v1_dot_parley__service__pb2.PopMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.ParleyService/ClearMessages',
+            parley_dot_v1_dot_parley__service__pb2.ClearMessagesRequest.SerializeToString,
+            parley_dot_v1_dot_parley__service__pb2.ClearMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

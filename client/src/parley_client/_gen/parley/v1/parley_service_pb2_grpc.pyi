@@ -109,6 +109,15 @@ class ParleyServiceStub:
     """
     DeleteMessage: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.DeleteMessageRequest, _empty_pb2.Empty]
     """Deletes the message and its ratings. Its seq is not reused."""
+    PopMessage: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.PopMessageRequest, _parley_service_pb2.PopMessageResponse]
+    """Removes the session's newest message (and its ratings) and returns it, in one step:
+    concurrent pops never return the same message. An empty session answers with no message.
+    Not safe to repeat: a retry after a lost answer pops the next message.
+    """
+    ClearMessages: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.ClearMessagesRequest, _parley_service_pb2.ClearMessagesResponse]
+    """Deletes every message of the session (and their ratings) and keeps the session and its
+    contexts; seqs are not reused. Watchers get a deleted_message event for each.
+    """
     CreateContext: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.CreateContextRequest, _context_pb2.Context]
     """Contexts."""
     GetContext: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.GetContextRequest, _context_pb2.Context]
@@ -200,6 +209,15 @@ class ParleyServiceAsyncStub(ParleyServiceStub):
     """
     DeleteMessage: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.DeleteMessageRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes the message and its ratings. Its seq is not reused."""
+    PopMessage: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.PopMessageRequest, _parley_service_pb2.PopMessageResponse]  # type: ignore[assignment]
+    """Removes the session's newest message (and its ratings) and returns it, in one step:
+    concurrent pops never return the same message. An empty session answers with no message.
+    Not safe to repeat: a retry after a lost answer pops the next message.
+    """
+    ClearMessages: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.ClearMessagesRequest, _parley_service_pb2.ClearMessagesResponse]  # type: ignore[assignment]
+    """Deletes every message of the session (and their ratings) and keeps the session and its
+    contexts; seqs are not reused. Watchers get a deleted_message event for each.
+    """
     CreateContext: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.CreateContextRequest, _context_pb2.Context]  # type: ignore[assignment]
     """Contexts."""
     GetContext: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.GetContextRequest, _context_pb2.Context]  # type: ignore[assignment]
@@ -414,6 +432,27 @@ class ParleyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Deletes the message and its ratings. Its seq is not reused."""
+
+    @_abc_1.abstractmethod
+    def PopMessage(
+        self,
+        request: _parley_service_pb2.PopMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_parley_service_pb2.PopMessageResponse, _abc.Awaitable[_parley_service_pb2.PopMessageResponse]]:
+        """Removes the session's newest message (and its ratings) and returns it, in one step:
+        concurrent pops never return the same message. An empty session answers with no message.
+        Not safe to repeat: a retry after a lost answer pops the next message.
+        """
+
+    @_abc_1.abstractmethod
+    def ClearMessages(
+        self,
+        request: _parley_service_pb2.ClearMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_parley_service_pb2.ClearMessagesResponse, _abc.Awaitable[_parley_service_pb2.ClearMessagesResponse]]:
+        """Deletes every message of the session (and their ratings) and keeps the session and its
+        contexts; seqs are not reused. Watchers get a deleted_message event for each.
+        """
 
     @_abc_1.abstractmethod
     def CreateContext(
