@@ -14,12 +14,14 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypedDict, TypeVar, Unpack
 
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from parley_client._errors import ClientClosedError, UnavailableError, from_rpc_error
 from parley_client._gen.parley.v1 import admin_service_pb2 as admin_pb
@@ -110,9 +112,11 @@ def new_message(
     citations: Sequence[Citation] = (),
     metadata: Mapping[str, Any] | None = None,
     user_id: str = "",
+    event_time: datetime | None = None,
 ) -> Message:
     """A Message to append, with a fresh id unless given one (so a retried append cannot store it
-    twice); ToolCall.arguments is JSON text, kept byte for byte."""
+    twice); ToolCall.arguments is JSON text, kept byte for byte. event_time is your own time of
+    the event (a naive datetime is taken as UTC), kept to the microsecond."""
     return Message(
         id=id or new_id(),
         role=to_role(role),
@@ -128,7 +132,17 @@ def new_message(
         citations=citations,
         metadata=struct(metadata),
         user_id=user_id,
+        event_time=timestamp(event_time),
     )
+
+
+def timestamp(moment: datetime | None) -> Timestamp | None:
+    """A protobuf Timestamp of an aware datetime (a naive one is taken as UTC)."""
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
 
 
 class ParleyClient:
@@ -484,6 +498,7 @@ class ParleyClient:
         citations: Sequence[Citation] = (),
         metadata: Mapping[str, Any] | None = None,
         user_id: str = "",
+        event_time: datetime | None = None,
         expected_last_seq: int | None = None,
         **options: Unpack[CallOptions],
     ) -> Message:
@@ -505,6 +520,7 @@ class ParleyClient:
             citations=citations,
             metadata=metadata,
             user_id=user_id,
+            event_time=event_time,
         )
         request = pb.AppendMessageRequest(
             session_id=session_id, message=message, expected_last_seq=expected_last_seq
@@ -546,6 +562,7 @@ class ParleyClient:
         chapter: str = "",
         thread_id: str = "",
         invocation_id: str = "",
+        min_event_time: datetime | None = None,
         role: RoleLike | None = None,
         after_seq: int = 0,
         newest_first: bool = False,
@@ -560,6 +577,7 @@ class ParleyClient:
             chapter=chapter,
             thread_id=thread_id,
             invocation_id=invocation_id,
+            min_event_time=timestamp(min_event_time),
             role=to_role(role) if role is not None else Role.ROLE_UNSPECIFIED,
             after_seq=after_seq,
             order_by="seq desc" if newest_first else "",
@@ -575,6 +593,7 @@ class ParleyClient:
         chapter: str = "",
         thread_id: str = "",
         invocation_id: str = "",
+        min_event_time: datetime | None = None,
         role: RoleLike | None = None,
         after_seq: int = 0,
         newest_first: bool = False,
@@ -589,6 +608,7 @@ class ParleyClient:
                 chapter=chapter,
                 thread_id=thread_id,
                 invocation_id=invocation_id,
+                min_event_time=min_event_time,
                 role=role,
                 after_seq=after_seq,
                 newest_first=newest_first,
@@ -607,6 +627,7 @@ class ParleyClient:
         chapter: str = "",
         thread_id: str = "",
         invocation_id: str = "",
+        min_event_time: datetime | None = None,
         role: RoleLike | None = None,
         after_seq: int = 0,
         **options: Unpack[CallOptions],
@@ -624,6 +645,7 @@ class ParleyClient:
                 chapter=chapter,
                 thread_id=thread_id,
                 invocation_id=invocation_id,
+                min_event_time=timestamp(min_event_time),
                 role=to_role(role) if role is not None else Role.ROLE_UNSPECIFIED,
                 after_seq=position,
             )
@@ -650,6 +672,7 @@ class ParleyClient:
         chapter: str = "",
         thread_id: str = "",
         invocation_id: str = "",
+        min_event_time: datetime | None = None,
         role: RoleLike | None = None,
         heartbeats: bool = False,
         retry: RetryPolicy | bool = True,
@@ -680,6 +703,7 @@ class ParleyClient:
                 chapter=chapter,
                 thread_id=thread_id,
                 invocation_id=invocation_id,
+                min_event_time=timestamp(min_event_time),
                 role=to_role(role) if role is not None else Role.ROLE_UNSPECIFIED,
             )
             try:

@@ -168,6 +168,7 @@ class NewMessage:
     citations: tuple[Citation, ...] = ()
     metadata: JsonObject = field(default_factory=dict)
     user_id: str = ""
+    event_time: datetime | None = None  # the client's own time of the event
     # Its size in the API's encoding once stored, so reads can keep responses within a byte budget.
     size_bytes: int = 0
 
@@ -191,6 +192,7 @@ class Message:
     metadata: JsonObject
     user_id: str
     create_time: datetime
+    event_time: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -202,6 +204,7 @@ class MessageFilter:
     invocation_id: str = ""
     role: Role | None = None
     after_seq: int = 0
+    min_event_time: datetime | None = None  # event_time at or after it (and not unset)
 
 
 @dataclass(slots=True, kw_only=True)

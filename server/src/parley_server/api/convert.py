@@ -41,6 +41,18 @@ def _set_time(target: Timestamp, value: datetime) -> None:
     target.nanos = value.microsecond * 1000  # the same in every zone: offsets are whole seconds
 
 
+_MIN_SECONDS = (datetime(1, 1, 1, tzinfo=UTC) - _EPOCH) // _SECOND
+_MAX_SECONDS = (datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC) - _EPOCH) // _SECOND
+
+
+def time_of(stamp: Timestamp, field: str, v: Violations) -> datetime | None:
+    """A Timestamp as an aware UTC datetime, to the microsecond (nanoseconds are cut)."""
+    if not _MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS or not 0 <= stamp.nanos < 10**9:
+        v.add(field, "must be a valid time in the years 1 to 9999")
+        return None
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
+
+
 def _set_struct(target: Struct, value: Mapping[str, Any]) -> None:
     if value:
         target.update(value)
@@ -152,6 +164,8 @@ def _fill_message(result: message_pb2.Message, message: domain.Message) -> None:
     if message.user_id:
         result.user_id = message.user_id
     _set_time(result.create_time, message.create_time)
+    if message.event_time is not None:
+        _set_time(result.event_time, message.event_time)
 
 
 def context_pb(context: domain.Context) -> context_pb2.Context:
@@ -470,6 +484,11 @@ def new_message(
         citations=tuple(citations),
         metadata=struct_dict(message.metadata),
         user_id=v.uuid(f"{prefix}.user_id", message.user_id, required=False),
+        event_time=(
+            time_of(message.event_time, f"{prefix}.event_time", v)
+            if message.HasField("event_time")
+            else None
+        ),
         size_bytes=message.ByteSize() + SERVER_FIELDS_BYTES,
     )
 

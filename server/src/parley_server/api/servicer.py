@@ -433,7 +433,13 @@ def _message_filter(
     )
     if request.after_seq < 0:
         v.add("after_seq", "must not be negative")
+    min_event_time = (
+        convert.time_of(request.min_event_time, "min_event_time", v)
+        if request.HasField("min_event_time")
+        else None
+    )
     return domain.MessageFilter(
+        min_event_time=min_event_time,
         chapter=v.label("chapter", request.chapter),
         thread_id=v.label("thread_id", request.thread_id),
         invocation_id=v.label("invocation_id", request.invocation_id),

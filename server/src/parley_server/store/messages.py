@@ -67,6 +67,7 @@ class _Shape:
     invocation_id: bool
     role: bool
     after_seq: bool
+    min_event_time: bool
     newest_first: bool
     after_position: bool
 
@@ -78,13 +79,21 @@ class _Shape:
             invocation_id=bool(where.invocation_id),
             role=where.role is not None,
             after_seq=where.after_seq > 0,
+            min_event_time=where.min_event_time is not None,
             newest_first=newest_first,
             after_position=after_position,
         )
 
     @property
     def filtered(self) -> bool:
-        return self.chapter or self.thread_id or self.invocation_id or self.role or self.after_seq
+        return (
+            self.chapter
+            or self.thread_id
+            or self.invocation_id
+            or self.role
+            or self.after_seq
+            or self.min_event_time
+        )
 
 
 def _filter(shape: _Shape) -> list[ColumnElement[bool]]:
@@ -103,6 +112,8 @@ def _filter(shape: _Shape) -> list[ColumnElement[bool]]:
             conditions.append(column == bindparam(column.name))
     if shape.after_seq:
         conditions.append(messages.c.seq > bindparam("after_seq"))
+    if shape.min_event_time:
+        conditions.append(messages.c.event_time >= bindparam("min_event_time"))
     return conditions
 
 
@@ -161,6 +172,7 @@ def _page_values(
         "invocation_id": where.invocation_id,
         "role": where.role.value if where.role is not None else "",
         "after_seq": where.after_seq,
+        "min_event_time": where.min_event_time,
         "position": position,
         "limit": limit + 1,
         "budget": max_bytes,
@@ -256,6 +268,7 @@ class MessageStore:
                 "metadata": new.metadata or None,
                 "user_id": new.user_id or None,
                 "size_bytes": new.size_bytes,
+                "event_time": new.event_time,
             }
             for new in news
         ]

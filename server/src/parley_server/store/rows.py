@@ -92,6 +92,7 @@ def to_message(row: Row) -> Message:
         metadata=row["metadata"] or {},
         user_id=_id_or_empty(row["user_id"]),
         create_time=row["create_time"],
+        event_time=row["event_time"],
     )
 
 

@@ -193,6 +193,8 @@ class MessageRow(Base):
     # The message's size in the API's encoding, so reads can stop at a response byte budget
     # without reading what does not fit (rows from before migration 0002 hold an estimate).
     size_bytes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The client's own time of the event (an agent framework's timestamp), if it gave one.
+    event_time: Mapped[datetime | None]
 
     __table_args__ = (
         ForeignKeyConstraint(

@@ -68,6 +68,7 @@ class Message(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID. Optional on append (a client-supplied id makes the append retry-safe); output only after."""
     session_id: _builtins.str
@@ -103,7 +104,13 @@ class Message(_message.Message):
     def metadata(self) -> _struct_pb2.Struct: ...
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only."""
+        """Output only; when the server stored the message."""
+
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event happened, as the client says (an agent framework's own timestamp); unset when
+        not given. Stored as given, to the microsecond; reads can filter by it (min_event_time).
+        """
 
     def __init__(
         self,
@@ -125,10 +132,11 @@ class Message(_message.Message):
         metadata: _struct_pb2.Struct | None = ...,
         user_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "metadata", b"metadata"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "event_time", b"event_time", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "chapter", b"chapter", "citations", b"citations", "content", b"content", "create_time", b"create_time", "id", b"id", "invocation_id", b"invocation_id", "metadata", b"metadata", "name", b"name", "reply_to", b"reply_to", "role", b"role", "seq", b"seq", "session_id", b"session_id", "thread_id", b"thread_id", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "chapter", b"chapter", "citations", b"citations", "content", b"content", "create_time", b"create_time", "event_time", b"event_time", "id", b"id", "invocation_id", b"invocation_id", "metadata", b"metadata", "name", b"name", "reply_to", b"reply_to", "role", b"role", "seq", b"seq", "session_id", b"session_id", "thread_id", b"thread_id", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

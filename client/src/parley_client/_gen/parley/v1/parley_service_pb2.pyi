@@ -514,6 +514,7 @@ class ListMessagesRequest(_message.Message):
     AFTER_SEQ_FIELD_NUMBER: _builtins.int
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
     ORDER_BY_FIELD_NUMBER: _builtins.int
+    MIN_EVENT_TIME_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     page_size: _builtins.int
     page_token: _builtins.str
@@ -528,6 +529,10 @@ class ListMessagesRequest(_message.Message):
     """"seq" (the default) for oldest first, "seq desc" for newest first: page_size 50 with "seq desc"
     reads the last 50 messages.
     """
+    @_builtins.property
+    def min_event_time(self) -> _timestamp_pb2.Timestamp:
+        """Only messages whose event_time is at or after this (messages without one are left out)."""
+
     def __init__(
         self,
         *,
@@ -540,10 +545,11 @@ class ListMessagesRequest(_message.Message):
         after_seq: _builtins.int = ...,
         invocation_id: _builtins.str = ...,
         order_by: _builtins.str = ...,
+        min_event_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_event_time", b"min_event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "chapter", b"chapter", "invocation_id", b"invocation_id", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "role", b"role", "session_id", b"session_id", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "chapter", b"chapter", "invocation_id", b"invocation_id", "min_event_time", b"min_event_time", "order_by", b"order_by", "page_size", b"page_size", "page_token", b"page_token", "role", b"role", "session_id", b"session_id", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -586,6 +592,7 @@ class StreamMessagesRequest(_message.Message):
     THREAD_ID_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    MIN_EVENT_TIME_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     after_seq: _builtins.int
     """Only messages with seq greater than this (to resume a stream)."""
@@ -594,6 +601,10 @@ class StreamMessagesRequest(_message.Message):
     thread_id: _builtins.str
     role: _message_pb2.Role.ValueType
     invocation_id: _builtins.str
+    @_builtins.property
+    def min_event_time(self) -> _timestamp_pb2.Timestamp:
+        """As in ListMessagesRequest."""
+
     def __init__(
         self,
         *,
@@ -603,10 +614,11 @@ class StreamMessagesRequest(_message.Message):
         thread_id: _builtins.str = ...,
         role: _message_pb2.Role.ValueType = ...,
         invocation_id: _builtins.str = ...,
+        min_event_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_event_time", b"min_event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "chapter", b"chapter", "invocation_id", b"invocation_id", "role", b"role", "session_id", b"session_id", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_seq", b"after_seq", "chapter", b"chapter", "invocation_id", b"invocation_id", "min_event_time", b"min_event_time", "role", b"role", "session_id", b"session_id", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -725,6 +737,7 @@ class WatchSessionRequest(_message.Message):
     THREAD_ID_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     INVOCATION_ID_FIELD_NUMBER: _builtins.int
+    MIN_EVENT_TIME_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     after_seq: _builtins.int
     """Deliver messages with seq greater than this: 0 replays the whole history first; a resumed
@@ -743,6 +756,10 @@ class WatchSessionRequest(_message.Message):
     thread_id: _builtins.str
     role: _message_pb2.Role.ValueType
     invocation_id: _builtins.str
+    @_builtins.property
+    def min_event_time(self) -> _timestamp_pb2.Timestamp:
+        """As in ListMessagesRequest."""
+
     def __init__(
         self,
         *,
@@ -753,10 +770,11 @@ class WatchSessionRequest(_message.Message):
         thread_id: _builtins.str = ...,
         role: _message_pb2.Role.ValueType = ...,
         invocation_id: _builtins.str = ...,
+        min_event_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_event_time", b"min_event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_deletion", b"after_deletion", "after_seq", b"after_seq", "chapter", b"chapter", "invocation_id", b"invocation_id", "role", b"role", "session_id", b"session_id", "thread_id", b"thread_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_deletion", b"after_deletion", "after_seq", b"after_seq", "chapter", b"chapter", "invocation_id", b"invocation_id", "min_event_time", b"min_event_time", "role", b"role", "session_id", b"session_id", "thread_id", b"thread_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
