@@ -113,10 +113,13 @@ def new_message(
     metadata: Mapping[str, Any] | None = None,
     user_id: str = "",
     event_time: datetime | None = None,
+    payload: bytes = b"",
+    payload_type: str = "",
 ) -> Message:
     """A Message to append, with a fresh id unless given one (so a retried append cannot store it
     twice); ToolCall.arguments is JSON text, kept byte for byte. event_time is your own time of
-    the event (a naive datetime is taken as UTC), kept to the microsecond."""
+    the event (a naive datetime is taken as UTC), kept to the microsecond. payload is your own
+    form of the item, kept byte for byte, with its media type in payload_type."""
     return Message(
         id=id or new_id(),
         role=to_role(role),
@@ -133,6 +136,8 @@ def new_message(
         metadata=struct(metadata),
         user_id=user_id,
         event_time=timestamp(event_time),
+        payload=payload,
+        payload_type=payload_type,
     )
 
 
@@ -499,6 +504,8 @@ class ParleyClient:
         metadata: Mapping[str, Any] | None = None,
         user_id: str = "",
         event_time: datetime | None = None,
+        payload: bytes = b"",
+        payload_type: str = "",
         expected_last_seq: int | None = None,
         **options: Unpack[CallOptions],
     ) -> Message:
@@ -521,6 +528,8 @@ class ParleyClient:
             metadata=metadata,
             user_id=user_id,
             event_time=event_time,
+            payload=payload,
+            payload_type=payload_type,
         )
         request = pb.AppendMessageRequest(
             session_id=session_id, message=message, expected_last_seq=expected_last_seq

@@ -169,6 +169,8 @@ class NewMessage:
     metadata: JsonObject = field(default_factory=dict)
     user_id: str = ""
     event_time: datetime | None = None  # the client's own time of the event
+    payload: bytes = b""  # the client's own form of the item, kept byte for byte
+    payload_type: str = ""  # its media type
     # Its size in the API's encoding once stored, so reads can keep responses within a byte budget.
     size_bytes: int = 0
 
@@ -193,6 +195,8 @@ class Message:
     user_id: str
     create_time: datetime
     event_time: datetime | None = None
+    payload: bytes = b""
+    payload_type: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -166,6 +166,9 @@ def _fill_message(result: message_pb2.Message, message: domain.Message) -> None:
     _set_time(result.create_time, message.create_time)
     if message.event_time is not None:
         _set_time(result.event_time, message.event_time)
+    if message.payload:
+        result.payload = message.payload
+        result.payload_type = message.payload_type
 
 
 def context_pb(context: domain.Context) -> context_pb2.Context:
@@ -489,8 +492,18 @@ def new_message(
             if message.HasField("event_time")
             else None
         ),
+        payload=message.payload,
+        payload_type=_payload_type(message, prefix, v),
         size_bytes=message.ByteSize() + SERVER_FIELDS_BYTES,
     )
+
+
+def _payload_type(message: message_pb2.Message, prefix: str, v: Violations) -> str:
+    if message.payload and not message.payload_type:
+        v.add(f"{prefix}.payload_type", 'is required with a payload, e.g. "application/json"')
+    elif message.payload_type and not message.payload:
+        v.add(f"{prefix}.payload_type", "is only for a payload; leave it empty without one")
+    return v.label(f"{prefix}.payload_type", message.payload_type)
 
 
 def new_context(context: context_pb2.Context, prefix: str, v: Violations) -> domain.NewContext:

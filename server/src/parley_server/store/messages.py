@@ -269,6 +269,8 @@ class MessageStore:
                 "user_id": new.user_id or None,
                 "size_bytes": new.size_bytes,
                 "event_time": new.event_time,
+                "payload": new.payload or None,
+                "payload_type": new.payload_type,
             }
             for new in news
         ]

@@ -93,6 +93,8 @@ def to_message(row: Row) -> Message:
         user_id=_id_or_empty(row["user_id"]),
         create_time=row["create_time"],
         event_time=row["event_time"],
+        payload=bytes(row["payload"] or b""),
+        payload_type=row["payload_type"],
     )
 
 

@@ -195,6 +195,9 @@ class MessageRow(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     # The client's own time of the event (an agent framework's timestamp), if it gave one.
     event_time: Mapped[datetime | None]
+    # The client's own form of the item and its media type, kept byte for byte.
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary)
+    payload_type: Mapped[str] = mapped_column(String(LABEL_LENGTH), server_default=text("''"))
 
     __table_args__ = (
         ForeignKeyConstraint(

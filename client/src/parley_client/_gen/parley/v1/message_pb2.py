@@ -26,21 +26,21 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/v1/message.proto\x12\tparley.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf1\x03\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x1d\n\x04role\x18\x04 \x01(\x0e\x32\x0f.parley.v1.Role\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\'\n\ntool_calls\x18\x07 \x03(\x0b\x32\x13.parley.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x08 \x01(\t\x12\x15\n\rinvocation_id\x18\t \x01(\t\x12\x11\n\tthread_id\x18\n \x01(\t\x12\x10\n\x08reply_to\x18\x0b \x01(\t\x12\x0f\n\x07\x63hapter\x18\x0c \x01(\t\x12*\n\x0b\x61ttachments\x18\r \x03(\x0b\x32\x15.parley.v1.Attachment\x12&\n\tcitations\x18\x0e \x03(\x0b\x32\x13.parley.v1.Citation\x12)\n\x08metadata\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x10 \x01(\t\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nevent_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"y\n\nAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8a\x01\n\x08\x43itation\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07snippet\x18\x03 \x01(\t\x12\x13\n\x0bstart_index\x18\x04 \x01(\x05\x12\x11\n\tend_index\x18\x05 \x01(\x05\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/v1/message.proto\x12\tparley.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x98\x04\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x0b\n\x03seq\x18\x03 \x01(\x03\x12\x1d\n\x04role\x18\x04 \x01(\x0e\x32\x0f.parley.v1.Role\x12\x0f\n\x07\x63ontent\x18\x05 \x01(\t\x12\x0c\n\x04name\x18\x06 \x01(\t\x12\'\n\ntool_calls\x18\x07 \x03(\x0b\x32\x13.parley.v1.ToolCall\x12\x14\n\x0ctool_call_id\x18\x08 \x01(\t\x12\x15\n\rinvocation_id\x18\t \x01(\t\x12\x11\n\tthread_id\x18\n \x01(\t\x12\x10\n\x08reply_to\x18\x0b \x01(\t\x12\x0f\n\x07\x63hapter\x18\x0c \x01(\t\x12*\n\x0b\x61ttachments\x18\r \x03(\x0b\x32\x15.parley.v1.Attachment\x12&\n\tcitations\x18\x0e \x03(\x0b\x32\x13.parley.v1.Citation\x12)\n\x08metadata\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07user_id\x18\x10 \x01(\t\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nevent_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07payload\x18\x13 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x14 \x01(\t\"7\n\x08ToolCall\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\targuments\x18\x03 \x01(\t\"y\n\nAttachment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0b\n\x03uri\x18\x03 \x01(\t\x12\x12\n\nsize_bytes\x18\x04 \x01(\x03\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8a\x01\n\x08\x43itation\x12\x0b\n\x03uri\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0f\n\x07snippet\x18\x03 \x01(\t\x12\x13\n\x0bstart_index\x18\x04 \x01(\x05\x12\x11\n\tend_index\x18\x05 \x01(\x05\x12)\n\x08metadata\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct*_\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03\x12\r\n\tROLE_TOOL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.v1.message_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=922
-  _globals['_ROLE']._serialized_end=1017
+  _globals['_ROLE']._serialized_start=961
+  _globals['_ROLE']._serialized_end=1056
   _globals['_MESSAGE']._serialized_start=102
-  _globals['_MESSAGE']._serialized_end=599
-  _globals['_TOOLCALL']._serialized_start=601
-  _globals['_TOOLCALL']._serialized_end=656
-  _globals['_ATTACHMENT']._serialized_start=658
-  _globals['_ATTACHMENT']._serialized_end=779
-  _globals['_CITATION']._serialized_start=782
-  _globals['_CITATION']._serialized_end=920
+  _globals['_MESSAGE']._serialized_end=638
+  _globals['_TOOLCALL']._serialized_start=640
+  _globals['_TOOLCALL']._serialized_end=695
+  _globals['_ATTACHMENT']._serialized_start=697
+  _globals['_ATTACHMENT']._serialized_end=818
+  _globals['_CITATION']._serialized_start=821
+  _globals['_CITATION']._serialized_end=959
 # @@protoc_insertion_point(module_scope)

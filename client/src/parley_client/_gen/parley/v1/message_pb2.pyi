@@ -69,6 +69,8 @@ class Message(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    PAYLOAD_FIELD_NUMBER: _builtins.int
+    PAYLOAD_TYPE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID. Optional on append (a client-supplied id makes the append retry-safe); output only after."""
     session_id: _builtins.str
@@ -92,6 +94,15 @@ class Message(_message.Message):
     """Chapter (or section) of the session this message belongs to."""
     user_id: _builtins.str
     """UUID of the user who wrote the message, if any; must exist."""
+    payload: _builtins.bytes
+    """The client's own form of the item (an agent framework's event or message, say), stored and
+    returned byte for byte; parley does not read it. Fill the fields above as well as you can, so
+    that any client reads the session as an ordinary transcript.
+    """
+    payload_type: _builtins.str
+    """The payload's media type, e.g. "application/json" or
+    "application/vnd.openai-agents.item+json". Required with a payload, empty without one.
+    """
     @_builtins.property
     def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
         """Tool calls the assistant requested. Only on ROLE_ASSISTANT messages."""
@@ -133,10 +144,12 @@ class Message(_message.Message):
         user_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        payload: _builtins.bytes = ...,
+        payload_type: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "event_time", b"event_time", "metadata", b"metadata"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "chapter", b"chapter", "citations", b"citations", "content", b"content", "create_time", b"create_time", "event_time", b"event_time", "id", b"id", "invocation_id", b"invocation_id", "metadata", b"metadata", "name", b"name", "reply_to", b"reply_to", "role", b"role", "seq", b"seq", "session_id", b"session_id", "thread_id", b"thread_id", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attachments", b"attachments", "chapter", b"chapter", "citations", b"citations", "content", b"content", "create_time", b"create_time", "event_time", b"event_time", "id", b"id", "invocation_id", b"invocation_id", "metadata", b"metadata", "name", b"name", "payload", b"payload", "payload_type", b"payload_type", "reply_to", b"reply_to", "role", b"role", "seq", b"seq", "session_id", b"session_id", "thread_id", b"thread_id", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

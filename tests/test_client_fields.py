@@ -1,5 +1,6 @@
-"""A message's event_time: the client's own time of the event, beside the server's create_time,
-stored as given (to the microsecond) and filtered on by reads."""
+"""What a client brings of its own to a message: event_time (its time of the event, beside the
+server's create_time, kept to the microsecond and filtered on by reads) and an opaque payload
+(its own form of the item, with a media type, kept byte for byte)."""
 
 from __future__ import annotations
 
@@ -78,3 +79,37 @@ async def test_an_impossible_event_time_is_invalid(client: ParleyClient, raw: Ra
     request.min_event_time.nanos = -1
     with pytest.raises(InvalidArgumentError):
         await raw("ListMessages", request)
+
+
+async def test_a_payload_comes_back_byte_for_byte(client: ParleyClient) -> None:
+    _, session = await a_session(client)
+    item = b'{"type": "message", "role": "user", "content": [{"text": "h\\u00e9"}], "x": 1.0}'
+    binary = bytes(range(256))
+    stored = await client.batch_append_messages(
+        session.id,
+        [
+            new_message(role="user", content="hé", payload=item, payload_type="application/json"),
+            new_message(
+                role="tool", tool_call_id="c", payload=binary, payload_type="application/x-raw"
+            ),
+            new_message(role="user", content="plain"),
+        ],
+    )
+    read = [m async for m in client.stream_messages(session.id)]
+    assert [(m.payload, m.payload_type) for m in read] == [
+        (item, "application/json"),
+        (binary, "application/x-raw"),
+        (b"", ""),
+    ]
+    assert read == stored
+    window = await client.get_context_window(session.id)
+    assert window.messages[0].payload == item
+
+
+async def test_a_payload_needs_its_media_type(client: ParleyClient) -> None:
+    _, session = await a_session(client)
+    with pytest.raises(InvalidArgumentError) as caught:
+        await client.append_message(session.id, role="user", payload=b"{}")
+    assert [v.field for v in caught.value.field_violations] == ["message.payload_type"]
+    with pytest.raises(InvalidArgumentError):
+        await client.append_message(session.id, role="user", content="x", payload_type="a/b")
