@@ -284,11 +284,13 @@ class ParleyClient:
                 " NotFoundError (pass allow_missing=True to retry one), a repeated pop_message"
                 " pops the next message, and a repeated create_api_key makes a second key"
             )
-        metadata = self._metadata + tuple(
-            (key.lower(), value) for key, value in options.get("call_metadata", {}).items()
-        )
+        metadata = self._with_metadata(options.get("call_metadata", {}))
         delays = policy.delays() if policy is not None else iter(())
         return options.get("timeout", self._default_timeout), metadata, delays
+
+    def _with_metadata(self, call_metadata: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        """The client's metadata and one call's, with lower-case keys as gRPC requires."""
+        return self._metadata + tuple((key.lower(), value) for key, value in call_metadata.items())
 
     # --- users ------------------------------------------------------------------------------------
 
@@ -697,9 +699,7 @@ class ParleyClient:
         that fail before an event arrives (retry=False: none). Heartbeats, which only say the
         stream is alive, are passed on with heartbeats=True."""
         stub = self._open()[1].parley
-        metadata = self._metadata + tuple(
-            (key.lower(), value) for key, value in (call_metadata or {}).items()
-        )
+        metadata = self._with_metadata(call_metadata or {})
         policy = _policy(retry)
         position, deletion = after_seq, after_deletion
         last_session: Session | None = None

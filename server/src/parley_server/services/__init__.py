@@ -34,8 +34,8 @@ class Services:
         store: Store,
         *,
         response_budget_bytes: int,
-        watch_heartbeat_seconds: float = 15.0,
-        watch_max_lifetime_seconds: float = 3600.0,
+        watch_heartbeat_seconds: float,
+        watch_max_lifetime_seconds: float,
     ) -> Services:
         sessions = SessionService(store)
         return cls(

@@ -102,7 +102,6 @@ class WatchService:
     ) -> None:
         self._store = store
         self._sessions = sessions
-        self._budget = response_budget_bytes
         self._heartbeat = heartbeat_seconds
         self._lifetime = max_lifetime_seconds
         self._reads = SharedReads(

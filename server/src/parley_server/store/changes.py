@@ -63,10 +63,6 @@ class ChangeHub:
         self.closed = True
         self.wake_all()
 
-    @property
-    def watcher_count(self) -> int:
-        return sum(len(watchers) for watchers in self._watchers.values())
-
 
 class PostgresListener:
     """LISTEN on one dedicated connection, reconnecting with backoff for as long as it runs."""
@@ -76,8 +72,6 @@ class PostgresListener:
         self._dsn = dsn
         self._max_backoff = max_backoff
         self._task: asyncio.Task[None] | None = None
-        self.connected = asyncio.Event()
-        self.connections = 0  # how many times it has (re)connected, for tests and logs
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="parley-history-listener")
@@ -106,7 +100,6 @@ class PostgresListener:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 throttled(log, logging.WARNING, f"history listener failed: {describe(error)}")
             finally:
-                self.connected.clear()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(connection.close(timeout=2))
 
@@ -115,8 +108,6 @@ class PostgresListener:
         lost = asyncio.Event()
         connection.add_termination_listener(lambda _: lost.set())
         await connection.add_listener(CHANNEL, self._notified)
-        self.connections += 1
-        self.connected.set()
         # Whatever was committed while no one listened is read now.
         self._hub.wake_all()
         await lost.wait()

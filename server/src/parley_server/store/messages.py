@@ -33,7 +33,7 @@ from parley_server.domain import (
     repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, NotFound
-from parley_server.store.appenders import appender_for
+from parley_server.store.appenders import appender_for, reserve_seqs
 from parley_server.store.contexts import session_closed
 from parley_server.store.database import Database, translated_errors
 from parley_server.store.rows import (
@@ -315,21 +315,13 @@ class MessageStore:
         statement for several appends cannot fail one of them alone on its condition."""
         now = utcnow()
         async with self._db.write() as session:
-            last_seq = await session.scalar(
-                update(sessions)
-                .where(
-                    sessions.c.tenant_id == scope.tenant,
-                    sessions.c.id == session_id,
-                    sessions.c.end_time.is_(None),
-                    sessions.c.last_seq == expected_last_seq,
-                )
-                .values(
-                    last_seq=sessions.c.last_seq + len(rows),
-                    message_count=sessions.c.message_count + len(rows),
-                    last_message_time=now,
-                    update_time=now,
-                )
-                .returning(sessions.c.last_seq)
+            last_seq = await reserve_seqs(
+                session,
+                scope.tenant,
+                session_id,
+                len(rows),
+                now,
+                expected_last_seq=expected_last_seq,
             )
             if last_seq is None:
                 return None

@@ -4,9 +4,14 @@ transaction per batch through SQLAlchemy on SQLite, which has a single writer an
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Protocol
 
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from parley_server.store.database import Database
+from parley_server.store.tables import sessions
 
 
 class Appender(Protocol):
@@ -15,6 +20,39 @@ class Appender(Protocol):
         their seqs in order, or None if the session is closed or missing. Each row's
         create_time is set to when the statement carrying it ran."""
         ...
+
+
+async def reserve_seqs(
+    session: AsyncSession,
+    tenant: str,
+    session_id: str,
+    count: int,
+    now: datetime,
+    *,
+    expected_last_seq: int | None = None,
+) -> int | None:
+    """Take the session's next `count` seqs (and count the messages in), returning its new last
+    seq; None, changing nothing, if it is closed or missing, or not at expected_last_seq when
+    given. Portable SQL: the SQLite appender and conditional appends (on either backend) use it."""
+    conditions = [
+        sessions.c.tenant_id == tenant,
+        sessions.c.id == session_id,
+        sessions.c.end_time.is_(None),
+    ]
+    if expected_last_seq is not None:
+        conditions.append(sessions.c.last_seq == expected_last_seq)
+    last_seq: int | None = await session.scalar(
+        update(sessions)
+        .where(*conditions)
+        .values(
+            last_seq=sessions.c.last_seq + count,
+            message_count=sessions.c.message_count + count,
+            last_message_time=now,
+            update_time=now,
+        )
+        .returning(sessions.c.last_seq)
+    )
+    return last_seq
 
 
 def appender_for(db: Database, *, write_lanes: int) -> Appender:

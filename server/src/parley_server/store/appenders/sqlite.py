@@ -6,11 +6,12 @@ from collections import Counter
 from contextlib import nullcontext
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import insert
 
+from parley_server.store.appenders import reserve_seqs
 from parley_server.store.database import Database
 from parley_server.store.group_commit import GroupCommit
-from parley_server.store.tables import messages, sessions, utcnow
+from parley_server.store.tables import messages, utcnow
 
 
 class SqliteAppender:
@@ -33,21 +34,7 @@ class SqliteAppender:
         async with self._db.write() as session:
             next_seq: dict[tuple[str, str], int] = {}
             for (tenant, session_id), count in wanted.items():
-                last_seq = await session.scalar(
-                    update(sessions)
-                    .where(
-                        sessions.c.tenant_id == tenant,
-                        sessions.c.id == session_id,
-                        sessions.c.end_time.is_(None),
-                    )
-                    .values(
-                        last_seq=sessions.c.last_seq + count,
-                        message_count=sessions.c.message_count + count,
-                        last_message_time=now,
-                        update_time=now,
-                    )
-                    .returning(sessions.c.last_seq)
-                )
+                last_seq = await reserve_seqs(session, tenant, session_id, count, now)
                 if last_seq is not None:
                     next_seq[tenant, session_id] = last_seq - count + 1
             written = [row for row in rows if (row["tenant_id"], row["session_id"]) in next_seq]
