@@ -95,6 +95,15 @@ def valid_requests(world: World, rng: random.Random) -> dict[str, Callable[[], P
     def a_message() -> str:
         return rng.choice(world.message_ids)
 
+    def a_state_delta() -> session_pb2.StateDelta:
+        scoped = session_pb2.ScopedStateDelta
+        delta = session_pb2.StateDelta(
+            session=scoped(remove=["gone"]), user=scoped(remove=["gone"]), app=scoped()
+        )
+        for part in (delta.session, delta.user, delta.app):
+            part.set.update({"n": rng.randint(0, 9)})
+        return delta
+
     user = user_pb2.User
     session = session_pb2.Session
     return {
@@ -119,6 +128,10 @@ def valid_requests(world: World, rng: random.Random) -> dict[str, Callable[[], P
         "DeleteSession": lambda: pb.DeleteSessionRequest(id=new_id(), allow_missing=True),
         "GetOrCreateOpenSession": lambda: pb.GetOrCreateOpenSessionRequest(user_id=world.user_id),
         "GetLatestSession": lambda: pb.GetLatestSessionRequest(user_id=world.user_id),
+        "UpdateSessionState": lambda: pb.UpdateSessionStateRequest(
+            session_id=world.session_id, state_delta=a_state_delta()
+        ),
+        "GetUserState": lambda: pb.GetUserStateRequest(user_id=world.user_id),
         "AppendMessage": lambda: pb.AppendMessageRequest(
             session_id=world.session_id,
             message=message_pb2.Message(id=new_id(), role=message_pb2.ROLE_USER, content="hi"),

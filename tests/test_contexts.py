@@ -52,7 +52,7 @@ async def test_context_errors(client: ParleyClient) -> None:
         await client.create_context(session.id, type="")
     assert caught.value.field_violations[0].field == "context.type"
     with pytest.raises(InvalidArgumentError):
-        await client.create_context("nope", type="system")
+        await client.create_context("no pe", type="system")
     chosen = new_id()
     await client.create_context(session.id, type="system", id=chosen)
     with pytest.raises(AlreadyExistsError):

@@ -62,7 +62,7 @@ async def test_details_travel_in_the_status_trailer(target: str) -> None:
         assert (info.reason, info.domain) == ("USER_NOT_FOUND", "parley")
         assert info.metadata["resourceId"] == missing
 
-        call = stub.GetUser(pb.GetUserRequest(id="nope"))
+        call = stub.GetUser(pb.GetUserRequest(id="no pe"))
         assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
         status = _status_details(await call.trailing_metadata())
         bad_request = error_details_pb2.BadRequest()
@@ -78,7 +78,7 @@ def _status_details(trailers: Any) -> status_pb2.Status:
 
 async def test_every_bad_field_is_reported_at_once(client: ParleyClient) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        await client.create_user(id="x", email="y", role="r" * 300)
+        await client.create_user(id="x y", email="y", role="r" * 300)
     assert [v.field for v in caught.value.field_violations] == [
         "user.id",
         "user.email",

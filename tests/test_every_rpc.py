@@ -54,6 +54,13 @@ CASES: list[tuple[str, Callable[[str], ProtoMessage], str, str]] = [
     ),
     ("GetLatestSession", lambda i: pb.GetLatestSessionRequest(user_id=i), "user_id", "user"),
     (
+        "UpdateSessionState",
+        lambda i: pb.UpdateSessionStateRequest(session_id=i),
+        "session_id",
+        "session",
+    ),
+    ("GetUserState", lambda i: pb.GetUserStateRequest(app="a", user_id=i), "user_id", "user"),
+    (
         "AppendMessage",
         lambda i: pb.AppendMessageRequest(
             session_id=i, message=message_pb2.Message(role=message_pb2.ROLE_USER)
@@ -121,7 +128,7 @@ async def test_malformed_id_is_invalid_argument(
     raw: RawCall, method: str, request_for: Callable[[str], Any], field: str, kind: str
 ) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        await raw(method, request_for("not-a-uuid"))
+        await raw(method, request_for("not an id!"))
     assert caught.value.field_violations[0].field == field
     assert "UUID" in caught.value.field_violations[0].description
 

@@ -387,7 +387,7 @@ async def test_append_to_a_missing_session_is_not_found(client: ParleyClient) ->
         ),
         ({"role": "user", "chapter": "c" * 257}, "message.chapter"),
         ({"role": "user", "reply_to": "yesterday"}, "message.reply_to"),
-        ({"role": "user", "user_id": "bob"}, "message.user_id"),
+        ({"role": "user", "user_id": "bob smith"}, "message.user_id"),
         ({"role": "user", "id": "m-1"}, "message.id"),
         ({"role": "user", "content": "bad\x00byte"}, "message.content"),
         ({"role": "user", "metadata": {"score": float("nan")}}, "message.metadata"),
@@ -413,7 +413,7 @@ async def test_invalid_message_is_rejected_and_nothing_written(
 
 async def test_bad_session_id_is_invalid_argument(client: ParleyClient) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        await client.append_message("not-a-uuid", role="user")
+        await client.append_message("not an id", role="user")
     assert caught.value.field_violations[0].field == "session_id"
 
 

@@ -3,8 +3,11 @@ and undo it, on every backend."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
@@ -43,5 +46,66 @@ async def test_upgrade_matches_models_and_downgrade_undoes_it(empty_database_url
         await migrate.upgrade(engine)
         async with engine.connect() as connection:
             assert await connection.run_sync(_schema_drift) == []
+    finally:
+        await engine.dispose()
+
+
+async def test_stored_uuids_keep_their_identity_as_free_string_ids(
+    empty_database_url: str,
+) -> None:
+    """Migration 0007 turns the id columns of users and sessions into strings; a UUID stored
+    before it (32 hex digits on SQLite) reads back in its canonical form, still joined up."""
+    user_id, session_id, message_id = (str(uuid.uuid4()) for _ in range(3))
+    now = datetime.now(UTC)
+    engine = create_engine(empty_database_url)
+    try:
+        await migrate.upgrade(engine, "0006")
+        uuid_type = sa.Uuid(as_uuid=False)
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO users (tenant_id, id, display_name, role, picture_url,"
+                    " status_message, bio, location, website, social_links, preferences,"
+                    " create_time, update_time) VALUES ('default', :id, 'u', '', '', '', '', '',"
+                    " '', '{}', '{}', :now, :now)"
+                ).bindparams(sa.bindparam("id", type_=uuid_type), sa.bindparam("now", now)),
+                {"id": user_id, "now": now},
+            )
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO sessions (tenant_id, id, user_id, title, metadata, ip_address,"
+                    " user_agent, device, create_time, update_time, message_count, last_seq)"
+                    " VALUES ('default', :id, :user_id, 't', '{}', '', '', '', :now, :now, 1, 1)"
+                ).bindparams(
+                    sa.bindparam("id", type_=uuid_type), sa.bindparam("user_id", type_=uuid_type)
+                ),
+                {"id": session_id, "user_id": user_id, "now": now},
+            )
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO messages (tenant_id, id, session_id, seq, role, content, name,"
+                    " tool_call_id, invocation_id, thread_id, chapter, user_id, create_time)"
+                    " VALUES ('default', :id, :session_id, 1, 'user', 'hi', '', '', '', '', '',"
+                    " :user_id, :now)"
+                ).bindparams(
+                    sa.bindparam("id", type_=uuid_type),
+                    sa.bindparam("session_id", type_=uuid_type),
+                    sa.bindparam("user_id", type_=uuid_type),
+                ),
+                {"id": message_id, "session_id": session_id, "user_id": user_id, "now": now},
+            )
+        await migrate.upgrade(engine)
+        async with engine.connect() as connection:
+            row = (
+                await connection.execute(
+                    sa.text(
+                        "SELECT users.id AS user_id, sessions.id AS session_id, messages.user_id"
+                        " AS author FROM messages JOIN sessions ON sessions.tenant_id ="
+                        " messages.tenant_id AND sessions.id = messages.session_id JOIN users ON"
+                        " users.tenant_id = sessions.tenant_id AND users.id = sessions.user_id"
+                    )
+                )
+            ).one()
+        assert tuple(row) == (user_id, session_id, user_id)
     finally:
         await engine.dispose()

@@ -72,7 +72,7 @@ async def test_get_missing_and_malformed(client: ParleyClient) -> None:
     with pytest.raises(NotFoundError):
         await client.get_session(new_id())
     with pytest.raises(InvalidArgumentError):
-        await client.get_session("session-1")
+        await client.get_session("session 1")
 
 
 async def test_list_by_user_newest_first(client: ParleyClient) -> None:

@@ -82,7 +82,7 @@ async def test_users_without_email_do_not_collide(client: ParleyClient) -> None:
 @pytest.mark.parametrize(
     ("fields", "bad_field"),
     [
-        ({"id": "not-a-uuid"}, "user.id"),
+        ({"id": "not an id"}, "user.id"),
         ({"email": "not an email"}, "user.email"),
         ({"role": "r" * 257}, "user.role"),
     ],
@@ -105,7 +105,7 @@ async def test_get_missing_is_not_found(client: ParleyClient) -> None:
 
 async def test_get_with_bad_uuid_is_invalid_argument(client: ParleyClient) -> None:
     with pytest.raises(InvalidArgumentError) as caught:
-        await client.get_user("42")
+        await client.get_user("4 2")
     assert caught.value.field_violations[0].field == "id"
 
 

@@ -13,6 +13,7 @@ from parley_client._client import (
     ParleyClient,
     new_id,
     new_message,
+    state_delta,
     struct,
     to_role,
 )
@@ -42,7 +43,13 @@ from parley_client._gen.parley.v1.admin_service_pb2 import ApiKey
 from parley_client._gen.parley.v1.context_pb2 import Context
 from parley_client._gen.parley.v1.message_pb2 import Attachment, Citation, Message, Role, ToolCall
 from parley_client._gen.parley.v1.rating_pb2 import Rating, RatingSummary
-from parley_client._gen.parley.v1.session_pb2 import ClientInfo, Session
+from parley_client._gen.parley.v1.session_pb2 import (
+    ClientInfo,
+    ScopedStateDelta,
+    Session,
+    StateDelta,
+    UserState,
+)
 from parley_client._gen.parley.v1.user_pb2 import User, UserProfile
 from parley_client._retry import RetryPolicy
 
@@ -75,7 +82,9 @@ __all__ = [
     "ResourceExhaustedError",
     "RetryPolicy",
     "Role",
+    "ScopedStateDelta",
     "Session",
+    "StateDelta",
     "ToolCall",
     "UnauthenticatedError",
     "UnavailableError",
@@ -83,8 +92,10 @@ __all__ = [
     "UnknownError",
     "User",
     "UserProfile",
+    "UserState",
     "new_id",
     "new_message",
+    "state_delta",
     "struct",
     "to_role",
 ]

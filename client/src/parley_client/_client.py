@@ -38,7 +38,13 @@ from parley_client._gen.parley.v1.message_pb2 import (
 )
 from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
 from parley_client._gen.parley.v1.rating_pb2 import Rating, RatingSummary
-from parley_client._gen.parley.v1.session_pb2 import ClientInfo, Session
+from parley_client._gen.parley.v1.session_pb2 import (
+    ClientInfo,
+    ScopedStateDelta,
+    Session,
+    StateDelta,
+    UserState,
+)
 from parley_client._gen.parley.v1.user_pb2 import User, UserProfile
 from parley_client._retry import DEFAULT_RETRY, RetryPolicy, Safety, retryable
 
@@ -138,6 +144,24 @@ def new_message(
         event_time=timestamp(event_time),
         payload=payload,
         payload_type=payload_type,
+    )
+
+
+def state_delta(
+    session: Mapping[str, Any] | None = None,
+    user: Mapping[str, Any] | None = None,
+    app: Mapping[str, Any] | None = None,
+    *,
+    remove_session: Sequence[str] = (),
+    remove_user: Sequence[str] = (),
+    remove_app: Sequence[str] = (),
+) -> StateDelta:
+    """A StateDelta: keys to set (JSON values; None is stored as null) and keys to remove, in the
+    session's own state, its user's state within its app, and its app's state."""
+    return StateDelta(
+        session=ScopedStateDelta(set=struct(session), remove=remove_session),
+        user=ScopedStateDelta(set=struct(user), remove=remove_user),
+        app=ScopedStateDelta(set=struct(app), remove=remove_app),
     )
 
 
@@ -383,16 +407,23 @@ class ParleyClient:
         metadata: Mapping[str, Any] | None = None,
         client_info: ClientInfo | None = None,
         id: str = "",
+        app: str = "",
+        state: Mapping[str, Any] | None = None,
+        state_delta: StateDelta | None = None,
         **options: Unpack[CallOptions],
     ) -> Session:
+        """state: the session's own; state_delta also sets its user's and its app's state, in
+        the same transaction."""
         session = Session(
             id=id or new_id(),
             user_id=user_id,
             title=title,
             metadata=struct(metadata),
             client_info=client_info,
+            app=app,
+            state=struct(state),
         )
-        request = pb.CreateSessionRequest(session=session)
+        request = pb.CreateSessionRequest(session=session, state_delta=state_delta)
         return await self._call(
             lambda s: s.parley.CreateSession, request, Safety.IDEMPOTENT, options
         )
@@ -405,22 +436,28 @@ class ParleyClient:
         self,
         *,
         user_id: str = "",
+        app: str | None = None,
         page_size: int = 0,
         page_token: str = "",
         **options: Unpack[CallOptions],
     ) -> pb.ListSessionsResponse:
-        """Newest first; only user_id's sessions when given."""
+        """Newest first; only user_id's sessions when given, only app's when not None."""
         request = pb.ListSessionsRequest(
-            user_id=user_id, page_size=page_size, page_token=page_token
+            user_id=user_id, app=app, page_size=page_size, page_token=page_token
         )
         return await self._call(lambda s: s.parley.ListSessions, request, Safety.READ, options)
 
     def iter_sessions(
-        self, *, user_id: str = "", page_size: int = 0, **options: Unpack[CallOptions]
+        self,
+        *,
+        user_id: str = "",
+        app: str | None = None,
+        page_size: int = 0,
+        **options: Unpack[CallOptions],
     ) -> AsyncIterator[Session]:
         async def page(token: str) -> tuple[Sequence[Session], str]:
             response = await self.list_sessions(
-                user_id=user_id, page_size=page_size, page_token=token, **options
+                user_id=user_id, app=app, page_size=page_size, page_token=token, **options
             )
             return response.sessions, response.next_page_token
 
@@ -485,6 +522,30 @@ class ParleyClient:
         request = pb.GetLatestSessionRequest(user_id=user_id)
         return await self._call(lambda s: s.parley.GetLatestSession, request, Safety.READ, options)
 
+    async def update_session_state(
+        self,
+        session_id: str,
+        state_delta: StateDelta,
+        *,
+        expected_last_seq: int | None = None,
+        **options: Unpack[CallOptions],
+    ) -> Session:
+        """Apply state_delta (build it with state_delta()) atomically; the session comes back
+        with its state, its user's and its app's. With expected_last_seq, as in append_message."""
+        request = pb.UpdateSessionStateRequest(
+            session_id=session_id, state_delta=state_delta, expected_last_seq=expected_last_seq
+        )
+        return await self._call(
+            lambda s: s.parley.UpdateSessionState, request, Safety.IDEMPOTENT, options
+        )
+
+    async def get_user_state(
+        self, app: str, user_id: str, **options: Unpack[CallOptions]
+    ) -> UserState:
+        """The state user_id has within app (empty if none), without a session."""
+        request = pb.GetUserStateRequest(app=app, user_id=user_id)
+        return await self._call(lambda s: s.parley.GetUserState, request, Safety.READ, options)
+
     # --- messages ---------------------------------------------------------------------------------
 
     async def append_message(
@@ -509,11 +570,13 @@ class ParleyClient:
         payload: bytes = b"",
         payload_type: str = "",
         expected_last_seq: int | None = None,
+        state_delta: StateDelta | None = None,
         **options: Unpack[CallOptions],
     ) -> Message:
         """Append one message; the server assigns its seq. With expected_last_seq, only if the
         session's last seq is that: otherwise AbortedError (reason LAST_SEQ_MISMATCH, the
-        current one in .metadata["lastSeq"]) and nothing is written."""
+        current one in .metadata["lastSeq"]) and nothing is written. state_delta is applied in
+        the append's transaction: both land or neither does."""
         message = new_message(
             role=role,
             content=content,
@@ -534,7 +597,10 @@ class ParleyClient:
             payload_type=payload_type,
         )
         request = pb.AppendMessageRequest(
-            session_id=session_id, message=message, expected_last_seq=expected_last_seq
+            session_id=session_id,
+            message=message,
+            expected_last_seq=expected_last_seq,
+            state_delta=state_delta,
         )
         return await self._call(
             lambda s: s.parley.AppendMessage, request, Safety.IDEMPOTENT, options
@@ -546,13 +612,17 @@ class ParleyClient:
         messages: Sequence[Message],
         *,
         expected_last_seq: int | None = None,
+        state_delta: StateDelta | None = None,
         **options: Unpack[CallOptions],
     ) -> list[Message]:
         """Append all of messages (build them with new_message) or none, in order; a message
         without an id is given one, so that a retried batch cannot be stored twice. With
-        expected_last_seq, as in append_message."""
+        expected_last_seq and state_delta, as in append_message."""
         request = pb.BatchAppendMessagesRequest(
-            session_id=session_id, messages=messages, expected_last_seq=expected_last_seq
+            session_id=session_id,
+            messages=messages,
+            expected_last_seq=expected_last_seq,
+            state_delta=state_delta,
         )
         for message in request.messages:
             if not message.id:
@@ -740,11 +810,21 @@ class ParleyClient:
             await asyncio.sleep(delay)
 
     async def get_context_window(
-        self, session_id: str, *, max_messages: int = 0, **options: Unpack[CallOptions]
+        self,
+        session_id: str,
+        *,
+        max_messages: int = 0,
+        min_event_time: datetime | None = None,
+        **options: Unpack[CallOptions],
     ) -> pb.GetContextWindowResponse:
-        """The session, its contexts and its newest max_messages messages (0 means 100) in seq
-        order, read at one moment: what an agent needs for its next prompt."""
-        request = pb.GetContextWindowRequest(session_id=session_id, max_messages=max_messages)
+        """The session, its contexts and its newest max_messages messages (0 means 100; only
+        those with an event_time from min_event_time on, when given) in seq order, read at one
+        moment: what an agent needs for its next prompt."""
+        request = pb.GetContextWindowRequest(
+            session_id=session_id,
+            max_messages=max_messages,
+            min_event_time=timestamp(min_event_time),
+        )
         return await self._call(lambda s: s.parley.GetContextWindow, request, Safety.READ, options)
 
     async def delete_message(

@@ -91,6 +91,46 @@ class NewSession:
     title: str = ""
     metadata: JsonObject = field(default_factory=dict)
     client_info: ClientInfo = field(default_factory=ClientInfo)
+    app: str = ""
+    state: JsonObject = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScopedStateDelta:
+    set: JsonObject = field(default_factory=dict)
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.remove)
+
+    def applied_to(self, state: JsonObject) -> JsonObject:
+        changed = {key: value for key, value in state.items() if key not in self.remove}
+        changed.update(self.set)
+        return changed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StateDelta:
+    """A change to state at its three scopes: the session's own, its user's within its app, and
+    its app's."""
+
+    session: ScopedStateDelta = field(default_factory=ScopedStateDelta)
+    user: ScopedStateDelta = field(default_factory=ScopedStateDelta)
+    app: ScopedStateDelta = field(default_factory=ScopedStateDelta)
+
+    def __bool__(self) -> bool:
+        return bool(self.session or self.user or self.app)
+
+
+NO_STATE_DELTA = StateDelta()
+
+
+@dataclass(slots=True, kw_only=True)
+class UserState:
+    app: str
+    user_id: str
+    state: JsonObject
+    update_time: datetime | None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -106,6 +146,11 @@ class Session:
     message_count: int
     last_message_time: datetime | None
     last_seq: int
+    app: str
+    state: JsonObject
+    user_state: JsonObject
+    app_state: JsonObject
+    last_event_time: datetime | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

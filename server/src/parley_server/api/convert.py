@@ -24,7 +24,7 @@ from parley_client._gen.parley.v1 import (
     user_pb2,
 )
 from parley_server import domain
-from parley_server.api.validate import Violations
+from parley_server.api.validate import LABEL_MAX_LENGTH, Violations
 from parley_server.identity import ApiKey, Role
 
 # --- domain -> proto ------------------------------------------------------------------------------
@@ -94,7 +94,48 @@ def session_pb(session: domain.Session) -> session_pb2.Session:
         _set_time(result.end_time, session.end_time)
     if session.last_message_time is not None:
         _set_time(result.last_message_time, session.last_message_time)
+    result.app = session.app
+    _set_struct(result.state, session.state)
+    _set_struct(result.user_state, session.user_state)
+    _set_struct(result.app_state, session.app_state)
+    if session.last_event_time is not None:
+        _set_time(result.last_event_time, session.last_event_time)
     return result
+
+
+def user_state_pb(state: domain.UserState) -> session_pb2.UserState:
+    result = session_pb2.UserState(app=state.app, user_id=state.user_id)
+    _set_struct(result.state, state.state)
+    if state.update_time is not None:
+        _set_time(result.update_time, state.update_time)
+    return result
+
+
+def _state_keys(keys: Iterable[str], field: str, v: Violations) -> None:
+    for key in keys:
+        if not key:
+            v.add(field, "holds an empty key")
+        elif len(key) > LABEL_MAX_LENGTH:
+            v.add(field, f"holds a key of {len(key)} characters; at most {LABEL_MAX_LENGTH}")
+
+
+def _scoped_state_delta(
+    delta: session_pb2.ScopedStateDelta, prefix: str, v: Violations
+) -> domain.ScopedStateDelta:
+    values = struct_dict(delta.set)
+    _state_keys(values, f"{prefix}.set", v)
+    _state_keys(delta.remove, f"{prefix}.remove", v)
+    if both := sorted(set(values) & set(delta.remove)):
+        v.add(prefix, f"sets and removes the same key {both[0]!r}")
+    return domain.ScopedStateDelta(set=values, remove=tuple(delta.remove))
+
+
+def state_delta(delta: session_pb2.StateDelta, prefix: str, v: Violations) -> domain.StateDelta:
+    return domain.StateDelta(
+        session=_scoped_state_delta(delta.session, f"{prefix}.session", v),
+        user=_scoped_state_delta(delta.user, f"{prefix}.user", v),
+        app=_scoped_state_delta(delta.app, f"{prefix}.app", v),
+    )
 
 
 _ROLE_TO_PB = {
@@ -253,7 +294,7 @@ def new_api_key(key: admin_service_pb2.ApiKey, prefix: str, v: Violations) -> Ne
     role = _KEY_ROLE_FROM_PB.get(key.role)
     if role is None:
         v.add(f"{prefix}.role", "is required: ROLE_ADMIN, ROLE_SERVICE or ROLE_USER")
-    user_id = v.uuid(f"{prefix}.user_id", key.user_id, required=role is Role.USER)
+    user_id = v.resource_id(f"{prefix}.user_id", key.user_id, required=role is Role.USER)
     if key.user_id and role is not Role.USER:
         v.add(f"{prefix}.user_id", "is only for ROLE_USER keys; leave it empty")
     if len(key.display_name) > DISPLAY_NAME_MAX_LENGTH:
@@ -384,14 +425,18 @@ SESSION_FIELDS = WritableFields(
             "message_count",
             "last_message_time",
             "last_seq",
+            "user_state",
+            "app_state",
+            "last_event_time",
         }
     ),
-    immutable=frozenset({"user_id"}),
+    # State changes by deltas (UpdateSessionState), never by replacing it whole.
+    immutable=frozenset({"user_id", "app", "state"}),
 )
 
 
 def new_user(user: user_pb2.User, prefix: str, v: Violations) -> domain.NewUser:
-    user_id = v.uuid(f"{prefix}.id", user.id, required=False)
+    user_id = v.resource_id(f"{prefix}.id", user.id, required=False)
     values = USER_FIELDS.read(user, prefix, USER_FIELDS.fields, v)
     profile_keys = [path.rsplit(".", 1)[-1] for path in _PROFILE_PATHS]
     profile = domain.UserProfile(**{key: values.pop(key) for key in profile_keys})
@@ -404,15 +449,24 @@ def user_patch(request_user: user_pb2.User, mask: FieldMask, v: Violations) -> d
 
 
 def new_session(session: session_pb2.Session, prefix: str, v: Violations) -> domain.NewSession:
-    session_id = v.uuid(f"{prefix}.id", session.id, required=False)
-    user_id = v.uuid(f"{prefix}.user_id", session.user_id, required=False)
+    session_id = v.resource_id(f"{prefix}.id", session.id, required=False)
+    user_id = v.resource_id(f"{prefix}.user_id", session.user_id, required=False)
     values = SESSION_FIELDS.read(session, prefix, SESSION_FIELDS.fields, v)
     info = domain.ClientInfo(
         ip_address=values.pop("ip_address"),
         user_agent=values.pop("user_agent"),
         device=values.pop("device"),
     )
-    return domain.NewSession(id=session_id or None, user_id=user_id, client_info=info, **values)
+    state = struct_dict(session.state)
+    _state_keys(state, f"{prefix}.state", v)
+    return domain.NewSession(
+        id=session_id or None,
+        user_id=user_id,
+        client_info=info,
+        app=v.label(f"{prefix}.app", session.app),
+        state=state,
+        **values,
+    )
 
 
 def session_patch(
@@ -486,7 +540,7 @@ def new_message(
         attachments=tuple(attachments),
         citations=tuple(citations),
         metadata=struct_dict(message.metadata),
-        user_id=v.uuid(f"{prefix}.user_id", message.user_id, required=False),
+        user_id=v.resource_id(f"{prefix}.user_id", message.user_id, required=False),
         event_time=(
             time_of(message.event_time, f"{prefix}.event_time", v)
             if message.HasField("event_time")
@@ -509,7 +563,7 @@ def _payload_type(message: message_pb2.Message, prefix: str, v: Violations) -> s
 def new_context(context: context_pb2.Context, prefix: str, v: Violations) -> domain.NewContext:
     return domain.NewContext(
         id=v.uuid(f"{prefix}.id", context.id, required=False) or None,
-        session_id=v.uuid(f"{prefix}.session_id", context.session_id, required=True),
+        session_id=v.resource_id(f"{prefix}.session_id", context.session_id, required=True),
         type=v.label(f"{prefix}.type", context.type, required=True),
         content=context.content,
         metadata=struct_dict(context.metadata),

@@ -17,11 +17,11 @@ import binascii
 import hashlib
 import hmac
 import struct
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from parley_server.api.validate import canonical_resource_id
 from parley_server.domain import Page, TimeCursor
 from parley_server.errors import InvalidArgument
 
@@ -142,10 +142,7 @@ class Keyset:
             return None
         # A signed token holds what parley wrote; these checks only keep a leaked key harmless.
         micros = self.token.last_time_micros
-        try:
-            last_id = str(uuid.UUID(self.token.last_id))
-        except ValueError:
-            last_id = ""
+        last_id = canonical_resource_id(self.token.last_id)
         if not _MIN_MICROS <= micros <= _MAX_MICROS or not last_id:
             raise _invalid("holds a position no list has; start again without a page_token")
         return TimeCursor(time=_EPOCH + timedelta(microseconds=micros), id=last_id)

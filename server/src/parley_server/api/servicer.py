@@ -27,7 +27,7 @@ from parley_server import domain
 from parley_server.api import convert
 from parley_server.api.auth import caller
 from parley_server.api.pagination import PageTokens
-from parley_server.api.validate import Violations, required_uuid
+from parley_server.api.validate import Violations, required_resource_id, required_uuid
 from parley_server.domain import Page
 from parley_server.services import Services
 from parley_server.services.messages import batch_violations, message_violations
@@ -59,7 +59,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
 
     async def GetUser(self, request: pb.GetUserRequest, context: Context) -> user_pb2.User:
         return convert.user_pb(
-            await self._services.users.get(caller(), required_uuid(request.id, "id"))
+            await self._services.users.get(caller(), required_resource_id(request.id, "id"))
         )
 
     async def ListUsers(
@@ -75,7 +75,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
 
     async def UpdateUser(self, request: pb.UpdateUserRequest, context: Context) -> user_pb2.User:
         v = Violations()
-        user_id = v.uuid("user.id", request.user.id, required=True)
+        user_id = v.resource_id("user.id", request.user.id, required=True)
         patch = convert.user_patch(request.user, request.update_mask, v)
         v.raise_if_any()
         return convert.user_pb(await self._services.users.update(caller(), user_id, patch))
@@ -83,7 +83,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
     async def DeleteUser(self, request: pb.DeleteUserRequest, context: Context) -> Empty:
         await self._services.users.delete(
             caller(),
-            required_uuid(request.id, "id"),
+            required_resource_id(request.id, "id"),
             force=request.force,
             allow_missing=request.allow_missing,
         )
@@ -96,26 +96,30 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
     ) -> session_pb2.Session:
         v = Violations()
         new = convert.new_session(request.session, "session", v)
+        delta = convert.state_delta(request.state_delta, "state_delta", v)
         v.raise_if_any()
-        return convert.session_pb(await self._services.sessions.create(caller(), new))
+        return convert.session_pb(await self._services.sessions.create(caller(), new, delta))
 
     async def GetSession(
         self, request: pb.GetSessionRequest, context: Context
     ) -> session_pb2.Session:
         return convert.session_pb(
-            await self._services.sessions.get(caller(), required_uuid(request.id, "id"))
+            await self._services.sessions.get(caller(), required_resource_id(request.id, "id"))
         )
 
     async def ListSessions(
         self, request: pb.ListSessionsRequest, context: Context
     ) -> pb.ListSessionsResponse:
         v = Violations()
-        user_id = v.uuid("user_id", request.user_id, required=False)
+        user_id = v.resource_id("user_id", request.user_id, required=False)
+        app = v.label("app", request.app) if request.HasField("app") else None
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
-        keyset = self._tokens.keyset("ListSessions", request.page_token, caller().scope, user_id)
+        keyset = self._tokens.keyset(
+            "ListSessions", request.page_token, caller().scope, user_id, app
+        )
         page = await self._services.sessions.list(
-            caller(), user_id=user_id, after=keyset.after_time, limit=size
+            caller(), user_id=user_id, app=app, after=keyset.after_time, limit=size
         )
         page, sessions = self._fit(page, convert.session_pb)
         return pb.ListSessionsResponse(
@@ -128,7 +132,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.UpdateSessionRequest, context: Context
     ) -> session_pb2.Session:
         v = Violations()
-        session_id = v.uuid("session.id", request.session.id, required=True)
+        session_id = v.resource_id("session.id", request.session.id, required=True)
         patch = convert.session_patch(request.session, request.update_mask, v)
         v.raise_if_any()
         return convert.session_pb(await self._services.sessions.update(caller(), session_id, patch))
@@ -137,12 +141,12 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.CloseSessionRequest, context: Context
     ) -> session_pb2.Session:
         return convert.session_pb(
-            await self._services.sessions.close(caller(), required_uuid(request.id, "id"))
+            await self._services.sessions.close(caller(), required_resource_id(request.id, "id"))
         )
 
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context: Context) -> Empty:
         await self._services.sessions.delete(
-            caller(), required_uuid(request.id, "id"), allow_missing=request.allow_missing
+            caller(), required_resource_id(request.id, "id"), allow_missing=request.allow_missing
         )
         return Empty()
 
@@ -150,7 +154,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.GetOrCreateOpenSessionRequest, context: Context
     ) -> pb.GetOrCreateOpenSessionResponse:
         v = Violations()
-        user_id = v.uuid("user_id", request.user_id, required=True)
+        user_id = v.resource_id("user_id", request.user_id, required=True)
         template = convert.new_session(request.session_template, "session_template", v)
         v.raise_if_any()
         session, created = await self._services.sessions.get_or_create_open(
@@ -165,8 +169,32 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
     ) -> session_pb2.Session:
         return convert.session_pb(
             await self._services.sessions.latest(
-                caller(), required_uuid(request.user_id, "user_id")
+                caller(), required_resource_id(request.user_id, "user_id")
             )
+        )
+
+    async def UpdateSessionState(
+        self, request: pb.UpdateSessionStateRequest, context: Context
+    ) -> session_pb2.Session:
+        v = Violations()
+        session_id = v.resource_id("session_id", request.session_id, required=True)
+        delta = convert.state_delta(request.state_delta, "state_delta", v)
+        expected = _expected_last_seq(request, v)
+        v.raise_if_any()
+        session = await self._services.sessions.update_state(
+            caller(), session_id, delta, expected_last_seq=expected
+        )
+        return convert.session_pb(session)
+
+    async def GetUserState(
+        self, request: pb.GetUserStateRequest, context: Context
+    ) -> session_pb2.UserState:
+        v = Violations()
+        app = v.label("app", request.app)
+        user_id = v.resource_id("user_id", request.user_id, required=True)
+        v.raise_if_any()
+        return convert.user_state_pb(
+            await self._services.sessions.user_state(caller(), app, user_id)
         )
 
     # --- messages ---------------------------------------------------------------------------------
@@ -175,13 +203,14 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.AppendMessageRequest, context: Context
     ) -> message_pb2.Message:
         v = Violations()
-        session_id = v.uuid("session_id", request.session_id, required=True)
+        session_id = v.resource_id("session_id", request.session_id, required=True)
         new = convert.new_message(request.message, "message", session_id, v)
         v.items += message_violations(new, "message")
         expected = _expected_last_seq(request, v)
+        delta = convert.state_delta(request.state_delta, "state_delta", v)
         v.raise_if_any()
         message = await self._services.messages.append(
-            caller(), session_id, new, expected_last_seq=expected
+            caller(), session_id, new, expected_last_seq=expected, state_delta=delta
         )
         return convert.message_pb(message)
 
@@ -189,16 +218,17 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.BatchAppendMessagesRequest, context: Context
     ) -> pb.BatchAppendMessagesResponse:
         v = Violations()
-        session_id = v.uuid("session_id", request.session_id, required=True)
+        session_id = v.resource_id("session_id", request.session_id, required=True)
         news = [
             convert.new_message(m, f"messages[{i}]", session_id, v)
             for i, m in enumerate(request.messages)
         ]
         v.items += batch_violations(news)
         expected = _expected_last_seq(request, v)
+        delta = convert.state_delta(request.state_delta, "state_delta", v)
         v.raise_if_any()
         messages = await self._services.messages.append_batch(
-            caller(), session_id, news, expected_last_seq=expected
+            caller(), session_id, news, expected_last_seq=expected, state_delta=delta
         )
         response = pb.BatchAppendMessagesResponse()
         convert.add_messages(response.messages, messages)
@@ -215,7 +245,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.ListMessagesRequest, context: Context
     ) -> pb.ListMessagesResponse:
         v = Violations()
-        session_id = v.uuid("session_id", request.session_id, required=True)
+        session_id = v.resource_id("session_id", request.session_id, required=True)
         size = v.page_size("page_size", request.page_size)
         where = _message_filter(request, v)
         newest_first = _newest_first(request.order_by, v)
@@ -241,7 +271,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.StreamMessagesRequest, context: Context
     ) -> AsyncIterator[pb.StreamMessagesResponse]:
         v = Violations()
-        session_id = v.uuid("session_id", request.session_id, required=True)
+        session_id = v.resource_id("session_id", request.session_id, required=True)
         where = _message_filter(request, v)
         v.raise_if_any()
         async for batch in self._services.messages.stream(caller(), session_id, where):
@@ -253,7 +283,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.WatchSessionRequest, context: Context
     ) -> AsyncIterator[pb.WatchSessionResponse]:
         v = Violations()
-        session_id = v.uuid("session_id", request.session_id, required=True)
+        session_id = v.resource_id("session_id", request.session_id, required=True)
         where = _message_filter(request, v)
         if request.after_deletion < 0:
             v.add("after_deletion", "must not be negative")
@@ -272,10 +302,17 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.GetContextWindowRequest, context: Context
     ) -> pb.GetContextWindowResponse:
         v = Violations()
-        session_id = v.uuid("session_id", request.session_id, required=True)
+        session_id = v.resource_id("session_id", request.session_id, required=True)
         max_messages = v.page_size("max_messages", request.max_messages)
+        min_event_time = (
+            convert.time_of(request.min_event_time, "min_event_time", v)
+            if request.HasField("min_event_time")
+            else None
+        )
         v.raise_if_any()
-        window = await self._services.messages.context_window(caller(), session_id, max_messages)
+        window = await self._services.messages.context_window(
+            caller(), session_id, max_messages, min_event_time=min_event_time
+        )
         response = pb.GetContextWindowResponse(
             session=convert.session_pb(window.session),
             contexts=[convert.context_pb(c) for c in window.contexts],
@@ -293,7 +330,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
     async def PopMessage(
         self, request: pb.PopMessageRequest, context: Context
     ) -> pb.PopMessageResponse:
-        session_id = required_uuid(request.session_id, "session_id")
+        session_id = required_resource_id(request.session_id, "session_id")
         popped = await self._services.messages.pop(caller(), session_id)
         response = pb.PopMessageResponse()
         if popped is not None:
@@ -303,7 +340,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
     async def ClearMessages(
         self, request: pb.ClearMessagesRequest, context: Context
     ) -> pb.ClearMessagesResponse:
-        session_id = required_uuid(request.session_id, "session_id")
+        session_id = required_resource_id(request.session_id, "session_id")
         cleared = await self._services.messages.clear(caller(), session_id)
         return pb.ClearMessagesResponse(deleted_count=cleared)
 
@@ -328,7 +365,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         self, request: pb.ListContextsRequest, context: Context
     ) -> pb.ListContextsResponse:
         v = Violations()
-        session_id = v.uuid("session_id", request.session_id, required=True)
+        session_id = v.resource_id("session_id", request.session_id, required=True)
         context_type = v.label("type", request.type)
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
@@ -356,7 +393,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
     ) -> rating_pb2.Rating:
         v = Violations()
         message_id = v.uuid("message_id", request.message_id, required=True)
-        user_id = v.uuid("user_id", request.user_id, required=True)
+        user_id = v.resource_id("user_id", request.user_id, required=True)
         v.items += rating_violations(request.value)
         v.raise_if_any()
         rating = await self._services.ratings.rate(
@@ -370,8 +407,8 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         where = domain.RatingFilter(
             message_id=v.uuid("message_id", request.message_id, required=False),
-            session_id=v.uuid("session_id", request.session_id, required=False),
-            user_id=v.uuid("user_id", request.user_id, required=False),
+            session_id=v.resource_id("session_id", request.session_id, required=False),
+            user_id=v.resource_id("user_id", request.user_id, required=False),
         )
         size = v.page_size("page_size", request.page_size)
         v.raise_if_any()
@@ -402,7 +439,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
             )
         else:
             summary = await self._services.ratings.summarize(
-                caller(), session_id=required_uuid(request.session_id, "session_id")
+                caller(), session_id=required_resource_id(request.session_id, "session_id")
             )
         return rating_pb2.RatingSummary(count=summary.count, mean=summary.mean)
 
@@ -449,7 +486,8 @@ def _message_filter(
 
 
 def _expected_last_seq(
-    request: pb.AppendMessageRequest | pb.BatchAppendMessagesRequest, v: Violations
+    request: pb.AppendMessageRequest | pb.BatchAppendMessagesRequest | pb.UpdateSessionStateRequest,
+    v: Violations,
 ) -> int | None:
     if not request.HasField("expected_last_seq"):
         return None

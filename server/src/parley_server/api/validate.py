@@ -23,6 +23,20 @@ MAX_PAGE_SIZE = 1000
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 _UUID_EXAMPLE = "123e4567-e89b-12d3-a456-426614174000"
+RESOURCE_ID_MAX_LENGTH = 255  # matches the store's id columns of users and sessions
+# What a caller-chosen user or session id may hold: safe in URLs, file names, logs and shells.
+_RESOURCE_ID = re.compile(rf"[A-Za-z0-9._~:@-]{{1,{RESOURCE_ID_MAX_LENGTH}}}")
+_RESOURCE_ID_RULE = (
+    f"a UUID or 1 to {RESOURCE_ID_MAX_LENGTH} letters, digits and the characters - . _ ~ : @"
+    " (such as support-bot:alice)"
+)
+
+
+def canonical_resource_id(value: str) -> str | None:
+    """A user or session id as parley keeps it (UUIDs in lower case), or None if it is not one."""
+    if _UUID.fullmatch(value):
+        return value.lower()
+    return value if _RESOURCE_ID.fullmatch(value) else None
 
 
 class Violations:
@@ -48,6 +62,18 @@ class Violations:
             self.add(field, f"must be a UUID such as {_UUID_EXAMPLE}, not {value[:64]!r}")
             return ""
         return value.lower()
+
+    def resource_id(self, field: str, value: str, *, required: bool) -> str:
+        """A user or session id, which callers may choose; "" when absent and optional."""
+        if not value:
+            if required:
+                self.add(field, f"is required: {_RESOURCE_ID_RULE}")
+            return ""
+        canonical = canonical_resource_id(value)
+        if canonical is None:
+            self.add(field, f"must be {_RESOURCE_ID_RULE}, not {value[:64]!r}")
+            return ""
+        return canonical
 
     def label(self, field: str, value: str, *, required: bool = False) -> str:
         """A short free-form name (chapter, thread id, type, ...)."""
@@ -85,6 +111,14 @@ def required_uuid(value: str, field: str) -> str:
     """A request's one required UUID field, canonicalised, or INVALID_ARGUMENT."""
     v = Violations()
     parsed = v.uuid(field, value, required=True)
+    v.raise_if_any()
+    return parsed
+
+
+def required_resource_id(value: str, field: str) -> str:
+    """A request's one required user or session id, canonicalised, or INVALID_ARGUMENT."""
+    v = Violations()
+    parsed = v.resource_id(field, value, required=True)
     v.raise_if_any()
     return parsed
 

@@ -1,8 +1,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
 
-from parley_server.domain import ContextWindow, Message, MessageFilter, NewMessage, Page, Role
+from parley_server.domain import (
+    NO_STATE_DELTA,
+    ContextWindow,
+    Message,
+    MessageFilter,
+    NewMessage,
+    Page,
+    Role,
+    StateDelta,
+)
 from parley_server.errors import FieldViolation, InvalidArgument
 from parley_server.identity import Principal
 from parley_server.services.access import acting_for, audit, require_data_access
@@ -78,12 +88,14 @@ class MessageService:
         new: NewMessage,
         *,
         expected_last_seq: int | None = None,
+        state_delta: StateDelta = NO_STATE_DELTA,
     ) -> Message:
-        """With expected_last_seq, only if the session's last seq is that (else Aborted)."""
+        """With expected_last_seq, only if the session's last seq is that (else Aborted); with
+        state_delta applied atomically with the append."""
         violations = message_violations(new, "message")
         if violations:
             raise InvalidArgument(violations)
-        (message,) = await self._append(caller, session_id, [new], expected_last_seq)
+        (message,) = await self._append(caller, session_id, [new], expected_last_seq, state_delta)
         return message
 
     async def append_batch(
@@ -93,12 +105,13 @@ class MessageService:
         news: Sequence[NewMessage],
         *,
         expected_last_seq: int | None = None,
+        state_delta: StateDelta = NO_STATE_DELTA,
     ) -> list[Message]:
         """All of news or none, with consecutive seqs."""
         violations = batch_violations(news)
         if violations:
             raise InvalidArgument(violations)
-        return await self._append(caller, session_id, news, expected_last_seq)
+        return await self._append(caller, session_id, news, expected_last_seq, state_delta)
 
     async def _append(
         self,
@@ -106,12 +119,17 @@ class MessageService:
         session_id: str,
         news: Sequence[NewMessage],
         expected_last_seq: int | None,
+        state_delta: StateDelta,
     ) -> list[Message]:
         await self._sessions.require_visible(caller, session_id)
         for new in news:
             acting_for(caller, new.user_id)  # a user writes as itself (or as no one)
         return await self._store.messages.append(
-            caller.scope, session_id, news, expected_last_seq=expected_last_seq
+            caller.scope,
+            session_id,
+            news,
+            expected_last_seq=expected_last_seq,
+            state_delta=state_delta,
         )
 
     async def get(self, caller: Principal, message_id: str) -> Message:
@@ -166,11 +184,20 @@ class MessageService:
                 return
 
     async def context_window(
-        self, caller: Principal, session_id: str, max_messages: int
+        self,
+        caller: Principal,
+        session_id: str,
+        max_messages: int,
+        *,
+        min_event_time: datetime | None = None,
     ) -> ContextWindow:
         await self._sessions.require_visible(caller, session_id)
         return await self._store.messages.context_window(
-            caller.scope, session_id, max_messages, max_bytes=self._budget
+            caller.scope,
+            session_id,
+            max_messages,
+            max_bytes=self._budget,
+            min_event_time=min_event_time,
         )
 
     async def delete(self, caller: Principal, message_id: str, *, allow_missing: bool) -> None:

@@ -2,7 +2,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from parley_server.domain import NewSession, Page, Session, SessionPatch, TimeCursor
+from parley_server.domain import (
+    NO_STATE_DELTA,
+    NewSession,
+    Page,
+    Session,
+    SessionPatch,
+    StateDelta,
+    TimeCursor,
+    UserState,
+)
 from parley_server.identity import Principal
 from parley_server.services.access import acting_for, audit, require_data_access
 from parley_server.store import Store
@@ -12,24 +21,49 @@ class SessionService:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def create(self, caller: Principal, new: NewSession) -> Session:
+    async def create(
+        self, caller: Principal, new: NewSession, delta: StateDelta = NO_STATE_DELTA
+    ) -> Session:
         require_data_access(caller)
         owner = acting_for(caller, new.user_id)
         if owner != new.user_id:
             new = dataclasses.replace(new, user_id=owner)
-        return await self._store.sessions.create(caller.scope, new)
+        return await self._store.sessions.create(caller.scope, new, delta)
 
     async def get(self, caller: Principal, session_id: str) -> Session:
         require_data_access(caller)
         return await self._store.sessions.get(caller.scope, session_id)
 
     async def list(
-        self, caller: Principal, *, user_id: str, after: TimeCursor | None, limit: int
+        self,
+        caller: Principal,
+        *,
+        user_id: str,
+        app: str | None = None,
+        after: TimeCursor | None,
+        limit: int,
     ) -> Page[Session]:
         require_data_access(caller)
         return await self._store.sessions.list(
-            caller.scope, user_id=user_id, after=after, limit=limit
+            caller.scope, user_id=user_id, app=app, after=after, limit=limit
         )
+
+    async def update_state(
+        self,
+        caller: Principal,
+        session_id: str,
+        delta: StateDelta,
+        *,
+        expected_last_seq: int | None = None,
+    ) -> Session:
+        require_data_access(caller)
+        return await self._store.sessions.update_state(
+            caller.scope, session_id, delta, expected_last_seq=expected_last_seq
+        )
+
+    async def user_state(self, caller: Principal, app: str, user_id: str) -> UserState:
+        require_data_access(caller)
+        return await self._store.sessions.user_state(caller.scope, app, acting_for(caller, user_id))
 
     async def update(self, caller: Principal, session_id: str, patch: SessionPatch) -> Session:
         require_data_access(caller)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
@@ -104,7 +103,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         dbapi_connection.create_function(
             "parley_history_changed",
             2,
-            lambda tenant, session_id: changed.append((tenant, str(uuid.UUID(session_id)))),
+            lambda tenant, session_id: changed.append((tenant, session_id)),
         )
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -22,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import (
+    NO_STATE_DELTA,
     ContextWindow,
     HistoryStep,
     Message,
@@ -30,10 +32,11 @@ from parley_server.domain import (
     NewMessage,
     Page,
     Scope,
+    StateDelta,
     repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, NotFound
-from parley_server.store.appenders import appender_for, reserve_seqs
+from parley_server.store.appenders import appender_for, newest_event_time, reserve_seqs
 from parley_server.store.contexts import session_closed
 from parley_server.store.database import Database, translated_errors
 from parley_server.store.rows import (
@@ -44,11 +47,13 @@ from parley_server.store.rows import (
     to_session,
     tool_calls_json,
 )
+from parley_server.store.states import apply_state_delta, lock_session_target
 from parley_server.store.tables import (
     contexts,
     message_deletions,
     messages,
     new_id,
+    select_sessions,
     sessions,
     users,
     utcnow,
@@ -199,7 +204,7 @@ _THE_SESSION = (sessions.c.tenant_id == bindparam("tenant")) & (
     sessions.c.id == bindparam("session_id")
 )
 _MESSAGE_COUNT = select(sessions.c.message_count).where(_THE_SESSION)
-_WINDOW_SESSION = select(sessions).where(_THE_SESSION)
+_WINDOW_SESSION = select_sessions().where(_THE_SESSION)
 _WINDOW_CONTEXTS = (
     select(contexts)
     .where(
@@ -209,16 +214,20 @@ _WINDOW_CONTEXTS = (
     .order_by(contexts.c.create_time, contexts.c.id)
     .limit(MAX_WINDOW_CONTEXTS)
 )
-_WINDOW_MESSAGES = _within_budget(
-    select(messages)
-    .where(
+
+
+@functools.cache
+def _window_messages(since_event_time: bool) -> Select[Any]:
+    query = select(messages).where(
         messages.c.tenant_id == bindparam("tenant"),
         messages.c.session_id == bindparam("session_id"),
     )
-    .order_by(messages.c.seq.desc())
-    .limit(bindparam("limit")),
-    _descending,
-)
+    if since_event_time:
+        query = query.where(messages.c.event_time >= bindparam("min_event_time"))
+    return _within_budget(
+        query.order_by(messages.c.seq.desc()).limit(bindparam("limit")), _descending
+    )
+
 
 MAX_STEP_DELETIONS = 500
 _STEP_DELETIONS = (
@@ -245,10 +254,12 @@ class MessageStore:
         news: Sequence[NewMessage],
         *,
         expected_last_seq: int | None = None,
+        state_delta: StateDelta = NO_STATE_DELTA,
     ) -> list[Message]:
         """Append news in order with consecutive seqs, atomically; the batch must not be empty.
         Its create_time is when the statement carrying it runs (see group_commit). With
-        expected_last_seq, only if the session's last seq is that (else Aborted)."""
+        expected_last_seq, only if the session's last seq is that (else Aborted); state_delta is
+        applied in the same transaction."""
         rows: list[dict[str, Any]] = [
             {
                 "tenant_id": scope.tenant,
@@ -276,10 +287,12 @@ class MessageStore:
         ]
         try:
             async with translated_errors():
-                if expected_last_seq is None:
+                if expected_last_seq is None and not state_delta:
                     seqs = await self._appender.append(session_id, rows)
                 else:
-                    seqs = await self._append_if(scope, session_id, rows, expected_last_seq)
+                    seqs = await self._append_alone(
+                        scope, session_id, rows, expected_last_seq, state_delta
+                    )
         except (IntegrityError, asyncpg.IntegrityConstraintViolationError) as error:
             if stored := await self._stored_repeat(scope, session_id, news, rows):
                 return stored
@@ -307,28 +320,38 @@ class MessageStore:
             row["seq"] = seq
         return [to_message(row) for row in rows]
 
-    async def _append_if(
-        self, scope: Scope, session_id: str, rows: list[dict[str, Any]], expected_last_seq: int
+    async def _append_alone(
+        self,
+        scope: Scope,
+        session_id: str,
+        rows: list[dict[str, Any]],
+        expected_last_seq: int | None,
+        state_delta: StateDelta,
     ) -> list[int] | None:
-        """The rows' seqs, appended in a transaction of their own if the session is open and at
-        expected_last_seq; None (nothing written) otherwise. Not coalesced by group commit: a
-        statement for several appends cannot fail one of them alone on its condition."""
+        """The rows' seqs, appended (with state_delta applied) in a transaction of their own if
+        the session is open (and at expected_last_seq, when given); None (nothing written)
+        otherwise. Not coalesced by group commit: a statement for several appends cannot fail one
+        of them alone on its condition, nor apply their deltas in order."""
         now = utcnow()
         async with self._db.write() as session:
+            target = await lock_session_target(session, scope, session_id) if state_delta else None
             last_seq = await reserve_seqs(
                 session,
                 scope.tenant,
                 session_id,
                 len(rows),
                 now,
+                event_time=newest_event_time(rows),
                 expected_last_seq=expected_last_seq,
             )
             if last_seq is None:
                 return None
-            for offset, row in enumerate(rows, start=1):
-                row["seq"] = expected_last_seq + offset
+            for offset, row in enumerate(rows, start=last_seq - len(rows) + 1):
+                row["seq"] = offset
                 row["create_time"] = now
             await session.execute(insert(messages), rows)
+            if target is not None:
+                await apply_state_delta(session, scope.tenant, target, state_delta, now)
         return [row["seq"] for row in rows]
 
     async def _stored_repeat(
@@ -413,19 +436,31 @@ class MessageStore:
         )
 
     async def context_window(
-        self, scope: Scope, session_id: str, max_messages: int, *, max_bytes: int
+        self,
+        scope: Scope,
+        session_id: str,
+        max_messages: int,
+        *,
+        max_bytes: int,
+        min_event_time: datetime | None = None,
     ) -> ContextWindow:
         """The session, its contexts (oldest first, at most MAX_WINDOW_CONTEXTS) and its newest
-        messages in seq order, at most max_messages of them and max_bytes of their size (but at
-        least one), all from one snapshot."""
+        messages (with an event_time from min_event_time on, when given) in seq order, at most
+        max_messages of them and max_bytes of their size (but at least one), all from one
+        snapshot."""
         values = {
             "tenant": scope.tenant,
             "session_id": session_id,
             "limit": max_messages + 1,
             "budget": max_bytes,
+            "min_event_time": min_event_time,
         }
         session_rows, context_rows, message_rows = await self._db.fetch_snapshot(
-            [(_WINDOW_SESSION, values), (_WINDOW_CONTEXTS, values), (_WINDOW_MESSAGES, values)]
+            [
+                (_WINDOW_SESSION, values),
+                (_WINDOW_CONTEXTS, values),
+                (_window_messages(min_event_time is not None), values),
+            ]
         )
         if not session_rows:
             raise NotFound.resource("session", session_id)

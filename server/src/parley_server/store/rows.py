@@ -69,6 +69,11 @@ def to_session(row: Row) -> Session:
         message_count=row["message_count"],
         last_message_time=row["last_message_time"],
         last_seq=row["last_seq"],
+        app=row["app"],
+        state=row["state"],
+        user_state=row["user_state"] or {},
+        app_state=row["app_state"] or {},
+        last_event_time=row["last_event_time"],
     )
 
 

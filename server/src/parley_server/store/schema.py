@@ -59,6 +59,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 Json = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 # Native uuid on PostgreSQL, CHAR(32) on SQLite; ids are canonical lower-case strings in Python.
 Id = Uuid(as_uuid=False)
+# Users and sessions take callers' own ids (an agent framework's), so theirs are strings; a UUID
+# among them is kept in its canonical form.
+RESOURCE_ID_LENGTH = 255
+ResourceId = String(RESOURCE_ID_LENGTH)
 
 
 class Base(DeclarativeBase):
@@ -99,7 +103,7 @@ class ApiKeyRow(Base):
         String(TENANT_LENGTH), ForeignKey("tenants.id", ondelete="CASCADE")
     )
     role: Mapped[str] = mapped_column(String(16))
-    user_id: Mapped[str | None] = mapped_column(Id)
+    user_id: Mapped[str | None] = mapped_column(ResourceId)
     display_name: Mapped[str] = mapped_column(Text)
     key_hash: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
     create_time: Mapped[datetime]
@@ -113,7 +117,7 @@ class UserRow(Base):
     __tablename__ = "users"
 
     tenant_id: Mapped[str] = _tenant()
-    id: Mapped[str] = mapped_column(Id, primary_key=True)
+    id: Mapped[str] = mapped_column(ResourceId, primary_key=True)
     display_name: Mapped[str] = mapped_column(Text)
     # Lower-cased; NULL (not "") when absent so the unique constraint ignores it.
     email: Mapped[str | None] = mapped_column(String(EMAIL_LENGTH))
@@ -138,8 +142,8 @@ class SessionRow(Base):
     __tablename__ = "sessions"
 
     tenant_id: Mapped[str] = _tenant()
-    id: Mapped[str] = mapped_column(Id, primary_key=True)
-    user_id: Mapped[str | None] = mapped_column(Id)
+    id: Mapped[str] = mapped_column(ResourceId, primary_key=True)
+    user_id: Mapped[str | None] = mapped_column(ResourceId)
     title: Mapped[str] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", Json)
     ip_address: Mapped[str] = mapped_column(String(LABEL_LENGTH))
@@ -154,6 +158,12 @@ class SessionRow(Base):
     last_message_time: Mapped[datetime | None]
     # How many messages were ever deleted from it: the number of its newest message_deletions row.
     deletions: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The application the session belongs to: the namespace of app and user state.
+    app: Mapped[str] = mapped_column(String(LABEL_LENGTH), server_default=text("''"))
+    # Session-scoped state: JSON values by key.
+    state: Mapped[dict[str, Any]] = mapped_column(Json, server_default=text("'{}'"))
+    # The client's time of the newest event appended with one (an agent framework's clock).
+    last_event_time: Mapped[datetime | None]
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -164,6 +174,38 @@ class SessionRow(Base):
         Index(None, "tenant_id", "create_time", "id"),  # ListSessions(), newest first
         # GetLatestSession, GetOrCreateOpenSession
         Index(None, "tenant_id", "user_id", "update_time"),
+        # ListSessions(app[, user_id]), newest first
+        Index(None, "tenant_id", "app", "create_time", "id"),
+        Index(None, "tenant_id", "app", "user_id", "create_time", "id"),
+    )
+
+
+class AppStateRow(Base):
+    """State shared by every session of one app."""
+
+    __tablename__ = "app_states"
+
+    tenant_id: Mapped[str] = _tenant()
+    app: Mapped[str] = mapped_column(String(LABEL_LENGTH), primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(Json)
+    update_time: Mapped[datetime]
+
+
+class UserStateRow(Base):
+    """State shared by every session of one user within one app."""
+
+    __tablename__ = "user_states"
+
+    tenant_id: Mapped[str] = _tenant()
+    app: Mapped[str] = mapped_column(String(LABEL_LENGTH), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ResourceId, primary_key=True)
+    state: Mapped[dict[str, Any]] = mapped_column(Json)
+    update_time: Mapped[datetime]
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["tenant_id", "user_id"], ["users.tenant_id", "users.id"], ondelete="CASCADE"
+        ),
     )
 
 
@@ -172,7 +214,7 @@ class MessageRow(Base):
 
     tenant_id: Mapped[str] = _tenant()
     id: Mapped[str] = mapped_column(Id, primary_key=True)
-    session_id: Mapped[str] = mapped_column(Id)
+    session_id: Mapped[str] = mapped_column(ResourceId)
     seq: Mapped[int] = mapped_column(BigInteger)
     role: Mapped[str] = mapped_column(String(16))
     content: Mapped[str] = mapped_column(Text)
@@ -188,7 +230,7 @@ class MessageRow(Base):
     metadata_: Mapped[dict[str, Any] | None] = mapped_column("metadata", Json)
     # Cleared by DeleteUser before the user goes (a composite key cannot SET NULL one column of it
     # on every backend).
-    user_id: Mapped[str | None] = mapped_column(Id)
+    user_id: Mapped[str | None] = mapped_column(ResourceId)
     create_time: Mapped[datetime]
     # The message's size in the API's encoding, so reads can stop at a response byte budget
     # without reading what does not fit (rows from before migration 0002 hold an estimate).
@@ -228,7 +270,7 @@ class MessageDeletionRow(Base):
     __tablename__ = "message_deletions"
 
     tenant_id: Mapped[str] = _tenant()
-    session_id: Mapped[str] = mapped_column(Id, primary_key=True)
+    session_id: Mapped[str] = mapped_column(ResourceId, primary_key=True)
     number: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     message_id: Mapped[str] = mapped_column(Id)
     seq: Mapped[int] = mapped_column(BigInteger)
@@ -256,7 +298,7 @@ class ContextRow(Base):
 
     tenant_id: Mapped[str] = _tenant()
     id: Mapped[str] = mapped_column(Id, primary_key=True)
-    session_id: Mapped[str] = mapped_column(Id)
+    session_id: Mapped[str] = mapped_column(ResourceId)
     type: Mapped[str] = mapped_column(String(LABEL_LENGTH))
     content: Mapped[str] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", Json)
@@ -277,9 +319,9 @@ class RatingRow(Base):
     tenant_id: Mapped[str] = _tenant()
     id: Mapped[str] = mapped_column(Id, primary_key=True)
     message_id: Mapped[str] = mapped_column(Id)
-    user_id: Mapped[str] = mapped_column(Id)
+    user_id: Mapped[str] = mapped_column(ResourceId)
     # Denormalised from the message so per-session lists and summaries need no join.
-    session_id: Mapped[str] = mapped_column(Id)
+    session_id: Mapped[str] = mapped_column(ResourceId)
     value: Mapped[int] = mapped_column(SmallInteger)
     comment: Mapped[str] = mapped_column(Text)
     create_time: Mapped[datetime]

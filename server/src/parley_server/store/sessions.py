@@ -4,23 +4,29 @@ from typing import Any
 
 from sqlalchemy import Select, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import (
+    NO_STATE_DELTA,
     NewSession,
     Page,
     Scope,
     Session,
     SessionPatch,
+    StateDelta,
     TimeCursor,
+    UserState,
     repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, NotFound
 from parley_server.store.database import Database
 from parley_server.store.rows import to_session
+from parley_server.store.states import apply_state_delta, lock_session_target, read_user_state
 from parley_server.store.tables import (
     after_cursor,
     new_id,
     require_visible,
+    select_sessions,
     sessions,
     users,
     utcnow,
@@ -43,24 +49,39 @@ def _new_session_values(scope: Scope, new: NewSession, user_id: str | None) -> d
         "update_time": now,
         "message_count": 0,
         "last_seq": 0,
+        "app": new.app,
+        "state": new.state,
     }
 
 
 def _select_one(scope: Scope, session_id: str) -> Select[Any]:
-    return select(sessions).where(*visible(sessions, scope), sessions.c.id == session_id)
+    return select_sessions().where(*visible(sessions, scope), sessions.c.id == session_id)
+
+
+async def _reread(session: AsyncSession, scope: Scope, session_id: str) -> Session:
+    """The session as it stands in this transaction, with its shared state."""
+    return to_session((await session.execute(_select_one(scope, session_id))).one()._mapping)
 
 
 class SessionStore:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def create(self, scope: Scope, new: NewSession) -> Session:
+    async def create(
+        self, scope: Scope, new: NewSession, delta: StateDelta = NO_STATE_DELTA
+    ) -> Session:
+        """With delta applied in the same transaction (its session part on top of new.state)."""
         values = _new_session_values(scope, new, new.user_id or None)
         try:
             async with self._db.write() as session:
                 row = (
                     await session.execute(insert(sessions).values(values).returning(sessions))
                 ).one()
+                if delta:
+                    await apply_state_delta(
+                        session, scope.tenant, row._mapping, delta, values["create_time"]
+                    )
+                created = await _reread(session, scope, values["id"])
         except IntegrityError as error:
             if (
                 new.id is not None
@@ -69,7 +90,7 @@ class SessionStore:
             ):
                 return stored
             raise await self._conflict(scope, values["id"], new.user_id) from error
-        return to_session(row._mapping)
+        return created
 
     async def get(self, scope: Scope, session_id: str) -> Session:
         found = await self._find(scope, session_id)
@@ -83,11 +104,18 @@ class SessionStore:
         return None if row is None else to_session(row._mapping)
 
     async def list(
-        self, scope: Scope, *, user_id: str, after: TimeCursor | None, limit: int
+        self,
+        scope: Scope,
+        *,
+        user_id: str,
+        app: str | None = None,
+        after: TimeCursor | None,
+        limit: int,
     ) -> Page[Session]:
-        """Newest first; only user_id's sessions when it is not empty."""
+        """Newest first; only user_id's sessions when it is not empty, only app's when it is not
+        None."""
         query = (
-            select(sessions)
+            select_sessions()
             .where(*visible(sessions, scope))
             .order_by(sessions.c.create_time.desc(), sessions.c.id.desc())
             .limit(limit + 1)
@@ -96,6 +124,9 @@ class SessionStore:
         if user_id:
             query = query.where(sessions.c.user_id == user_id)
             count = count.where(sessions.c.user_id == user_id)
+        if app is not None:
+            query = query.where(sessions.c.app == app)
+            count = count.where(sessions.c.app == app)
         condition = after_cursor(sessions.c.create_time, sessions.c.id, after, descending=True)
         if condition is not None:
             query = query.where(condition)
@@ -127,32 +158,54 @@ class SessionStore:
             update(sessions)
             .where(*visible(sessions, scope), sessions.c.id == session_id)
             .values(values)
-            .returning(sessions)
+            .returning(sessions.c.id)
         )
         async with self._db.write() as session:
-            row = (await session.execute(statement)).first()
-        if row is None:
-            raise NotFound.resource("session", session_id)
-        return to_session(row._mapping)
+            if await session.scalar(statement) is None:
+                raise NotFound.resource("session", session_id)
+            return await _reread(session, scope, session_id)
+
+    async def update_state(
+        self,
+        scope: Scope,
+        session_id: str,
+        delta: StateDelta,
+        *,
+        expected_last_seq: int | None = None,
+    ) -> Session:
+        """Apply delta atomically; with expected_last_seq, only if the session is at it."""
+        async with self._db.write() as session:
+            target = await lock_session_target(session, scope, session_id)
+            if expected_last_seq is not None and target["last_seq"] != expected_last_seq:
+                raise Aborted.last_seq_mismatch(expected_last_seq, target["last_seq"])
+            now = utcnow()
+            await apply_state_delta(session, scope.tenant, target, delta, now)
+            await session.execute(
+                update(sessions)
+                .where(sessions.c.tenant_id == scope.tenant, sessions.c.id == session_id)
+                .values(update_time=now)
+            )
+            return await _reread(session, scope, session_id)
+
+    async def user_state(self, scope: Scope, app: str, user_id: str) -> UserState:
+        async with self._db.read() as session:
+            await require_visible(session, scope, "user", users, user_id)
+            return await read_user_state(session, scope.tenant, app, user_id)
 
     async def close(self, scope: Scope, session_id: str) -> Session:
         """Set end_time; a session that is already closed is returned unchanged."""
         now = utcnow()
         async with self._db.write() as session:
-            closed = (
-                await session.execute(
-                    update(sessions)
-                    .where(
-                        *visible(sessions, scope),
-                        sessions.c.id == session_id,
-                        sessions.c.end_time.is_(None),
-                    )
-                    .values(end_time=now, update_time=now)
-                    .returning(sessions)
+            await session.execute(
+                update(sessions)
+                .where(
+                    *visible(sessions, scope),
+                    sessions.c.id == session_id,
+                    sessions.c.end_time.is_(None),
                 )
-            ).first()
-            if closed is None:
-                closed = (await session.execute(_select_one(scope, session_id))).first()
+                .values(end_time=now, update_time=now)
+            )
+            closed = (await session.execute(_select_one(scope, session_id))).first()
         if closed is None:
             raise NotFound.resource("session", session_id)
         return to_session(closed._mapping)
@@ -184,7 +237,7 @@ class SessionStore:
                 raise NotFound.resource("user", user_id)
             row = (
                 await session.execute(
-                    select(sessions)
+                    select_sessions()
                     .where(
                         sessions.c.tenant_id == scope.tenant,
                         sessions.c.user_id == user_id,
@@ -197,8 +250,8 @@ class SessionStore:
             if row is not None:
                 return to_session(row._mapping), False
             values = _new_session_values(scope, template, user_id)
-            row = (await session.execute(insert(sessions).values(values).returning(sessions))).one()
-        return to_session(row._mapping), True
+            await session.execute(insert(sessions).values(values))
+            return await _reread(session, scope, values["id"]), True
 
     async def latest(self, scope: Scope, user_id: str) -> Session:
         """The user's session with the latest update_time, open or closed."""
@@ -206,7 +259,7 @@ class SessionStore:
             await require_visible(session, scope, "user", users, user_id)
             row = (
                 await session.execute(
-                    select(sessions)
+                    select_sessions()
                     .where(sessions.c.tenant_id == scope.tenant, sessions.c.user_id == user_id)
                     .order_by(sessions.c.update_time.desc(), sessions.c.id.desc())
                     .limit(1)

@@ -6,13 +6,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Table, and_, exists, or_, select
+from sqlalchemy import ColumnElement, Select, Table, and_, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import Scope, TimeCursor
 from parley_server.errors import NotFound
 from parley_server.store.schema import (
     ApiKeyRow,
+    AppStateRow,
     ContextRow,
     MessageDeletionRow,
     MessageRow,
@@ -21,6 +22,7 @@ from parley_server.store.schema import (
     SessionRow,
     TenantRow,
     UserRow,
+    UserStateRow,
 )
 
 users = cast(Table, UserRow.__table__)
@@ -32,6 +34,30 @@ secrets = cast(Table, SecretRow.__table__)
 tenants = cast(Table, TenantRow.__table__)
 api_keys = cast(Table, ApiKeyRow.__table__)
 message_deletions = cast(Table, MessageDeletionRow.__table__)
+app_states = cast(Table, AppStateRow.__table__)
+user_states = cast(Table, UserStateRow.__table__)
+
+# A session is read with the state its app and its user within the app share with other sessions.
+_SESSIONS_WITH_STATES = sessions.outerjoin(
+    app_states,
+    and_(app_states.c.tenant_id == sessions.c.tenant_id, app_states.c.app == sessions.c.app),
+).outerjoin(
+    user_states,
+    and_(
+        user_states.c.tenant_id == sessions.c.tenant_id,
+        user_states.c.app == sessions.c.app,
+        user_states.c.user_id == sessions.c.user_id,
+    ),
+)
+
+
+def select_sessions() -> Select[Any]:
+    """Sessions as rows.to_session reads them: every column, and the shared state."""
+    return select(
+        sessions,
+        app_states.c.state.label("app_state"),
+        user_states.c.state.label("user_state"),
+    ).select_from(_SESSIONS_WITH_STATES)
 
 
 def visible(table: Table, scope: Scope) -> list[ColumnElement[bool]]:

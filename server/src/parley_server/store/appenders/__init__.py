@@ -4,6 +4,7 @@ transaction per batch through SQLAlchemy on SQLite, which has a single writer an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -29,11 +30,13 @@ async def reserve_seqs(
     count: int,
     now: datetime,
     *,
+    event_time: datetime | None,
     expected_last_seq: int | None = None,
 ) -> int | None:
     """Take the session's next `count` seqs (and count the messages in), returning its new last
     seq; None, changing nothing, if it is closed or missing, or not at expected_last_seq when
-    given. Portable SQL: the SQLite appender and conditional appends (on either backend) use it."""
+    given. event_time: that of the newest of the messages that has one. Portable SQL: the SQLite
+    appender and appends in a transaction of their own (on either backend) use it."""
     conditions = [
         sessions.c.tenant_id == tenant,
         sessions.c.id == session_id,
@@ -41,18 +44,23 @@ async def reserve_seqs(
     ]
     if expected_last_seq is not None:
         conditions.append(sessions.c.last_seq == expected_last_seq)
+    values: dict[str, Any] = {
+        "last_seq": sessions.c.last_seq + count,
+        "message_count": sessions.c.message_count + count,
+        "last_message_time": now,
+        "update_time": now,
+    }
+    if event_time is not None:
+        values["last_event_time"] = event_time
     last_seq: int | None = await session.scalar(
-        update(sessions)
-        .where(*conditions)
-        .values(
-            last_seq=sessions.c.last_seq + count,
-            message_count=sessions.c.message_count + count,
-            last_message_time=now,
-            update_time=now,
-        )
-        .returning(sessions.c.last_seq)
+        update(sessions).where(*conditions).values(values).returning(sessions.c.last_seq)
     )
     return last_seq
+
+
+def newest_event_time(rows: Sequence[dict[str, Any]]) -> datetime | None:
+    """The event_time of the last of `rows` that has one."""
+    return next((row["event_time"] for row in reversed(rows) if row["event_time"]), None)
 
 
 def appender_for(db: Database, *, write_lanes: int) -> Appender:

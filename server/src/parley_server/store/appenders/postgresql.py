@@ -29,9 +29,9 @@ _JSON_INDEXES = tuple(
 _APPEND_POSTGRESQL = """
 WITH batch AS (
     SELECT * FROM unnest(
-        $2::text[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::jsonb[],
+        $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::jsonb[],
         $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[], $14::jsonb[],
-        $15::jsonb[], $16::jsonb[], $17::uuid[], $18::bigint[], $19::timestamptz[],
+        $15::jsonb[], $16::jsonb[], $17::text[], $18::bigint[], $19::timestamptz[],
         $20::bytea[], $21::text[]
     ) WITH ORDINALITY AS m(
         tenant_id, session_id, id, role, content, name, tool_calls, tool_call_id, invocation_id,
@@ -39,9 +39,12 @@ WITH batch AS (
         event_time, payload, payload_type, position
     )
 ), wanted AS (
-    SELECT tenant_id, session_id, count(*) AS n FROM batch GROUP BY tenant_id, session_id
+    SELECT tenant_id, session_id, count(*) AS n,
+        (array_agg(event_time ORDER BY position DESC)
+            FILTER (WHERE event_time IS NOT NULL))[1] AS event_time
+    FROM batch GROUP BY tenant_id, session_id
 ), locked AS (
-    SELECT sessions.tenant_id, sessions.id, wanted.n
+    SELECT sessions.tenant_id, sessions.id, wanted.n, wanted.event_time
     FROM sessions
     JOIN wanted ON wanted.tenant_id = sessions.tenant_id AND wanted.session_id = sessions.id
     WHERE sessions.end_time IS NULL
@@ -50,7 +53,8 @@ WITH batch AS (
 ), reserved AS (
     UPDATE sessions
     SET last_seq = last_seq + locked.n, message_count = message_count + locked.n,
-        last_message_time = $1, update_time = $1
+        last_message_time = $1, update_time = $1,
+        last_event_time = coalesce(locked.event_time, sessions.last_event_time)
     FROM locked
     WHERE sessions.tenant_id = locked.tenant_id AND sessions.id = locked.id
     RETURNING sessions.tenant_id, sessions.id, sessions.last_seq, locked.n

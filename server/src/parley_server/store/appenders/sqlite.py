@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from parley_server.store.appenders import reserve_seqs
+from parley_server.store.appenders import newest_event_time, reserve_seqs
 from parley_server.store.database import Database
 from parley_server.store.group_commit import GroupCommit
 from parley_server.store.tables import messages, utcnow
@@ -34,7 +34,12 @@ class SqliteAppender:
         async with self._db.write() as session:
             next_seq: dict[tuple[str, str], int] = {}
             for (tenant, session_id), count in wanted.items():
-                last_seq = await reserve_seqs(session, tenant, session_id, count, now)
+                event_time = newest_event_time(
+                    [r for r in rows if (r["tenant_id"], r["session_id"]) == (tenant, session_id)]
+                )
+                last_seq = await reserve_seqs(
+                    session, tenant, session_id, count, now, event_time=event_time
+                )
                 if last_seq is not None:
                     next_seq[tenant, session_id] = last_seq - count + 1
             written = [row for row in rows if (row["tenant_id"], row["session_id"]) in next_seq]

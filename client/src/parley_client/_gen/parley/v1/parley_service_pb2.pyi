@@ -171,16 +171,22 @@ class CreateSessionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
+    STATE_DELTA_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def session(self) -> _session_pb2.Session: ...
+    @_builtins.property
+    def state_delta(self) -> _session_pb2.StateDelta:
+        """Applied with the create, atomically: the session's user and app state can be set here too."""
+
     def __init__(
         self,
         *,
         session: _session_pb2.Session | None = ...,
+        state_delta: _session_pb2.StateDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "state_delta", b"state_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["session", b"session", "state_delta", b"state_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -212,22 +218,28 @@ class ListSessionsRequest(_message.Message):
     USER_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """Only this user's sessions; empty lists every session."""
     page_size: _builtins.int
     page_token: _builtins.str
+    app: _builtins.str
+    """Only the sessions of this app (set to "" for the sessions of no app); unset lists every app's."""
     def __init__(
         self,
         *,
         user_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        app: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_app", b"_app", "app", b"app"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_app", b"_app", "app", b"app", "page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__app: _TypeAlias = _typing.Literal["app"]  # noqa: Y015
+    _WhichOneofArgType__app: _TypeAlias = _typing.Literal["_app", b"_app"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__app) -> _WhichOneofReturnType__app | None: ...
 
 Global___ListSessionsRequest: _TypeAlias = ListSessionsRequest  # noqa: Y015
 
@@ -399,12 +411,64 @@ class GetLatestSessionRequest(_message.Message):
 Global___GetLatestSessionRequest: _TypeAlias = GetLatestSessionRequest  # noqa: Y015
 
 @_typing.final
+class UpdateSessionStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    STATE_DELTA_FIELD_NUMBER: _builtins.int
+    EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    expected_last_seq: _builtins.int
+    """As in AppendMessageRequest: apply only if the session's last_seq is this."""
+    @_builtins.property
+    def state_delta(self) -> _session_pb2.StateDelta: ...
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        state_delta: _session_pb2.StateDelta | None = ...,
+        expected_last_seq: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "state_delta", b"state_delta"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "session_id", b"session_id", "state_delta", b"state_delta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
+    _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__expected_last_seq) -> _WhichOneofReturnType__expected_last_seq | None: ...
+
+Global___UpdateSessionStateRequest: _TypeAlias = UpdateSessionStateRequest  # noqa: Y015
+
+@_typing.final
+class GetUserStateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUserStateRequest: _TypeAlias = GetUserStateRequest  # noqa: Y015
+
+@_typing.final
 class AppendMessageRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    STATE_DELTA_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     expected_last_seq: _builtins.int
     """Append only if the session's last_seq is this (0: only to a session that never had a
@@ -414,16 +478,21 @@ class AppendMessageRequest(_message.Message):
     """
     @_builtins.property
     def message(self) -> _message_pb2.Message: ...
+    @_builtins.property
+    def state_delta(self) -> _session_pb2.StateDelta:
+        """Applied in the append's transaction: the message and its state change both land or neither."""
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         message: _message_pb2.Message | None = ...,
         expected_last_seq: _builtins.int | None = ...,
+        state_delta: _session_pb2.StateDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "message", b"message", "state_delta", b"state_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "message", b"message", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "message", b"message", "session_id", b"session_id", "state_delta", b"state_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
     _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015
@@ -438,6 +507,7 @@ class BatchAppendMessagesRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     EXPECTED_LAST_SEQ_FIELD_NUMBER: _builtins.int
+    STATE_DELTA_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     expected_last_seq: _builtins.int
     """As in AppendMessageRequest: the whole batch or nothing."""
@@ -445,16 +515,21 @@ class BatchAppendMessagesRequest(_message.Message):
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_message_pb2.Message]:
         """1 to 1000 messages, appended in this order."""
 
+    @_builtins.property
+    def state_delta(self) -> _session_pb2.StateDelta:
+        """As in AppendMessageRequest."""
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         messages: _abc.Iterable[_message_pb2.Message] | None = ...,
         expected_last_seq: _builtins.int | None = ...,
+        state_delta: _session_pb2.StateDelta | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "state_delta", b"state_delta"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "messages", b"messages", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq", "expected_last_seq", b"expected_last_seq", "messages", b"messages", "session_id", b"session_id", "state_delta", b"state_delta"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__expected_last_seq: _TypeAlias = _typing.Literal["expected_last_seq"]  # noqa: Y015
     _WhichOneofArgType__expected_last_seq: _TypeAlias = _typing.Literal["_expected_last_seq", b"_expected_last_seq"]  # noqa: Y015
@@ -926,18 +1001,24 @@ class GetContextWindowRequest(_message.Message):
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     MAX_MESSAGES_FIELD_NUMBER: _builtins.int
+    MIN_EVENT_TIME_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     max_messages: _builtins.int
     """How many of the newest messages to include; 0 means 100, at most 1000."""
+    @_builtins.property
+    def min_event_time(self) -> _timestamp_pb2.Timestamp:
+        """Only messages with an event_time at or after this one (messages without one are left out)."""
+
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
         max_messages: _builtins.int = ...,
+        min_event_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["min_event_time", b"min_event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_messages", b"max_messages", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_messages", b"max_messages", "min_event_time", b"min_event_time", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

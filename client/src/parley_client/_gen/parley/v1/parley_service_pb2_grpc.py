@@ -34,7 +34,8 @@ if _version_not_supported:
 class ParleyServiceStub:
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
-    Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
+    Conventions: ids are UUID strings, except that users and sessions may have callers' own ids (see
+    User.id and Session.id); List methods take page_size (0 means 100, at most 1000) and an
     opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
     early when its items reach the server's response byte budget (3 MiB by default). Update methods
     take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
@@ -116,6 +117,16 @@ class ParleyServiceStub:
                 '/parley.v1.ParleyService/GetLatestSession',
                 request_serializer=parley_dot_v1_dot_parley__service__pb2.GetLatestSessionRequest.SerializeToString,
                 response_deserializer=parley_dot_v1_dot_session__pb2.Session.FromString,
+                _registered_method=True)
+        self.UpdateSessionState = channel.unary_unary(
+                '/parley.v1.ParleyService/UpdateSessionState',
+                request_serializer=parley_dot_v1_dot_parley__service__pb2.UpdateSessionStateRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.Session.FromString,
+                _registered_method=True)
+        self.GetUserState = channel.unary_unary(
+                '/parley.v1.ParleyService/GetUserState',
+                request_serializer=parley_dot_v1_dot_parley__service__pb2.GetUserStateRequest.SerializeToString,
+                response_deserializer=parley_dot_v1_dot_session__pb2.UserState.FromString,
                 _registered_method=True)
         self.AppendMessage = channel.unary_unary(
                 '/parley.v1.ParleyService/AppendMessage',
@@ -212,7 +223,8 @@ class ParleyServiceStub:
 class ParleyServiceServicer:
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
-    Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
+    Conventions: ids are UUID strings, except that users and sessions may have callers' own ids (see
+    User.id and Session.id); List methods take page_size (0 means 100, at most 1000) and an
     opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
     early when its items reach the server's response byte budget (3 MiB by default). Update methods
     take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
@@ -309,6 +321,21 @@ class ParleyServiceServicer:
 
     def GetLatestSession(self, request, context):
         """The user's most recently active session (highest update_time), open or closed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSessionState(self, request, context):
+        """Applies a state delta to the session's own state, its user's state within its app and its
+        app's state, atomically; returns the session with the resulting state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUserState(self, request, context):
+        """The state a user has within an app, without a session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -520,6 +547,16 @@ def add_ParleyServiceServicer_to_server(servicer, server):
                     request_deserializer=parley_dot_v1_dot_parley__service__pb2.GetLatestSessionRequest.FromString,
                     response_serializer=parley_dot_v1_dot_session__pb2.Session.SerializeToString,
             ),
+            'UpdateSessionState': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSessionState,
+                    request_deserializer=parley_dot_v1_dot_parley__service__pb2.UpdateSessionStateRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.Session.SerializeToString,
+            ),
+            'GetUserState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUserState,
+                    request_deserializer=parley_dot_v1_dot_parley__service__pb2.GetUserStateRequest.FromString,
+                    response_serializer=parley_dot_v1_dot_session__pb2.UserState.SerializeToString,
+            ),
             'AppendMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.AppendMessage,
                     request_deserializer=parley_dot_v1_dot_parley__service__pb2.AppendMessageRequest.FromString,
@@ -621,7 +658,8 @@ def add_ParleyServiceServicer_to_server(servicer, server):
 class ParleyService:
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
-    Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
+    Conventions: ids are UUID strings, except that users and sessions may have callers' own ids (see
+    User.id and Session.id); List methods take page_size (0 means 100, at most 1000) and an
     opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
     early when its items reach the server's response byte budget (3 MiB by default). Update methods
     take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
@@ -974,6 +1012,60 @@ class ParleyService:
             '/parley.v1.ParleyService/GetLatestSession',
             parley_dot_v1_dot_parley__service__pb2.GetLatestSessionRequest.SerializeToString,
             parley_dot_v1_dot_session__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSessionState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.ParleyService/UpdateSessionState',
+            parley_dot_v1_dot_parley__service__pb2.UpdateSessionStateRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUserState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parley.v1.ParleyService/GetUserState',
+            parley_dot_v1_dot_parley__service__pb2.GetUserStateRequest.SerializeToString,
+            parley_dot_v1_dot_session__pb2.UserState.FromString,
             options,
             channel_credentials,
             insecure,

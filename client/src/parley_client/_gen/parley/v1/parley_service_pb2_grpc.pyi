@@ -35,7 +35,8 @@ GRPC_VERSION: str
 class ParleyServiceStub:
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
-    Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
+    Conventions: ids are UUID strings, except that users and sessions may have callers' own ids (see
+    User.id and Session.id); List methods take page_size (0 means 100, at most 1000) and an
     opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
     early when its items reach the server's response byte budget (3 MiB by default). Update methods
     take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
@@ -78,6 +79,12 @@ class ParleyServiceStub:
     """
     GetLatestSession: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.GetLatestSessionRequest, _session_pb2.Session]
     """The user's most recently active session (highest update_time), open or closed."""
+    UpdateSessionState: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.UpdateSessionStateRequest, _session_pb2.Session]
+    """Applies a state delta to the session's own state, its user's state within its app and its
+    app's state, atomically; returns the session with the resulting state.
+    """
+    GetUserState: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.GetUserStateRequest, _session_pb2.UserState]
+    """The state a user has within an app, without a session."""
     AppendMessage: _grpc.UnaryUnaryMultiCallable[_parley_service_pb2.AppendMessageRequest, _message_pb2.Message]
     """Messages.
     Appends one message; the server assigns the next seq. Repeating it with the same message id and
@@ -138,7 +145,8 @@ class ParleyServiceStub:
 class ParleyServiceAsyncStub(ParleyServiceStub):
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
-    Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
+    Conventions: ids are UUID strings, except that users and sessions may have callers' own ids (see
+    User.id and Session.id); List methods take page_size (0 means 100, at most 1000) and an
     opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
     early when its items reach the server's response byte budget (3 MiB by default). Update methods
     take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
@@ -178,6 +186,12 @@ class ParleyServiceAsyncStub(ParleyServiceStub):
     """
     GetLatestSession: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.GetLatestSessionRequest, _session_pb2.Session]  # type: ignore[assignment]
     """The user's most recently active session (highest update_time), open or closed."""
+    UpdateSessionState: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.UpdateSessionStateRequest, _session_pb2.Session]  # type: ignore[assignment]
+    """Applies a state delta to the session's own state, its user's state within its app and its
+    app's state, atomically; returns the session with the resulting state.
+    """
+    GetUserState: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.GetUserStateRequest, _session_pb2.UserState]  # type: ignore[assignment]
+    """The state a user has within an app, without a session."""
     AppendMessage: _aio.UnaryUnaryMultiCallable[_parley_service_pb2.AppendMessageRequest, _message_pb2.Message]  # type: ignore[assignment]
     """Messages.
     Appends one message; the server assigns the next seq. Repeating it with the same message id and
@@ -237,7 +251,8 @@ class ParleyServiceAsyncStub(ParleyServiceStub):
 class ParleyServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores and serves chat history: users, sessions, messages (with tool calls), contexts and ratings.
 
-    Conventions: ids are UUID strings; List methods take page_size (0 means 100, at most 1000) and an
+    Conventions: ids are UUID strings, except that users and sessions may have callers' own ids (see
+    User.id and Session.id); List methods take page_size (0 means 100, at most 1000) and an
     opaque, signed page_token, and return next_page_token (empty on the last page); a page also ends
     early when its items reach the server's response byte budget (3 MiB by default). Update methods
     take a google.protobuf.FieldMask. Errors carry a google.rpc.ErrorInfo (domain "parley") and, for
@@ -353,6 +368,24 @@ class ParleyServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_session_pb2.Session, _abc.Awaitable[_session_pb2.Session]]:
         """The user's most recently active session (highest update_time), open or closed."""
+
+    @_abc_1.abstractmethod
+    def UpdateSessionState(
+        self,
+        request: _parley_service_pb2.UpdateSessionStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.Session, _abc.Awaitable[_session_pb2.Session]]:
+        """Applies a state delta to the session's own state, its user's state within its app and its
+        app's state, atomically; returns the session with the resulting state.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUserState(
+        self,
+        request: _parley_service_pb2.GetUserStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_session_pb2.UserState, _abc.Awaitable[_session_pb2.UserState]]:
+        """The state a user has within an app, without a session."""
 
     @_abc_1.abstractmethod
     def AppendMessage(

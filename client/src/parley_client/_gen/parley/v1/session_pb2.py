@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/v1/session.proto\x12\tparley.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\x02\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x0b\x63lient_info\x18\x05 \x01(\x0b\x32\x15.parley.v1.ClientInfo\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\t \x01(\x03\x12\x35\n\x11last_message_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x0b \x01(\x03\"D\n\nClientInfo\x12\x12\n\nip_address\x18\x01 \x01(\t\x12\x12\n\nuser_agent\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parley/v1/session.proto\x12\tparley.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbf\x04\n\x07Session\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x0b\x63lient_info\x18\x05 \x01(\x0b\x32\x15.parley.v1.ClientInfo\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\t \x01(\x03\x12\x35\n\x11last_message_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08last_seq\x18\x0b \x01(\x03\x12\x0b\n\x03\x61pp\x18\x0c \x01(\t\x12&\n\x05state\x18\r \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\nuser_state\x18\x0e \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\tapp_state\x18\x0f \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x33\n\x0flast_event_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\nStateDelta\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.parley.v1.ScopedStateDelta\x12)\n\x04user\x18\x02 \x01(\x0b\x32\x1b.parley.v1.ScopedStateDelta\x12(\n\x03\x61pp\x18\x03 \x01(\x0b\x32\x1b.parley.v1.ScopedStateDelta\"H\n\x10ScopedStateDelta\x12$\n\x03set\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06remove\x18\x02 \x03(\t\"\x82\x01\n\tUserState\x12\x0b\n\x03\x61pp\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"D\n\nClientInfo\x12\x12\n\nip_address\x18\x01 \x01(\t\x12\x12\n\nuser_agent\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,13 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parley.v1.session_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SESSION']._serialized_start=102
-  _globals['_SESSION']._serialized_end=482
-  _globals['_CLIENTINFO']._serialized_start=484
-  _globals['_CLIENTINFO']._serialized_end=552
+  _globals['_SESSION']._serialized_end=677
+  _globals['_STATEDELTA']._serialized_start=680
+  _globals['_STATEDELTA']._serialized_end=823
+  _globals['_SCOPEDSTATEDELTA']._serialized_start=825
+  _globals['_SCOPEDSTATEDELTA']._serialized_end=897
+  _globals['_USERSTATE']._serialized_start=900
+  _globals['_USERSTATE']._serialized_end=1030
+  _globals['_CLIENTINFO']._serialized_start=1032
+  _globals['_CLIENTINFO']._serialized_end=1100
 # @@protoc_insertion_point(module_scope)

@@ -3,10 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -35,8 +37,15 @@ class Session(_message.Message):
     MESSAGE_COUNT_FIELD_NUMBER: _builtins.int
     LAST_MESSAGE_TIME_FIELD_NUMBER: _builtins.int
     LAST_SEQ_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    USER_STATE_FIELD_NUMBER: _builtins.int
+    APP_STATE_FIELD_NUMBER: _builtins.int
+    LAST_EVENT_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """UUID. Optional on create; output only after."""
+    """Optional on create: a UUID, or the caller's own id of 1 to 255 letters, digits and - . _ ~ : @
+    (such as an agent framework's). A UUID is generated when empty. Output only after.
+    """
     user_id: _builtins.str
     """The owning user's id; empty for a session that belongs to no user. Immutable after create."""
     title: _builtins.str
@@ -46,6 +55,10 @@ class Session(_message.Message):
     last_seq: _builtins.int
     """Output only. The highest seq ever assigned in this session (0 while empty). Seqs are never reused,
     even after a message is deleted.
+    """
+    app: _builtins.str
+    """The application the session belongs to, such as an agent framework's app name: the namespace
+    of app_state and user_state. Empty is a namespace of its own. Immutable after create.
     """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct: ...
@@ -69,6 +82,26 @@ class Session(_message.Message):
     def last_message_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the newest message was appended; unset while the session is empty."""
 
+    @_builtins.property
+    def state(self) -> _struct_pb2.Struct:
+        """The session's own state: JSON values by key. Settable on create; changed after that only by
+        state deltas (UpdateSessionState, or AppendMessage's state_delta, atomically with the append).
+        """
+
+    @_builtins.property
+    def user_state(self) -> _struct_pb2.Struct:
+        """Output only. State shared by every session of user_id within app (empty without a user_id)."""
+
+    @_builtins.property
+    def app_state(self) -> _struct_pb2.Struct:
+        """Output only. State shared by every session of app."""
+
+    @_builtins.property
+    def last_event_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. The event_time of the newest message appended with one: the client's own clock of
+        the session's last activity, beside the server's update_time.
+        """
+
     def __init__(
         self,
         *,
@@ -83,14 +116,119 @@ class Session(_message.Message):
         message_count: _builtins.int = ...,
         last_message_time: _timestamp_pb2.Timestamp | None = ...,
         last_seq: _builtins.int = ...,
+        app: _builtins.str = ...,
+        state: _struct_pb2.Struct | None = ...,
+        user_state: _struct_pb2.Struct | None = ...,
+        app_state: _struct_pb2.Struct | None = ...,
+        last_event_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["client_info", b"client_info", "create_time", b"create_time", "end_time", b"end_time", "last_message_time", b"last_message_time", "metadata", b"metadata", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app_state", b"app_state", "client_info", b"client_info", "create_time", b"create_time", "end_time", b"end_time", "last_event_time", b"last_event_time", "last_message_time", b"last_message_time", "metadata", b"metadata", "state", b"state", "update_time", b"update_time", "user_state", b"user_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_info", b"client_info", "create_time", b"create_time", "end_time", b"end_time", "id", b"id", "last_message_time", b"last_message_time", "last_seq", b"last_seq", "message_count", b"message_count", "metadata", b"metadata", "title", b"title", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "app_state", b"app_state", "client_info", b"client_info", "create_time", b"create_time", "end_time", b"end_time", "id", b"id", "last_event_time", b"last_event_time", "last_message_time", b"last_message_time", "last_seq", b"last_seq", "message_count", b"message_count", "metadata", b"metadata", "state", b"state", "title", b"title", "update_time", b"update_time", "user_id", b"user_id", "user_state", b"user_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Session: _TypeAlias = Session  # noqa: Y015
+
+@_typing.final
+class StateDelta(_message.Message):
+    """A change to state at each of its three scopes, applied atomically with whatever carries it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
+    APP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def session(self) -> Global___ScopedStateDelta:
+        """Changes to the session's own state."""
+
+    @_builtins.property
+    def user(self) -> Global___ScopedStateDelta:
+        """Changes to the state of the session's user within its app. The session must have a user."""
+
+    @_builtins.property
+    def app(self) -> Global___ScopedStateDelta:
+        """Changes to the state of the session's app."""
+
+    def __init__(
+        self,
+        *,
+        session: Global___ScopedStateDelta | None = ...,
+        user: Global___ScopedStateDelta | None = ...,
+        app: Global___ScopedStateDelta | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "session", b"session", "user", b"user"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "session", b"session", "user", b"user"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StateDelta: _TypeAlias = StateDelta  # noqa: Y015
+
+@_typing.final
+class ScopedStateDelta(_message.Message):
+    """Keys to set and keys to remove; a key may not be in both. A null value is stored as null."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SET_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def set(self) -> _struct_pb2.Struct:
+        """Keys (1 to 256 characters) and the JSON values they take."""
+
+    @_builtins.property
+    def remove(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys to remove; a key that is not there is no error."""
+
+    def __init__(
+        self,
+        *,
+        set: _struct_pb2.Struct | None = ...,
+        remove: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["set", b"set"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["remove", b"remove", "set", b"set"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ScopedStateDelta: _TypeAlias = ScopedStateDelta  # noqa: Y015
+
+@_typing.final
+class UserState(_message.Message):
+    """The state one user has within one app, shared by all the user's sessions of that app."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APP_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    app: _builtins.str
+    user_id: _builtins.str
+    @_builtins.property
+    def state(self) -> _struct_pb2.Struct: ...
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """Unset while the user has no state in the app."""
+
+    def __init__(
+        self,
+        *,
+        app: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        state: _struct_pb2.Struct | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "update_time", b"update_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app", b"app", "state", b"state", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UserState: _TypeAlias = UserState  # noqa: Y015
 
 @_typing.final
 class ClientInfo(_message.Message):

@@ -35,7 +35,10 @@ class User(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """UUID. Optional on create (a client-supplied id makes the create retry-safe); output only after."""
+    """Optional on create (a client-supplied id makes the create retry-safe): a UUID, or the caller's
+    own id of 1 to 255 letters, digits and - . _ ~ : @. A UUID is generated when empty. Output only
+    after.
+    """
     display_name: _builtins.str
     email: _builtins.str
     """Unique across users, compared case-insensitively (stored lower-cased). Empty means none."""
