@@ -22,7 +22,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from parley_client import ParleyClient, RetryPolicy, UnavailableError
+from parley_client import ParleyClient, RetryPolicy, UnavailableError, state_delta
 from tests.factories import a_session, new_id
 from tests.serving import PARLEY, parley_serve
 
@@ -55,15 +55,29 @@ class History:
             )
 
     async def appender(
-        self, client: ParleyClient, sessions: list[str], n: int, stop: asyncio.Event
+        self,
+        client: ParleyClient,
+        sessions: list[str],
+        n: int,
+        stop: asyncio.Event,
+        *,
+        with_state: bool = False,
     ) -> None:
+        """with_state: each append also sets its message id as a key of the session's and the
+        user's state."""
         turn = 0
         while not stop.is_set():
             session_id = sessions[(n + turn) % len(sessions)]
             message_id = new_id()
+            delta = state_delta({message_id: turn}, {message_id: turn}) if with_state else None
             try:
                 await client.append_message(
-                    session_id, id=message_id, role="user", content=f"{n}:{turn}", retry=PATIENT
+                    session_id,
+                    id=message_id,
+                    role="user",
+                    content=f"{n}:{turn}",
+                    state_delta=delta,
+                    retry=PATIENT,
                 )
                 self.acknowledged[message_id] = session_id
                 async with self.changed:
@@ -112,6 +126,35 @@ async def test_kill_9_under_concurrent_appenders_loses_and_repeats_nothing(
     print(f"kill -9: {len(history.acknowledged)} appends acknowledged, {stored} stored")
     assert history.errors == []
     assert stored >= len(history.acknowledged)
+
+
+async def test_kill_9_never_separates_a_message_from_its_state_delta(database_url: str) -> None:
+    """Appends that carry state deltas, the server killed mid-append: for every session, the
+    stored messages and the keys of its state (and of its user's) are the same set."""
+    port = _free_port()
+    history = History()
+    stop = asyncio.Event()
+    async with parley_serve(database_url, port=port) as first:
+        client = ParleyClient(first.target)
+        sessions = [(await a_session(client))[1].id for _ in range(SESSIONS)]
+        appenders = [
+            asyncio.create_task(history.appender(client, sessions, n, stop, with_state=True))
+            for n in range(APPENDERS)
+        ]
+        await history.until(200)
+        assert await first.stop(9) == -9  # SIGKILL, mid-append
+    async with parley_serve(database_url, port=port) as second:
+        stop.set()
+        await asyncio.gather(*appenders)
+        await history.check(client, sessions)
+        for session_id in sessions:
+            ids = {m.id async for m in client.iter_messages(session_id, page_size=1000)}
+            session = await client.get_session(session_id)
+            assert set(session.state) == ids
+            assert set(session.user_state) == ids
+        await client.close()
+        assert await second.stop() == 0
+    assert history.errors == []
 
 
 async def test_a_watch_follows_writers_on_another_process_across_a_kill_9(

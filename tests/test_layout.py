@@ -61,12 +61,24 @@ def test_client_distribution_depends_only_on_grpc_and_protobuf() -> None:
     assert names == {"grpcio", "protobuf"}
 
 
+def test_each_framework_adapter_is_an_optional_extra() -> None:
+    project = tomllib.loads((ROOT / "client" / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert {
+        name: [re.split(r"[<>=!~ \[]", d)[0] for d in deps] for name, deps in extras.items()
+    } == {
+        "adk": ["google-adk"],
+        "openai-agents": ["openai-agents"],
+    }
+
+
 def test_importing_the_client_loads_no_server_dependency() -> None:
     script = (
         "import sys, parley_client; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "{'sqlalchemy', 'asyncpg', 'aiosqlite', 'alembic', 'pydantic', 'parley_server',"
-        " 'grpc_status'} or m.startswith('google.rpc')))"
+        " 'grpc_status', 'agents', 'langchain_core'} or m.startswith(('google.rpc',"
+        " 'google.adk'))))"
     )
     output = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True
