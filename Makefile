@@ -42,9 +42,11 @@ bench: sync
 
 protos: sync
 	$(RUN) python scripts/gen_protos.py
+	$(RUN) python scripts/gen_sync_client.py
 
 check-protos: sync
 	$(RUN) python scripts/gen_protos.py --check
+	$(RUN) python scripts/gen_sync_client.py --check
 
 # Schema drift (alembic check) is a test: tests/test_migrations.py compares the migrated schema with
 # the models on SQLite and PostgreSQL on every run.

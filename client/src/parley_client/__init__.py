@@ -8,15 +8,7 @@ async with ParleyClient("localhost:50051") as client:
     await client.append_message(session.id, role="user", content="hi")
 """
 
-from parley_client._client import (
-    CallOptions,
-    ParleyClient,
-    new_id,
-    new_message,
-    state_delta,
-    struct,
-    to_role,
-)
+from parley_client._client import ParleyClient
 from parley_client._errors import (
     AbortedError,
     AlreadyExistsError,
@@ -52,6 +44,15 @@ from parley_client._gen.parley.v1.session_pb2 import (
 )
 from parley_client._gen.parley.v1.user_pb2 import User, UserProfile
 from parley_client._retry import RetryPolicy
+from parley_client._sync_client import SyncParleyClient
+from parley_client._values import (
+    CallOptions,
+    new_id,
+    new_message,
+    state_delta,
+    struct,
+    to_role,
+)
 
 __all__ = [
     "AbortedError",
@@ -85,6 +86,7 @@ __all__ = [
     "ScopedStateDelta",
     "Session",
     "StateDelta",
+    "SyncParleyClient",
     "ToolCall",
     "UnauthenticatedError",
     "UnavailableError",

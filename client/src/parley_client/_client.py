@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
-    Awaitable,
     Callable,
     Iterator,
     Mapping,
@@ -16,13 +13,12 @@ from collections.abc import (
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self, TypeAlias, TypedDict, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Self, TypeVar, Unpack
 
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
-from google.protobuf.struct_pb2 import Struct
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from parley_client import _grpc_aio as transport
 from parley_client._errors import ClientClosedError, UnavailableError, from_rpc_error
 from parley_client._gen.parley.v1 import admin_service_pb2 as admin_pb
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
@@ -40,13 +36,25 @@ from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceSt
 from parley_client._gen.parley.v1.rating_pb2 import Rating, RatingSummary
 from parley_client._gen.parley.v1.session_pb2 import (
     ClientInfo,
-    ScopedStateDelta,
     Session,
     StateDelta,
     UserState,
 )
 from parley_client._gen.parley.v1.user_pb2 import User, UserProfile
 from parley_client._retry import DEFAULT_RETRY, RetryPolicy, Safety, retryable
+from parley_client._values import (
+    DEFAULT_TIMEOUT,
+    CallOptions,
+    RoleLike,
+    delete_safety,
+    new_id,
+    new_message,
+    retry_policy,
+    same_session,
+    struct,
+    timestamp,
+    to_role,
+)
 
 if TYPE_CHECKING:  # the async stub types exist only in the generated .pyi
     from parley_client._gen.parley.v1.admin_service_pb2_grpc import AdminServiceAsyncStub
@@ -55,9 +63,6 @@ if TYPE_CHECKING:  # the async stub types exist only in the generated .pyi
 RequestT = TypeVar("RequestT")
 ResponseT = TypeVar("ResponseT")
 ItemT = TypeVar("ItemT")
-RoleLike: TypeAlias = "Role.ValueType | str"  # Role.ROLE_USER, "user", "ROLE_USER"
-
-DEFAULT_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,116 +71,8 @@ class _Stubs:
     admin: AdminServiceAsyncStub
 
 
-class CallOptions(TypedDict, total=False):
-    """Per-call options every method takes as keywords."""
-
-    timeout: float | None  # seconds per attempt; None waits forever; absent: default_timeout
-    call_metadata: Mapping[str, str]  # gRPC metadata for this call, after the client's own
-    # Absent or True: the default RetryPolicy where repeating the call is safe (every call but a
-    # delete without allow_missing); a RetryPolicy of your own; False: one attempt only.
-    retry: RetryPolicy | bool
-
-
-def to_role(value: RoleLike) -> Role.ValueType:
-    """A Role from Role.ROLE_USER, "user", "USER" or "ROLE_USER"."""
-    if isinstance(value, int):
-        return value
-    name = value.strip().upper()
-    try:
-        return Role.Value(name if name.startswith("ROLE_") else f"ROLE_{name}")
-    except ValueError:
-        choices = ", ".join(n.removeprefix("ROLE_").lower() for n in Role.keys()[1:])
-        raise ValueError(f"unknown role {value!r}; use one of {choices}") from None
-
-
-def struct(value: Mapping[str, Any] | None) -> Struct | None:
-    """A google.protobuf.Struct holding a JSON-like mapping (numbers become floats)."""
-    if value is None:
-        return None
-    result = Struct()
-    result.update(value)
-    return result
-
-
-def new_id() -> str:
-    """A fresh id for a resource the caller creates (a random UUID)."""
-    return str(uuid.uuid4())
-
-
-def new_message(
-    *,
-    role: RoleLike,
-    content: str = "",
-    id: str = "",
-    name: str = "",
-    tool_calls: Sequence[ToolCall] = (),
-    tool_call_id: str = "",
-    invocation_id: str = "",
-    thread_id: str = "",
-    reply_to: str = "",
-    chapter: str = "",
-    attachments: Sequence[Attachment] = (),
-    citations: Sequence[Citation] = (),
-    metadata: Mapping[str, Any] | None = None,
-    user_id: str = "",
-    event_time: datetime | None = None,
-    payload: bytes = b"",
-    payload_type: str = "",
-) -> Message:
-    """A Message to append, with a fresh id unless given one (so a retried append cannot store it
-    twice); ToolCall.arguments is JSON text, kept byte for byte. event_time is your own time of
-    the event (a naive datetime is taken as UTC), kept to the microsecond. payload is your own
-    form of the item, kept byte for byte, with its media type in payload_type."""
-    return Message(
-        id=id or new_id(),
-        role=to_role(role),
-        content=content,
-        name=name,
-        tool_calls=tool_calls,
-        tool_call_id=tool_call_id,
-        invocation_id=invocation_id,
-        thread_id=thread_id,
-        reply_to=reply_to,
-        chapter=chapter,
-        attachments=attachments,
-        citations=citations,
-        metadata=struct(metadata),
-        user_id=user_id,
-        event_time=timestamp(event_time),
-        payload=payload,
-        payload_type=payload_type,
-    )
-
-
-def state_delta(
-    session: Mapping[str, Any] | None = None,
-    user: Mapping[str, Any] | None = None,
-    app: Mapping[str, Any] | None = None,
-    *,
-    remove_session: Sequence[str] = (),
-    remove_user: Sequence[str] = (),
-    remove_app: Sequence[str] = (),
-) -> StateDelta:
-    """A StateDelta: keys to set (JSON values; None is stored as null) and keys to remove, in the
-    session's own state, its user's state within its app, and its app's state."""
-    return StateDelta(
-        session=ScopedStateDelta(set=struct(session), remove=remove_session),
-        user=ScopedStateDelta(set=struct(user), remove=remove_user),
-        app=ScopedStateDelta(set=struct(app), remove=remove_app),
-    )
-
-
-def timestamp(moment: datetime | None) -> Timestamp | None:
-    """A protobuf Timestamp of an aware datetime (a naive one is taken as UTC)."""
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 class ParleyClient:
-    """Async client for a parley server.
+    """A parley client: ParleyClient awaits; SyncParleyClient, generated from it, blocks.
 
         async with ParleyClient("localhost:50051") as client:
             session = await client.create_session(user_id=user.id, title="support")
@@ -204,7 +101,7 @@ class ParleyClient:
         self._metadata = tuple((key.lower(), value) for key, value in (metadata or {}).items())
         self._default_timeout = default_timeout
         self._channel_options = tuple(channel_options)
-        self._channel: grpc.aio.Channel | None = None
+        self._channel: transport.Channel | None = None
         self._stubs: _Stubs | None = None
         self._closed = False
 
@@ -228,7 +125,7 @@ class ParleyClient:
             channel_options=channel_options,
         )
         try:
-            await asyncio.wait_for(client._open()[0].channel_ready(), connect_timeout)
+            await transport.wait_ready(client._open()[0], connect_timeout)
         except TimeoutError:
             await client.close()
             raise UnavailableError(
@@ -254,21 +151,21 @@ class ParleyClient:
         self._closed = True
         if self._channel is not None:
             channel, self._channel, self._stubs = self._channel, None, None
-            await channel.close(None)
+            await transport.close(channel)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def _open(self) -> tuple[grpc.aio.Channel, _Stubs]:
+    def _open(self) -> tuple[transport.Channel, _Stubs]:
         if self._closed:
             raise ClientClosedError("this ParleyClient is closed; create a new one")
         if self._channel is None or self._stubs is None:
             if self._tls is False:
-                channel = grpc.aio.insecure_channel(self.target, options=self._channel_options)
+                channel = transport.insecure_channel(self.target, options=self._channel_options)
             else:
                 credentials = grpc.ssl_channel_credentials() if self._tls is True else self._tls
-                channel = grpc.aio.secure_channel(
+                channel = transport.secure_channel(
                     self.target, credentials, options=self._channel_options
                 )
             self._channel = channel
@@ -277,7 +174,7 @@ class ParleyClient:
 
     async def _call(
         self,
-        rpc: Callable[[_Stubs], grpc.aio.UnaryUnaryMultiCallable[RequestT, ResponseT]],
+        rpc: Callable[[_Stubs], transport.UnaryUnaryMultiCallable[RequestT, ResponseT]],
         request: RequestT,
         safety: Safety,
         options: CallOptions,
@@ -287,11 +184,11 @@ class ParleyClient:
         while True:
             try:
                 return await method(request, timeout=timeout, metadata=metadata)
-            except grpc.aio.AioRpcError as error:
+            except transport.RpcError as error:
                 delay = next(delays, None)
                 if delay is None or not retryable(safety, error.code()):
                     raise from_rpc_error(error) from None
-            await asyncio.sleep(delay)
+            await transport.sleep(delay)
 
     def _prepare(
         self, options: CallOptions, safety: Safety
@@ -301,7 +198,7 @@ class ParleyClient:
         if asked is None:
             policy = None if safety is Safety.UNSAFE else DEFAULT_RETRY
         else:
-            policy = _policy(asked)
+            policy = retry_policy(asked)
         if policy is not None and safety is Safety.UNSAFE:
             raise ValueError(
                 "this call is not safe to repeat: a delete that landed would then report"
@@ -394,7 +291,7 @@ class ParleyClient:
         """Delete the user and their ratings; force=True also deletes the sessions they own."""
         request = pb.DeleteUserRequest(id=user_id, force=force, allow_missing=allow_missing)
         await self._call(
-            lambda s: s.parley.DeleteUser, request, _delete_safety(allow_missing), options
+            lambda s: s.parley.DeleteUser, request, delete_safety(allow_missing), options
         )
 
     # --- sessions ---------------------------------------------------------------------------------
@@ -498,7 +395,7 @@ class ParleyClient:
         """Delete the session with its messages, contexts and ratings."""
         request = pb.DeleteSessionRequest(id=session_id, allow_missing=allow_missing)
         await self._call(
-            lambda s: s.parley.DeleteSession, request, _delete_safety(allow_missing), options
+            lambda s: s.parley.DeleteSession, request, delete_safety(allow_missing), options
         )
 
     async def get_or_create_open_session(
@@ -738,11 +635,11 @@ class ParleyClient:
                         position = message.seq
                         yield message
                 return
-            except grpc.aio.AioRpcError as error:
+            except transport.RpcError as error:
                 delay = next(delays, None)
                 if delay is None or not retryable(Safety.READ, error.code()):
                     raise from_rpc_error(error) from None
-            await asyncio.sleep(delay)
+            await transport.sleep(delay)
 
     async def watch_session(
         self,
@@ -770,7 +667,7 @@ class ParleyClient:
         stream is alive, are passed on with heartbeats=True."""
         stub = self._open()[1].parley
         metadata = self._with_metadata(call_metadata or {})
-        policy = _policy(retry)
+        policy = retry_policy(retry)
         position, deletion = after_seq, after_deletion
         last_session: Session | None = None
         delays = policy.delays() if policy is not None else iter(())
@@ -794,20 +691,20 @@ class ParleyClient:
                         continue
                     if kind == "session":
                         # Each resumed stream starts with the session: pass it on only if changed.
-                        if last_session is not None and _same_session(last_session, event.session):
+                        if last_session is not None and same_session(last_session, event.session):
                             continue
                         last_session = event.session
                     yield event
                     if kind == "deleted_session":
                         return
                 return
-            except grpc.aio.AioRpcError as error:
+            except transport.RpcError as error:
                 if error.code() != grpc.StatusCode.UNAVAILABLE:
                     raise from_rpc_error(error) from None
                 delay = next(delays, None)
                 if delay is None:
                     raise from_rpc_error(error) from None
-            await asyncio.sleep(delay)
+            await transport.sleep(delay)
 
     async def get_context_window(
         self,
@@ -832,7 +729,7 @@ class ParleyClient:
     ) -> None:
         request = pb.DeleteMessageRequest(id=message_id, allow_missing=allow_missing)
         await self._call(
-            lambda s: s.parley.DeleteMessage, request, _delete_safety(allow_missing), options
+            lambda s: s.parley.DeleteMessage, request, delete_safety(allow_missing), options
         )
 
     async def pop_message(self, session_id: str, **options: Unpack[CallOptions]) -> Message | None:
@@ -915,7 +812,7 @@ class ParleyClient:
     ) -> None:
         request = pb.DeleteContextRequest(id=context_id, allow_missing=allow_missing)
         await self._call(
-            lambda s: s.parley.DeleteContext, request, _delete_safety(allow_missing), options
+            lambda s: s.parley.DeleteContext, request, delete_safety(allow_missing), options
         )
 
     # --- ratings ----------------------------------------------------------------------------------
@@ -981,7 +878,7 @@ class ParleyClient:
     ) -> None:
         request = pb.DeleteRatingRequest(id=rating_id, allow_missing=allow_missing)
         await self._call(
-            lambda s: s.parley.DeleteRating, request, _delete_safety(allow_missing), options
+            lambda s: s.parley.DeleteRating, request, delete_safety(allow_missing), options
         )
 
     async def get_rating_summary(
@@ -1040,31 +937,8 @@ class ParleyClient:
         return await self._call(lambda s: s.admin.RevokeApiKey, request, Safety.IDEMPOTENT, options)
 
 
-def _same_session(before: Session, after: Session) -> bool:
-    """Equal but for what appends and deletes change (counts, last seq, times)."""
-    changing = ("message_count", "last_seq", "update_time", "last_message_time")
-    first, second = Session(), Session()
-    first.CopyFrom(before)
-    second.CopyFrom(after)
-    for name in changing:
-        first.ClearField(name)  # type: ignore[arg-type]
-        second.ClearField(name)  # type: ignore[arg-type]
-    return first == second
-
-
-def _policy(retry: RetryPolicy | bool) -> RetryPolicy | None:
-    if retry is True:
-        return DEFAULT_RETRY
-    return retry or None
-
-
-def _delete_safety(allow_missing: bool) -> Safety:
-    # Without allow_missing, a repeat of a delete that did happen would report NOT_FOUND.
-    return Safety.IDEMPOTENT if allow_missing else Safety.UNSAFE
-
-
 async def _every_item(
-    fetch: Callable[[str], Awaitable[tuple[Sequence[ItemT], str]]],
+    fetch: transport.Fetch[ItemT],
 ) -> AsyncIterator[ItemT]:
     token = ""
     while True:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, Protocol, cast
 
 import grpc
 
@@ -125,7 +125,15 @@ _ERRORS: dict[grpc.StatusCode, type[RPCError]] = {
 }
 
 
-def from_rpc_error(error: grpc.aio.AioRpcError) -> RPCError:
+class FailedCall(Protocol):
+    """A failed call as grpc raises it, from its asyncio API (AioRpcError) or its sync one."""
+
+    def code(self) -> grpc.StatusCode: ...
+    def details(self) -> Any: ...
+    def trailing_metadata(self) -> Any: ...
+
+
+def from_rpc_error(error: FailedCall) -> RPCError:
     """The RPCError subclass for error's status, with the server's ErrorInfo and BadRequest."""
     code = error.code()
     reason = domain = ""
