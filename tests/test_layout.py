@@ -69,6 +69,7 @@ def test_each_framework_adapter_is_an_optional_extra() -> None:
     } == {
         "adk": ["google-adk"],
         "openai-agents": ["openai-agents"],
+        "langchain": ["langchain-core"],
     }
 
 
