@@ -193,3 +193,25 @@ async def test_an_adk_session_reads_as_a_transcript(
     again = await service.get_session(app_name="travel", user_id="ada", session_id="trip")
     assert again is not None
     assert again.events == session.events
+
+
+async def test_a_redelivered_event_is_stored_once(service: ParleySessionService) -> None:
+    session = await service.create_session(app_name="app", user_id="u")
+    event = _event(actions=EventActions(state_delta={"counter": 1}))
+    await service.append_event(session, event)
+    stale = await service.get_session(app_name="app", user_id="u", session_id=session.id)
+    await service.append_event(session, event.model_copy(deep=True))
+    stored = await service.get_session(app_name="app", user_id="u", session_id=session.id)
+    assert stored is not None
+    assert [e.id for e in stored.events] == [event.id]
+    assert stored.state == {"counter": 1}
+    assert stale == stored
+
+
+async def test_distinct_events_with_one_id_are_both_kept(service: ParleySessionService) -> None:
+    session = await service.create_session(app_name="app", user_id="u")
+    await service.append_event(session, Event(id="same", invocation_id="a", author="user"))
+    await service.append_event(session, Event(id="same", invocation_id="b", author="agent"))
+    stored = await service.get_session(app_name="app", user_id="u", session_id=session.id)
+    assert stored is not None
+    assert [(e.id, e.author) for e in stored.events] == [("same", "user"), ("same", "agent")]

@@ -5,6 +5,8 @@ A fake ParleyService that fails on cue stands in for the server, over real gRPC 
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -250,3 +252,43 @@ async def test_a_cut_stream_resumes_where_it_stopped() -> None:
                 _ = [m async for m in client.stream_messages("s", retry=False)]  # the cut surfaces
     finally:
         await server.stop(None)
+
+
+async def test_one_client_serves_successive_event_loops(target: str) -> None:
+    """Frameworks run agents in loops of their own (asyncio.run, run_sync): a client made once
+    must keep working in each, though an asyncio channel serves only the loop it was made in."""
+    parley = ParleyClient(target)
+
+    async def one_call() -> str:
+        return (await parley.create_session()).id
+
+    def three_loops() -> list[str]:
+        return [asyncio.run(one_call()) for _ in range(3)]
+
+    assert len(set(await asyncio.to_thread(three_loops))) == 3
+    await parley.close()
+
+
+async def test_one_client_serves_threads_with_loops_of_their_own(target: str) -> None:
+    """Threads that each run their own event loop (a sync web app calling run_sync) share one
+    client at once: each loop gets its own channel, none steals another's mid-call."""
+    parley = ParleyClient(target)
+    session = await parley.create_session()
+
+    async def appends() -> None:
+        for _ in range(10):
+            await parley.append_message(session.id, role="user")
+
+    def worker() -> None:
+        asyncio.run(appends())
+
+    def five_threads() -> None:
+        threads = [threading.Thread(target=worker) for _ in range(5)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    await asyncio.to_thread(five_threads)
+    assert (await parley.get_session(session.id)).last_seq == 50
+    await parley.close()

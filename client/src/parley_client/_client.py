@@ -101,8 +101,10 @@ class ParleyClient:
         self._metadata = tuple((key.lower(), value) for key, value in (metadata or {}).items())
         self._default_timeout = default_timeout
         self._channel_options = tuple(channel_options)
-        self._channel: transport.Channel | None = None
-        self._stubs: _Stubs | None = None
+        # An asyncio channel serves only the event loop it was made in, so each loop the client
+        # is used from (asyncio.run again, a framework's run_sync, threads with loops of their
+        # own) gets a channel of its own; a sync client has one, under the key None.
+        self._channels: dict[object, tuple[transport.Channel, _Stubs]] = {}
         self._closed = False
 
     @classmethod
@@ -147,11 +149,13 @@ class ParleyClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel; calls in flight are cancelled. Closing twice is harmless."""
+        """Close the channel; calls in flight are cancelled. Closing twice is harmless. (Channels
+        of other event loops than this call's are dropped, as they cannot be closed from here.)"""
         self._closed = True
-        if self._channel is not None:
-            channel, self._channel, self._stubs = self._channel, None, None
-            await transport.close(channel)
+        channels, self._channels = self._channels, {}
+        own = channels.get(transport.running_loop())
+        if own is not None:
+            await transport.close(own[0])
 
     @property
     def closed(self) -> bool:
@@ -160,7 +164,11 @@ class ParleyClient:
     def _open(self) -> tuple[transport.Channel, _Stubs]:
         if self._closed:
             raise ClientClosedError("this ParleyClient is closed; create a new one")
-        if self._channel is None or self._stubs is None:
+        owner = transport.running_loop()
+        opened = self._channels.get(owner)
+        if opened is None:
+            for gone in [loop for loop in self._channels if transport.finished(loop)]:
+                del self._channels[gone]
             if self._tls is False:
                 channel = transport.insecure_channel(self.target, options=self._channel_options)
             else:
@@ -168,9 +176,9 @@ class ParleyClient:
                 channel = transport.secure_channel(
                     self.target, credentials, options=self._channel_options
                 )
-            self._channel = channel
-            self._stubs = _Stubs(ParleyServiceStub(channel), AdminServiceStub(channel))
-        return self._channel, self._stubs
+            stubs = _Stubs(ParleyServiceStub(channel), AdminServiceStub(channel))
+            opened = self._channels[owner] = (channel, stubs)
+        return opened
 
     async def _call(
         self,

@@ -18,6 +18,16 @@ Fetch: TypeAlias = Callable[[str], Awaitable[tuple[Sequence[T], str]]]
 sleep = asyncio.sleep
 
 
+def running_loop() -> object:
+    """What a channel belongs to: the event loop it is used from."""
+    return asyncio.get_running_loop()
+
+
+def finished(loop: object) -> bool:
+    """Whether the loop a channel belongs to is gone, and the channel with it."""
+    return isinstance(loop, asyncio.AbstractEventLoop) and loop.is_closed()
+
+
 async def wait_ready(channel: Channel, seconds: float) -> None:
     """TimeoutError unless the channel connects within `seconds`."""
     async with asyncio.timeout(seconds):
@@ -35,7 +45,9 @@ __all__ = [
     "RpcError",
     "UnaryUnaryMultiCallable",
     "close",
+    "finished",
     "insecure_channel",
+    "running_loop",
     "secure_channel",
     "sleep",
     "wait_ready",

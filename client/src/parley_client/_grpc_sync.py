@@ -15,6 +15,15 @@ Fetch: TypeAlias = Callable[[str], tuple[Sequence[T], str]]
 sleep = time.sleep
 
 
+def running_loop() -> object:
+    """A sync channel belongs to no event loop: one serves every thread."""
+    return None
+
+
+def finished(loop: object) -> bool:
+    return False
+
+
 def wait_ready(channel: Channel, seconds: float) -> None:
     """TimeoutError unless the channel connects within `seconds`."""
     try:
@@ -34,7 +43,9 @@ __all__ = [
     "RpcError",
     "UnaryUnaryMultiCallable",
     "close",
+    "finished",
     "insecure_channel",
+    "running_loop",
     "secure_channel",
     "sleep",
     "wait_ready",

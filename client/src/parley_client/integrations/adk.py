@@ -20,6 +20,7 @@ What maps to what:
 
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import uuid
@@ -175,13 +176,19 @@ class ParleySessionService(BaseSessionService):
         event = self._trim_temp_delta_state(event)
         scoped = _split_state(event.actions.state_delta if event.actions else {})
         marker = session._storage_update_marker
+        fields = _message_fields(event)
+        append = functools.partial(
+            self._client.append_message,
+            _session_id(session.app_name, session.user_id, session.id),
+            expected_last_seq=None if marker is None else int(marker),
+            state_delta=state_delta(scoped["session"], scoped["user"], scoped["app"]),
+        )
         try:
-            stored = await self._client.append_message(
-                _session_id(session.app_name, session.user_id, session.id),
-                expected_last_seq=None if marker is None else int(marker),
-                state_delta=state_delta(scoped["session"], scoped["user"], scoped["app"]),
-                **_message_fields(event),
-            )
+            try:
+                # A re-delivered event (same id, same content) is stored once.
+                stored = await append(**fields)
+            except ParleyAlreadyExistsError:  # another event with this id: kept all the same
+                stored = await append(**{**fields, "id": str(uuid.uuid4())})
         except AbortedError as error:
             if error.reason == "LAST_SEQ_MISMATCH":
                 raise StaleSessionError(_STALE) from None

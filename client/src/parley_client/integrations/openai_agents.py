@@ -25,7 +25,11 @@ from typing import Any, cast
 
 from agents.items import TResponseInputItem
 from agents.memory.session import SessionABC
-from agents.memory.session_settings import SessionSettings, resolve_session_limit
+from agents.memory.session_settings import (
+    SessionSettings,
+    coerce_session_settings,
+    resolve_session_limit,
+)
 
 from parley_client import Message, NotFoundError, ParleyClient, Role, ToolCall, new_message
 from parley_client.integrations import _ids
@@ -45,11 +49,17 @@ class ParleySession(SessionABC):
         *,
         user_id: str = "",
         app: str = "",
-        session_settings: SessionSettings | None = None,
+        session_settings: SessionSettings | Mapping[str, Any] | None = None,
     ) -> None:
         """user_id (an existing parley user) and app are given to the session when it is made."""
         self.session_id = session_id
-        self.session_settings = session_settings or SessionSettings()
+        self.session_settings = (
+            SessionSettings()
+            if session_settings is None
+            else coerce_session_settings(dict(session_settings))
+            if isinstance(session_settings, Mapping)
+            else session_settings
+        )
         self._client = client
         self._parley_id = _ids.escape(session_id)
         self._user_id = user_id
