@@ -275,12 +275,12 @@ async def test_one_client_serves_threads_with_loops_of_their_own(target: str) ->
     parley = ParleyClient(target)
     session = await parley.create_session()
 
-    async def appends() -> None:
-        for _ in range(10):
-            await parley.append_message(session.id, role="user")
+    async def append() -> None:
+        await parley.append_message(session.id, role="user")
 
     def worker() -> None:
-        asyncio.run(appends())
+        for _ in range(10):  # a loop per call: channels are opened and dropped all the time
+            asyncio.run(append())
 
     def five_threads() -> None:
         threads = [threading.Thread(target=worker) for _ in range(5)]

@@ -119,3 +119,27 @@ async def test_server_processes_appending_to_the_same_sessions_never_deadlock(
         assert (await stores[0].sessions.get(SCOPE, session_id)).last_seq == appended[session_id]
     for store in stores:
         await store.db.dispose()
+
+
+async def test_an_append_that_raced_the_sessions_creation_lands(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two clients making a session on first use: one append's write finds no session, which
+    the other creates before the append asks why. That session is open: the append lands, where
+    it was once told the session was closed."""
+    session = await store.sessions.create(SCOPE, NewSession(id=None))
+    appender = store.messages._appender
+    write = appender.append
+    calls: list[str] = []
+
+    async def missing_at_first(session_id: str, rows: list[dict[str, object]]) -> object:
+        calls.append(session_id)
+        if len(calls) == 1:
+            return None  # what the write finds when the session is not committed yet
+        return await write(session_id, rows)
+
+    monkeypatch.setattr(appender, "append", missing_at_first)
+    (message,) = await store.messages.append(
+        SCOPE, session.id, [NewMessage(id=None, role=Role.USER)]
+    )
+    assert (message.seq, len(calls)) == (1, 2)

@@ -167,8 +167,9 @@ class ParleyClient:
         owner = transport.running_loop()
         opened = self._channels.get(owner)
         if opened is None:
-            for gone in [loop for loop in self._channels if transport.finished(loop)]:
-                del self._channels[gone]
+            # Threads open channels at once: look at a copy, and let any of them drop one.
+            for gone in [loop for loop in list(self._channels) if transport.finished(loop)]:
+                self._channels.pop(gone, None)
             if self._tls is False:
                 channel = transport.insecure_channel(self.target, options=self._channel_options)
             else:

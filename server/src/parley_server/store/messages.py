@@ -12,7 +12,6 @@ from sqlalchemy import (
     Select,
     bindparam,
     delete,
-    exists,
     func,
     insert,
     or_,
@@ -229,6 +228,7 @@ def _window_messages(since_event_time: bool) -> Select[Any]:
     )
 
 
+_APPEND_ATTEMPTS = 3
 MAX_STEP_DELETIONS = 500
 _STEP_DELETIONS = (
     select(message_deletions)
@@ -285,19 +285,23 @@ class MessageStore:
             }
             for new in news
         ]
-        try:
-            async with translated_errors():
-                if expected_last_seq is None and not state_delta:
-                    seqs = await self._appender.append(session_id, rows)
-                else:
-                    seqs = await self._append_alone(
-                        scope, session_id, rows, expected_last_seq, state_delta
-                    )
-        except (IntegrityError, asyncpg.IntegrityConstraintViolationError) as error:
-            if stored := await self._stored_repeat(scope, session_id, news, rows):
-                return stored
-            raise await self._conflict(scope, rows) from error
-        if seqs is None:
+        # Another try only when the session turned up open after the write found it missing:
+        # it was created meanwhile (a framework making a session on first use, from two places).
+        for _ in range(_APPEND_ATTEMPTS):
+            try:
+                async with translated_errors():
+                    if expected_last_seq is None and not state_delta:
+                        seqs = await self._appender.append(session_id, rows)
+                    else:
+                        seqs = await self._append_alone(
+                            scope, session_id, rows, expected_last_seq, state_delta
+                        )
+            except (IntegrityError, asyncpg.IntegrityConstraintViolationError) as error:
+                if stored := await self._stored_repeat(scope, session_id, news, rows):
+                    return stored
+                raise await self._conflict(scope, rows) from error
+            if seqs is not None:
+                break
             # A retry whose first attempt landed before the session was closed is no error.
             if stored := await self._stored_repeat(scope, session_id, news, rows):
                 return stored
@@ -315,7 +319,11 @@ class MessageStore:
                     )
                     if current is not None:
                         raise Aborted.last_seq_mismatch(expected_last_seq, current)
-                raise await _closed_or_missing(session, scope, session_id)
+                problem = await _closed_or_missing(session, scope, session_id)
+            if problem is not None:
+                raise problem
+        else:
+            raise Aborted.concurrent_conflict()
         for row, seq in zip(rows, seqs, strict=True):
             row["seq"] = seq
         return [to_message(row) for row in rows]
@@ -671,9 +679,17 @@ async def _first_taken(session: AsyncSession, scope: Scope, ids: Sequence[str]) 
     return None if taken is None else str(taken)
 
 
-async def _closed_or_missing(session: AsyncSession, scope: Scope, session_id: str) -> Exception:
-    if await session.scalar(
-        select(exists().where(sessions.c.tenant_id == scope.tenant, sessions.c.id == session_id))
-    ):
-        return session_closed(session_id, "messages")
-    return NotFound.resource("session", session_id)
+async def _closed_or_missing(
+    session: AsyncSession, scope: Scope, session_id: str
+) -> Exception | None:
+    """Why an append found no open session to write to; None if there is one now."""
+    row = (
+        await session.execute(
+            select(sessions.c.end_time).where(
+                sessions.c.tenant_id == scope.tenant, sessions.c.id == session_id
+            )
+        )
+    ).first()
+    if row is None:
+        return NotFound.resource("session", session_id)
+    return None if row.end_time is None else session_closed(session_id, "messages")
