@@ -16,7 +16,8 @@ ceiling at the same concurrency. Growth: append and list-last-50 latency at sess
 10k and 100k messages. Live history: commit-to-delivery latency of WatchSession with 1, 10 and 100
 watchers on a session that a writer appends to, and what 1,000 idle watchers cost the server (its
 memory, its database connections, and appends beside them, against appends without them in the
-same run). Results go to bench/results/*.json and bench/results/chart.png.
+same run). Frameworks: each adapter's append and read against the framework's own PostgreSQL store
+(bench/frameworks.py). Results go to bench/results/*.json and bench/results/chart.png.
 """
 
 from __future__ import annotations
@@ -478,6 +479,78 @@ class BackendResult:
     growth: list[GrowthPoint] = field(default_factory=list)
     delivery: list[DeliveryPoint] = field(default_factory=list)
     idle_watchers: IdleWatchers | None = None
+    frameworks: list[FrameworkCell] = field(default_factory=list)
+
+
+@dataclass
+class FrameworkCell:
+    """One workload through a framework's interface: parley's adapter and the framework's own
+    PostgreSQL store, measured one after the other in the same run."""
+
+    framework: str
+    workload: str
+    clients: int
+    parley: Cell
+    native: Cell
+
+    @property
+    def speedup(self) -> float:
+        return self.parley.ops_per_second / self.native.ops_per_second
+
+
+async def bench_frameworks(args: argparse.Namespace) -> list[FrameworkCell]:
+    import frameworks  # the frameworks load only when measured
+
+    found: list[FrameworkCell] = []
+    async with (
+        fresh_database("postgres") as parley_url,
+        parley_server(parley_url, {}) as server,
+        fresh_database("postgres") as native_url,
+    ):
+        for framework in args.frameworks:
+            for count in args.framework_clients:
+                async with (
+                    frameworks.over_parley(framework, server.address, count) as ours,
+                    frameworks.native(framework, native_url, count) as theirs,
+                ):
+                    for workload in ("append", "read"):
+                        cells = [
+                            await closed_loop(
+                                "postgres",
+                                f"{framework} {workload} ({store})",
+                                getattr(workloads_of, workload),
+                                count,
+                                args.seconds,
+                                args.warmup,
+                            )
+                            for store, workloads_of in (("parley", ours), ("native", theirs))
+                        ]
+                        cell = FrameworkCell(framework, workload, count, *cells)
+                        found.append(cell)
+                        console.print(
+                            f"  {framework:<14} {workload:<7} {count:>3} clients: parley"
+                            f" {cell.parley.ops_per_second:>7.0f} ops/s p50"
+                            f" {cell.parley.p50_ms:6.2f} ms, own store"
+                            f" {cell.native.ops_per_second:>7.0f} ops/s p50"
+                            f" {cell.native.p50_ms:6.2f} ms: x{cell.speedup:.2f}"
+                        )
+    return found
+
+
+def frameworks_table(cells: list[FrameworkCell]) -> Table:
+    grid = Table(title="Adapters against each framework's own PostgreSQL store (ops/s, p50 ms)")
+    for column in ("framework", "workload", "clients", "parley", "own store", "parley / own"):
+        grid.add_column(column, justify="right" if column != "framework" else "left")
+    for cell in cells:
+        grid.add_row(
+            cell.framework,
+            cell.workload,
+            str(cell.clients),
+            f"{cell.parley.ops_per_second:.0f} / {cell.parley.p50_ms:.2f}",
+            f"{cell.native.ops_per_second:.0f} / {cell.native.p50_ms:.2f}",
+            f"x{cell.speedup:.2f}",
+        )
+    return grid
 
 
 # --- live history -----------------------------------------------------------------------------
@@ -985,12 +1058,23 @@ async def measure(args: argparse.Namespace) -> list[BackendResult]:
     for backend in args.backends:
         console.rule(f"{backend}")
         results.append(await bench_backend(backend, args))
+    if args.frameworks:
+        console.rule("frameworks")
+        cells = await bench_frameworks(args)
+        postgres = next((r for r in results if r.backend == "postgres"), None)
+        if postgres is None:
+            postgres = BackendResult("postgres")
+            results.append(postgres)
+        postgres.frameworks = cells
     return results
 
 
 def report(results: list[BackendResult], args: argparse.Namespace, seconds: float) -> None:
     """Print the table and the targets, write results/*.json and the chart."""
     console.print(table(results))
+    for result in results:
+        if result.frameworks:
+            console.print(frameworks_table(result.frameworks))
     found = checks(results)
     for check in found:
         mark = "[green]PASS" if check.passed else "[red]FAIL"
@@ -1007,13 +1091,16 @@ def report(results: list[BackendResult], args: argparse.Namespace, seconds: floa
         (results_dir / f"{result.backend}.json").write_text(
             json.dumps({**summary, **asdict(result)}, indent=2) + "\n"
         )
-    chart(results, results_dir / "chart.png")
+    if any(result.cells for result in results):
+        chart(results, results_dir / "chart.png")
     console.print(f"wrote {results_dir}/*.json and chart.png in {seconds:.0f} s")
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backends", type=lambda s: s.split(","), default=["postgres", "sqlite"])
+    parser.add_argument(
+        "--backends", type=lambda s: s.split(",") if s else [], default=["postgres", "sqlite"]
+    )
     parser.add_argument(
         "--clients", type=lambda s: [int(n) for n in s.split(",")], default=[1, 16, 64]
     )
@@ -1040,6 +1127,15 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--idle-watchers", type=int, default=1000, help="idle watchers to open; 0 to skip"
+    )
+    parser.add_argument(
+        "--frameworks",
+        type=lambda s: s.split(",") if s else [],
+        default=["adk", "openai_agents", "langchain"],
+        help="adapters to measure against the frameworks' own PostgreSQL stores; empty to skip",
+    )
+    parser.add_argument(
+        "--framework-clients", type=lambda s: [int(n) for n in s.split(",")], default=[1, 16]
     )
     parser.add_argument("--server-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     parser.add_argument("--client-loop", choices=["uvloop", "asyncio"], default="uvloop")
