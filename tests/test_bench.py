@@ -5,19 +5,27 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from itertools import product
 from pathlib import Path
+
+import pytest
+
+from tests.conftest import PostgresTemplate, _skip_or_fail_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# A minute of work on two cores shared with the rest of the suite.
+@pytest.mark.timeout(240)
 def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     command = [
         sys.executable, str(ROOT / "bench" / "run.py"), "--backends", "sqlite",
         "--clients", "1,2", "--seconds", "0.3", "--warmup", "0.1",
         "--growth", "100,200", "--growth-seconds", "0.4", "--results", str(tmp_path),
         "--watchers", "1,3", "--watch-seconds", "0.3", "--idle-watchers", "20",
+        "--frameworks", "",
     ]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=220)
     assert finished.returncode == 0, finished.stdout + finished.stderr
     results = json.loads((tmp_path / "sqlite.json").read_text())
     workloads = {cell["workload"] for cell in results["cells"]}
@@ -38,3 +46,29 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert len(results["idle_watchers"]["append_without"]) == 3
     assert (tmp_path / "chart.png").stat().st_size > 10_000
     assert "fraction of ceiling" in finished.stdout
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(240)
+def test_the_framework_benchmark_runs_end_to_end(
+    tmp_path: Path, postgres_template: PostgresTemplate
+) -> None:
+    """Each adapter against its framework's own PostgreSQL store, with tiny durations."""
+    if postgres_template.name is None:
+        _skip_or_fail_postgres(postgres_template)
+    command = [
+        sys.executable, str(ROOT / "bench" / "run.py"), "--backends", "",
+        "--framework-clients", "1,2", "--seconds", "0.2", "--warmup", "0.05",
+        "--results", str(tmp_path),
+    ]  # fmt: skip
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=220)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    cells = json.loads((tmp_path / "postgres.json").read_text())["frameworks"]
+    assert {(c["framework"], c["workload"], c["clients"]) for c in cells} == set(
+        product(("adk", "openai_agents", "langchain"), ("append", "read"), (1, 2))
+    )
+    for cell in cells:
+        for store in ("parley", "native"):
+            assert cell[store]["errors"] == 0
+            assert cell[store]["operations"] > 0
+    assert "own PostgreSQL store" in finished.stdout
