@@ -215,3 +215,18 @@ async def test_distinct_events_with_one_id_are_both_kept(service: ParleySessionS
     stored = await service.get_session(app_name="app", user_id="u", session_id=session.id)
     assert stored is not None
     assert [(e.id, e.author) for e in stored.events] == [("same", "user"), ("same", "agent")]
+
+
+async def test_events_parley_cannot_hold_natively_are_kept_whole(
+    service: ParleySessionService,
+) -> None:
+    session = await service.create_session(app_name="app", user_id="u")
+    call = types.FunctionCall(name=None, args={"x": "\x00"})
+    for event in (
+        _event("a" * 300, content=types.Content(role="user", parts=[types.Part(text="\x00")])),
+        _event(content=types.Content(role="model", parts=[types.Part(function_call=call)])),
+    ):
+        await service.append_event(session, event)
+    stored = await service.get_session(app_name="app", user_id="u", session_id=session.id)
+    assert stored is not None
+    assert stored.events == session.events

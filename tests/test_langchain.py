@@ -88,3 +88,14 @@ async def test_more_than_one_batch(client: ParleyClient) -> None:
 def test_a_history_needs_a_client() -> None:
     with pytest.raises(ValueError, match="give client"):
         ParleyChatMessageHistory("x")
+
+
+async def test_messages_parley_cannot_hold_natively_are_kept_whole(client: ParleyClient) -> None:
+    history = ParleyChatMessageHistory(new_id(), async_client=client)
+    awkward: list[BaseMessage] = [
+        HumanMessage(content="nul \x00 inside", name="n" * 300),
+        AIMessage(content="", tool_calls=[{"id": "", "name": "", "args": {}}]),
+        ToolMessage(content="\x00", tool_call_id="c" * 300),
+    ]
+    await history.aadd_messages(awkward)
+    assert await history.aget_messages() == awkward

@@ -87,3 +87,32 @@ async def test_concurrent_pops_return_distinct_items(client: ParleyClient) -> No
     contents = [cast(dict[str, Any], item)["content"] for item in popped if item is not None]
     assert sorted(contents, key=int) == [str(n) for n in range(100)]
     assert await session.get_items() == []
+
+
+async def test_items_parley_cannot_hold_natively_are_kept_whole(client: ParleyClient) -> None:
+    """NUL characters, names past parley's 256, tool calls without a name or id: the transcript
+    fields leave them out, and the item still comes back exactly."""
+    items = cast(
+        list[TResponseInputItem],
+        [
+            {"role": "user", "content": "nul \x00 inside"},
+            {"type": "function_call", "call_id": "", "name": "", "arguments": "{}"},
+            {"type": "function_call", "call_id": "c" * 300, "name": "n" * 300, "arguments": ""},
+            {"type": "function_call_output", "call_id": "c" * 300, "output": "\x00"},
+        ],
+    )
+    session = ParleySession(new_id(), client)
+    await session.add_items(items)
+    assert await session.get_items() == items
+
+
+async def test_concurrent_add_items_land_whole_and_in_order(client: ParleyClient) -> None:
+    """add_items is one atomic append: calls at once never interleave their items."""
+    session = ParleySession(new_id(), client)
+    await session.add_items(_items("first"))
+    batches = [[f"{b}:{n}" for n in range(20)] for b in range(8)]
+    await asyncio.gather(*(session.add_items(_items(*batch)) for batch in batches))
+    contents = [cast(dict[str, Any], item)["content"] for item in await session.get_items()]
+    assert contents[0] == "first"
+    runs = [contents[1 + 20 * k : 21 + 20 * k] for k in range(8)]
+    assert sorted(runs) == sorted(batches)

@@ -53,7 +53,7 @@ from parley_client import (
     AlreadyExistsError as ParleyAlreadyExistsError,
 )
 from parley_client import Session as ParleySession
-from parley_client.integrations import _ids
+from parley_client.integrations import _fields, _ids
 
 try:
     from google.adk.errors._stale_session_error import StaleSessionError
@@ -241,25 +241,26 @@ def _message_fields(event: Event) -> dict[str, Any]:
     calls = [part.function_call for part in parts if part.function_call]
     results = [part.function_response for part in parts if part.function_response]
     fields: dict[str, Any] = {"role": "user" if event.author == "user" else "assistant"}
-    if calls:
+    if calls:  # tool calls come from the assistant in parley, whoever the event names
+        fields["role"] = "assistant"
         fields["tool_calls"] = [
             ToolCall(
-                id=call.id or f"call-{index}",
-                name=call.name or "",
-                arguments=json.dumps(call.args or {}),
+                id=_fields.label(call.id, f"call-{index}"),
+                name=_fields.label(call.name, "tool"),
+                arguments=_fields.text(json.dumps(call.args or {})),
             )
             for index, call in enumerate(calls)
         ]
-    elif results and results[0].id:
+    elif results and _fields.label(results[0].id):
         fields["role"] = "tool"
-        fields["tool_call_id"] = results[0].id
+        fields["tool_call_id"] = _fields.label(results[0].id)
         text = json.dumps(results[0].response or {})
     return {
         **fields,
         "id": event.id if _is_uuid(event.id) else str(uuid.uuid5(uuid.NAMESPACE_URL, event.id)),
-        "content": text,
-        "name": event.author[:256],
-        "invocation_id": event.invocation_id[:256],
+        "content": _fields.text(text),
+        "name": _fields.label(event.author),
+        "invocation_id": _fields.label(event.invocation_id),
         "event_time": datetime.fromtimestamp(event.timestamp, UTC),
         "payload": event.model_dump_json(exclude_none=True).encode(),
         "payload_type": PAYLOAD_TYPE,

@@ -47,7 +47,7 @@ from parley_client import (
     ToolCall,
     new_message,
 )
-from parley_client.integrations import _ids
+from parley_client.integrations import _fields, _ids
 
 PAYLOAD_TYPE = "application/vnd.langchain.message+json"
 _BATCH = 1000  # the most messages one BatchAppendMessages takes
@@ -146,25 +146,28 @@ def _text(content: Any) -> str:
 def _to_parley(message: BaseMessage) -> Message:
     """The message as a parley message: the native fields as well as they map, and LangChain's
     own dict of it."""
-    fields: dict[str, Any] = {"role": "assistant", "content": _text(message.content)}
+    fields: dict[str, Any] = {
+        "role": "assistant",
+        "content": _fields.text(_text(message.content)),
+    }
     if isinstance(message, HumanMessage):
         fields["role"] = "user"
     elif isinstance(message, SystemMessage):
         fields["role"] = "system"
-    elif isinstance(message, ToolMessage) and message.tool_call_id:
-        fields.update(role="tool", tool_call_id=message.tool_call_id)
+    elif isinstance(message, ToolMessage) and _fields.label(message.tool_call_id):
+        fields.update(role="tool", tool_call_id=_fields.label(message.tool_call_id))
     elif isinstance(message, AIMessage) and message.tool_calls:
         fields["tool_calls"] = [
             ToolCall(
-                id=call["id"] or f"call-{index}",
-                name=call["name"],
-                arguments=json.dumps(call["args"]),
+                id=_fields.label(call["id"], f"call-{index}"),
+                name=_fields.label(call["name"], "tool"),
+                arguments=_fields.text(json.dumps(call["args"])),
             )
             for index, call in enumerate(message.tool_calls)
         ]
     return new_message(
         **fields,
-        name=(message.name or "")[:256],
+        name=_fields.label(message.name),
         payload=json.dumps(message_to_dict(message), separators=(",", ":")).encode(),
         payload_type=PAYLOAD_TYPE,
     )

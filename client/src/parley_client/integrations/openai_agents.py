@@ -32,7 +32,7 @@ from agents.memory.session_settings import (
 )
 
 from parley_client import Message, NotFoundError, ParleyClient, Role, ToolCall, new_message
-from parley_client.integrations import _ids
+from parley_client.integrations import _fields, _ids
 
 PAYLOAD_TYPE = "application/vnd.openai.agents.item+json"
 _WINDOW = 1000  # the most one GetContextWindow returns
@@ -118,14 +118,21 @@ def _message(item: TResponseInputItem) -> Message:
     kind = raw.get("type", "message")
     fields: dict[str, Any] = {"role": _ROLES.get(raw.get("role", ""), "assistant")}
     if kind == "function_call":
-        call_id = raw.get("call_id") or raw.get("id") or "call"
         fields["tool_calls"] = [
-            ToolCall(id=call_id, name=raw.get("name", ""), arguments=raw.get("arguments", ""))
+            ToolCall(
+                id=_fields.label(raw.get("call_id") or raw.get("id"), "call"),
+                name=_fields.label(raw.get("name"), "tool"),
+                arguments=_fields.text(str(raw.get("arguments", ""))),
+            )
         ]
-    elif kind == "function_call_output" and raw.get("call_id"):
-        fields.update(role="tool", tool_call_id=raw["call_id"], content=_text(raw.get("output")))
+    elif kind == "function_call_output" and _fields.label(raw.get("call_id")):
+        fields.update(
+            role="tool",
+            tool_call_id=_fields.label(raw["call_id"]),
+            content=_fields.text(_text(raw.get("output"))),
+        )
     else:
-        fields["content"] = _text(raw.get("content"))
+        fields["content"] = _fields.text(_text(raw.get("content")))
     return new_message(
         **fields,
         payload=json.dumps(item, separators=(",", ":")).encode(),
