@@ -33,6 +33,7 @@ from parley_client import (
     PermissionDeniedError,
     UnauthenticatedError,
     UnavailableError,
+    state_delta,
 )
 from parley_client._gen.parley.v1 import admin_service_pb2
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
@@ -241,6 +242,32 @@ async def test_a_user_key_sees_only_its_user(secured: str, keys: Keys) -> None:
                 await attempt
         with pytest.raises(PermissionDeniedError):
             await user.create_user(display_name="nope")
+
+
+async def test_only_a_service_changes_the_state_every_user_of_an_app_shares(
+    secured: str, keys: Keys
+) -> None:
+    """A user key changes its sessions' state and its own user state, and reads its app's
+    state; the app's state, which every user of the app sees, only a service key changes."""
+    async with (
+        ParleyClient(secured, metadata=dict(_auth(keys.a_service))) as service,
+        ParleyClient(secured, metadata=dict(_auth(keys.a_user))) as user,
+    ):
+        await service.create_session(app="app", state_delta=state_delta(app={"motd": "hi"}))
+        mine = await user.create_session(app="app", state_delta=state_delta({"s": 1}, {"u": 1}))
+        assert dict(mine.app_state) == {"motd": "hi"}
+        await user.append_message(mine.id, role="user", state_delta=state_delta({"s": 2}))
+        for attempt in (
+            user.create_session(app="app", state_delta=state_delta(app={"motd": "pwned"})),
+            user.update_session_state(mine.id, state_delta(app={"motd": "pwned"})),
+            user.append_message(mine.id, role="user", state_delta=state_delta(app={"x": 1})),
+        ):
+            with pytest.raises(PermissionDeniedError) as denied:
+                await attempt
+            assert denied.value.reason == "ROLE_NOT_ALLOWED"
+        stored = await service.get_session(mine.id)
+        assert (dict(stored.state), dict(stored.app_state)) == ({"s": 2}, {"motd": "hi"})
+        assert stored.last_seq == 1
 
 
 async def test_an_admin_key_manages_keys_and_reads_no_history(secured: str, keys: Keys) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from parley_server.domain import StateDelta
 from parley_server.errors import NotFound, PermissionDenied
 from parley_server.identity import Principal, Role
 
@@ -23,6 +24,15 @@ def require_role(caller: Principal, *allowed: Role, action: str) -> None:
 def require_data_access(caller: Principal) -> None:
     """Chat history is for service and user principals; an admin manages keys only."""
     require_role(caller, Role.SERVICE, Role.USER, action="read or write chat history")
+
+
+def may_change_state(caller: Principal, delta: StateDelta) -> None:
+    """An app's state is shared by every user of the app, so only a service changes it; a user
+    changes the state of its own sessions and its own user state."""
+    if delta.app:
+        require_role(
+            caller, Role.SERVICE, action="change app state, which every user of the app shares"
+        )
 
 
 def acting_for(caller: Principal, user_id: str) -> str:

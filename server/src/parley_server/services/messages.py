@@ -15,7 +15,12 @@ from parley_server.domain import (
 )
 from parley_server.errors import FieldViolation, InvalidArgument
 from parley_server.identity import Principal
-from parley_server.services.access import acting_for, audit, require_data_access
+from parley_server.services.access import (
+    acting_for,
+    audit,
+    may_change_state,
+    require_data_access,
+)
 from parley_server.services.sessions import SessionService
 from parley_server.store import Store
 from parley_server.tasks import run_to_end
@@ -121,6 +126,7 @@ class MessageService:
         expected_last_seq: int | None,
         state_delta: StateDelta,
     ) -> list[Message]:
+        may_change_state(caller, state_delta)
         await self._sessions.require_visible(caller, session_id)
         for new in news:
             acting_for(caller, new.user_id)  # a user writes as itself (or as no one)

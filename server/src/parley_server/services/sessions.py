@@ -13,7 +13,12 @@ from parley_server.domain import (
     UserState,
 )
 from parley_server.identity import Principal
-from parley_server.services.access import acting_for, audit, require_data_access
+from parley_server.services.access import (
+    acting_for,
+    audit,
+    may_change_state,
+    require_data_access,
+)
 from parley_server.store import Store
 
 
@@ -25,6 +30,7 @@ class SessionService:
         self, caller: Principal, new: NewSession, delta: StateDelta = NO_STATE_DELTA
     ) -> Session:
         require_data_access(caller)
+        may_change_state(caller, delta)
         owner = acting_for(caller, new.user_id)
         if owner != new.user_id:
             new = dataclasses.replace(new, user_id=owner)
@@ -57,6 +63,7 @@ class SessionService:
         expected_last_seq: int | None = None,
     ) -> Session:
         require_data_access(caller)
+        may_change_state(caller, delta)
         return await self._store.sessions.update_state(
             caller.scope, session_id, delta, expected_last_seq=expected_last_seq
         )

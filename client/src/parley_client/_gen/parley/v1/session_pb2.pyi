@@ -149,7 +149,9 @@ class StateDelta(_message.Message):
 
     @_builtins.property
     def app(self) -> Global___ScopedStateDelta:
-        """Changes to the state of the session's app."""
+        """Changes to the state of the session's app, which every user of the app shares: only a service
+        key may make them (PERMISSION_DENIED for a user key).
+        """
 
     def __init__(
         self,
