@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from langchain_core.chat_history import BaseChatMessageHistory
@@ -96,8 +96,7 @@ class ParleyChatMessageHistory(BaseChatMessageHistory):
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
         client = self._sync()
-        for start in range(0, len(messages), _BATCH):
-            batch = [_to_parley(m) for m in messages[start : start + _BATCH]]
+        for batch in _batches(messages):
             try:
                 client.batch_append_messages(self._parley_id, batch)
             except NotFoundError:  # the first messages: make the session, then append
@@ -106,8 +105,7 @@ class ParleyChatMessageHistory(BaseChatMessageHistory):
 
     async def aadd_messages(self, messages: Sequence[BaseMessage]) -> None:
         client = self._async()
-        for start in range(0, len(messages), _BATCH):
-            batch = [_to_parley(m) for m in messages[start : start + _BATCH]]
+        for batch in _batches(messages):
             try:
                 await client.batch_append_messages(self._parley_id, batch)
             except NotFoundError:
@@ -141,6 +139,12 @@ def _text(content: Any) -> str:
     return "".join(
         block.get("text", "") if isinstance(block, dict) else str(block) for block in content
     )
+
+
+def _batches(messages: Sequence[BaseMessage]) -> Iterator[list[Message]]:
+    """The messages as parley messages, as many at a time as one BatchAppendMessages takes."""
+    for start in range(0, len(messages), _BATCH):
+        yield [_to_parley(message) for message in messages[start : start + _BATCH]]
 
 
 def _to_parley(message: BaseMessage) -> Message:

@@ -53,6 +53,11 @@ def time_of(stamp: Timestamp, field: str, v: Violations) -> datetime | None:
     return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
 
 
+def optional_time(owner: ProtoMessage, name: str, field: str, v: Violations) -> datetime | None:
+    """owner's Timestamp field `name` as time_of reads it; None when it is not set."""
+    return time_of(getattr(owner, name), field, v) if owner.HasField(name) else None
+
+
 def _set_struct(target: Struct, value: Mapping[str, Any]) -> None:
     if value:
         target.update(value)
@@ -541,11 +546,7 @@ def new_message(
         citations=tuple(citations),
         metadata=struct_dict(message.metadata),
         user_id=v.resource_id(f"{prefix}.user_id", message.user_id, required=False),
-        event_time=(
-            time_of(message.event_time, f"{prefix}.event_time", v)
-            if message.HasField("event_time")
-            else None
-        ),
+        event_time=optional_time(message, "event_time", f"{prefix}.event_time", v),
         payload=message.payload,
         payload_type=_payload_type(message, prefix, v),
         size_bytes=message.ByteSize() + SERVER_FIELDS_BYTES,

@@ -304,11 +304,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         v = Violations()
         session_id = v.resource_id("session_id", request.session_id, required=True)
         max_messages = v.page_size("max_messages", request.max_messages)
-        min_event_time = (
-            convert.time_of(request.min_event_time, "min_event_time", v)
-            if request.HasField("min_event_time")
-            else None
-        )
+        min_event_time = convert.optional_time(request, "min_event_time", "min_event_time", v)
         v.raise_if_any()
         window = await self._services.messages.context_window(
             caller(), session_id, max_messages, min_event_time=min_event_time
@@ -470,13 +466,8 @@ def _message_filter(
     )
     if request.after_seq < 0:
         v.add("after_seq", "must not be negative")
-    min_event_time = (
-        convert.time_of(request.min_event_time, "min_event_time", v)
-        if request.HasField("min_event_time")
-        else None
-    )
     return domain.MessageFilter(
-        min_event_time=min_event_time,
+        min_event_time=convert.optional_time(request, "min_event_time", "min_event_time", v),
         chapter=v.label("chapter", request.chapter),
         thread_id=v.label("thread_id", request.thread_id),
         invocation_id=v.label("invocation_id", request.invocation_id),

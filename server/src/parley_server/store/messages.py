@@ -46,9 +46,10 @@ from parley_server.store.rows import (
     to_session,
     tool_calls_json,
 )
-from parley_server.store.states import apply_state_delta, lock_session_target
+from parley_server.store.states import apply_state_delta
 from parley_server.store.tables import (
     contexts,
+    lock_session,
     message_deletions,
     messages,
     new_id,
@@ -342,8 +343,7 @@ class MessageStore:
         of them alone on its condition, nor apply their deltas in order."""
         now = utcnow()
         async with self._db.write() as session:
-            target = await lock_session_target(session, scope, session_id) if state_delta else None
-            last_seq = await reserve_seqs(
+            reserved = await reserve_seqs(
                 session,
                 scope.tenant,
                 session_id,
@@ -352,14 +352,14 @@ class MessageStore:
                 event_time=newest_event_time(rows),
                 expected_last_seq=expected_last_seq,
             )
-            if last_seq is None:
+            if reserved is None:
                 return None
-            for offset, row in enumerate(rows, start=last_seq - len(rows) + 1):
+            for offset, row in enumerate(rows, start=reserved["last_seq"] - len(rows) + 1):
                 row["seq"] = offset
                 row["create_time"] = now
             await session.execute(insert(messages), rows)
-            if target is not None:
-                await apply_state_delta(session, scope.tenant, target, state_delta, now)
+            if state_delta:  # under the row lock the reserving UPDATE took
+                await apply_state_delta(session, scope.tenant, reserved, state_delta, now)
         return [row["seq"] for row in rows]
 
     async def _stored_repeat(
@@ -543,7 +543,7 @@ class MessageStore:
                 if session_id is None:
                     raise NotFound.resource("message", message_id)
                 # Session row first, as append does, so the two never wait on each other in a cycle.
-                deletions = await _lock_session(session, scope, session_id)
+                deletions = (await lock_session(session, scope, session_id))["deletions"]
                 seq = await session.scalar(
                     delete(messages)
                     .where(messages.c.tenant_id == scope.tenant, messages.c.id == message_id)
@@ -562,7 +562,7 @@ class MessageStore:
         """Remove the session's newest message and return it (None if it has none). The
         session row is locked first, as appends lock it, so pops (and appends) take turns."""
         async with self._db.write() as session:
-            deletions = await _lock_session(session, scope, session_id)
+            deletions = (await lock_session(session, scope, session_id))["deletions"]
             row = (
                 await session.execute(
                     select(messages)
@@ -588,7 +588,7 @@ class MessageStore:
         """Delete every message of the session (their ratings cascade); the session, its
         contexts and its last seq stay. Returns how many were deleted."""
         async with self._db.write() as session:
-            deletions = await _lock_session(session, scope, session_id)
+            deletions = (await lock_session(session, scope, session_id))["deletions"]
             deleted = await session.execute(
                 delete(messages)
                 .where(*_of_session(scope, session_id))
@@ -654,19 +654,6 @@ class MessageStore:
                 if missing:
                     return NotFound.resource("user", missing[0])
         return Aborted.concurrent_conflict()
-
-
-async def _lock_session(session: AsyncSession, scope: Scope, session_id: str) -> int:
-    """Lock the session's row for this transaction (SQLite's writer holds the whole file) and
-    return its deletion count; NOT_FOUND if the scope has no such session."""
-    deletions = await session.scalar(
-        select(sessions.c.deletions)
-        .where(*visible(sessions, scope), sessions.c.id == session_id)
-        .with_for_update()
-    )
-    if deletions is None:
-        raise NotFound.resource("session", session_id)
-    return int(deletions)
 
 
 async def _first_taken(session: AsyncSession, scope: Scope, ids: Sequence[str]) -> str | None:

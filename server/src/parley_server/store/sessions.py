@@ -21,9 +21,10 @@ from parley_server.domain import (
 from parley_server.errors import Aborted, AlreadyExists, NotFound
 from parley_server.store.database import Database
 from parley_server.store.rows import to_session
-from parley_server.store.states import apply_state_delta, lock_session_target, read_user_state
+from parley_server.store.states import apply_state_delta, read_user_state
 from parley_server.store.tables import (
     after_cursor,
+    lock_session,
     new_id,
     require_visible,
     select_sessions,
@@ -175,7 +176,7 @@ class SessionStore:
     ) -> Session:
         """Apply delta atomically; with expected_last_seq, only if the session is at it."""
         async with self._db.write() as session:
-            target = await lock_session_target(session, scope, session_id)
+            target = await lock_session(session, scope, session_id)
             if expected_last_seq is not None and target["last_seq"] != expected_last_seq:
                 raise Aborted.last_seq_mismatch(expected_last_seq, target["last_seq"])
             now = utcnow()

@@ -15,28 +15,9 @@ from sqlalchemy import Table, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley_server.domain import Scope, ScopedStateDelta, StateDelta, UserState
-from parley_server.errors import FailedPrecondition, NotFound
-from parley_server.store.tables import app_states, sessions, user_states, visible
-
-# What a delta needs of its session's row.
-_TARGET = (sessions.c.id, sessions.c.app, sessions.c.user_id, sessions.c.state, sessions.c.last_seq)
-
-
-async def lock_session_target(
-    session: AsyncSession, scope: Scope, session_id: str
-) -> Mapping[str, Any]:
-    """Lock the session's row for this transaction; what apply_state_delta needs of it."""
-    row = (
-        await session.execute(
-            select(*_TARGET)
-            .where(*visible(sessions, scope), sessions.c.id == session_id)
-            .with_for_update()
-        )
-    ).first()
-    if row is None:
-        raise NotFound.resource("session", session_id)
-    return dict(row._mapping)
+from parley_server.domain import ScopedStateDelta, StateDelta, UserState
+from parley_server.errors import FailedPrecondition
+from parley_server.store.tables import app_states, sessions, user_states
 
 
 async def apply_state_delta(
@@ -46,7 +27,8 @@ async def apply_state_delta(
     delta: StateDelta,
     now: datetime,
 ) -> None:
-    """Apply delta for the session `target` (a row locked in this transaction)."""
+    """Apply delta for the session `target` (its id, app, user_id and state), whose row this
+    transaction has locked."""
     if delta.session:
         await session.execute(
             update(sessions)

@@ -84,6 +84,28 @@ def visible(table: Table, scope: Scope) -> list[ColumnElement[bool]]:
     return conditions
 
 
+async def lock_session(session: AsyncSession, scope: Scope, session_id: str) -> dict[str, Any]:
+    """Lock the session's row for this transaction (SQLite's writer holds the whole file) and
+    return what writers under the lock need of it; NOT_FOUND if the scope has no such session."""
+    row = (
+        await session.execute(
+            select(
+                sessions.c.id,
+                sessions.c.app,
+                sessions.c.user_id,
+                sessions.c.state,
+                sessions.c.last_seq,
+                sessions.c.deletions,
+            )
+            .where(*visible(sessions, scope), sessions.c.id == session_id)
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise NotFound.resource("session", session_id)
+    return dict(row._mapping)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -32,10 +32,11 @@ async def reserve_seqs(
     *,
     event_time: datetime | None,
     expected_last_seq: int | None = None,
-) -> int | None:
-    """Take the session's next `count` seqs (and count the messages in), returning its new last
-    seq; None, changing nothing, if it is closed or missing, or not at expected_last_seq when
-    given. event_time: that of the newest of the messages that has one. Portable SQL: the SQLite
+) -> dict[str, Any] | None:
+    """Take the session's next `count` seqs (and count the messages in), returning its new
+    last_seq with what a state delta needs of the row it has locked (id, app, user_id, state);
+    None, changing nothing, if it is closed or missing, or not at expected_last_seq when given.
+    event_time: that of the newest of the messages that has one. Portable SQL: the SQLite
     appender and appends in a transaction of their own (on either backend) use it."""
     conditions = [
         sessions.c.tenant_id == tenant,
@@ -52,10 +53,21 @@ async def reserve_seqs(
     }
     if event_time is not None:
         values["last_event_time"] = event_time
-    last_seq: int | None = await session.scalar(
-        update(sessions).where(*conditions).values(values).returning(sessions.c.last_seq)
-    )
-    return last_seq
+    reserved = (
+        await session.execute(
+            update(sessions)
+            .where(*conditions)
+            .values(values)
+            .returning(
+                sessions.c.last_seq,
+                sessions.c.id,
+                sessions.c.app,
+                sessions.c.user_id,
+                sessions.c.state,
+            )
+        )
+    ).first()
+    return None if reserved is None else dict(reserved._mapping)
 
 
 def newest_event_time(rows: Sequence[dict[str, Any]]) -> datetime | None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from parley_server.store.appenders import newest_event_time, reserve_seqs
+from parley_server.store.appenders import reserve_seqs
 from parley_server.store.database import Database
 from parley_server.store.group_commit import GroupCommit
 from parley_server.store.tables import messages, utcnow
@@ -31,17 +31,25 @@ class SqliteAppender:
         missing), then one INSERT for every row."""
         now = utcnow()
         wanted = Counter((row["tenant_id"], row["session_id"]) for row in rows)
+        # Per session, the event_time of its newest message that has one (later rows win).
+        event_times = {
+            (row["tenant_id"], row["session_id"]): row["event_time"]
+            for row in rows
+            if row["event_time"]
+        }
         async with self._db.write() as session:
             next_seq: dict[tuple[str, str], int] = {}
             for (tenant, session_id), count in wanted.items():
-                event_time = newest_event_time(
-                    [r for r in rows if (r["tenant_id"], r["session_id"]) == (tenant, session_id)]
+                reserved = await reserve_seqs(
+                    session,
+                    tenant,
+                    session_id,
+                    count,
+                    now,
+                    event_time=event_times.get((tenant, session_id)),
                 )
-                last_seq = await reserve_seqs(
-                    session, tenant, session_id, count, now, event_time=event_time
-                )
-                if last_seq is not None:
-                    next_seq[tenant, session_id] = last_seq - count + 1
+                if reserved is not None:
+                    next_seq[tenant, session_id] = reserved["last_seq"] - count + 1
             written = [row for row in rows if (row["tenant_id"], row["session_id"]) in next_seq]
             for row in written:
                 key = (row["tenant_id"], row["session_id"])
