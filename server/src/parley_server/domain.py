@@ -218,6 +218,9 @@ class NewMessage:
     payload_type: str = ""  # its media type
     # Its size in the API's encoding once stored, so reads can keep responses within a byte budget.
     size_bytes: int = 0
+    # Its fields but id, session_id, seq, user_id and create_time, in the API's encoding: stored
+    # with it so that a read hands them out as they are; opaque below the API. Empty: not encoded.
+    encoded: bytes = b""
 
 
 @dataclass(slots=True, kw_only=True)
@@ -244,6 +247,24 @@ class Message:
     payload_type: str = ""
 
 
+@dataclass(slots=True, kw_only=True)
+class EncodedMessage:
+    """A stored message as a read returns it when its fields were encoded at append: those that
+    the server assigned or may change (user_id), and the rest as NewMessage.encoded held them."""
+
+    id: str
+    session_id: str
+    seq: int
+    user_id: str
+    create_time: datetime
+    encoded: bytes
+
+
+# What reads of history return: encoded when the append encoded it (the API's appends do), else
+# field by field (rows from before encodings were stored, and appends from below the API).
+StoredMessage = Message | EncodedMessage
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageFilter:
     """Conditions a listed message must meet; empty values do not filter."""
@@ -262,7 +283,7 @@ class ContextWindow:
 
     session: Session
     contexts: list[Context]
-    messages: list[Message]
+    messages: list[StoredMessage]
     has_earlier_messages: bool
 
 
@@ -282,7 +303,7 @@ class HistoryStep:
     once deleted), the next messages after `position`, and deletions after `after_deletion`."""
 
     session: Session | None
-    messages: list[Message]
+    messages: list[StoredMessage]
     more_messages: bool
     deletions: list[MessageDeletion]
     more_deletions: bool
@@ -298,7 +319,7 @@ class WatchEvent:
     last_seq: int
     last_deletion: int
     session: Session | None = None
-    messages: Sequence[Message] = ()
+    messages: Sequence[StoredMessage] = ()
     deletion: MessageDeletion | None = None
     deleted_session_id: str = ""
     heartbeat: bool = False
@@ -377,4 +398,4 @@ def repeats(new: Any, stored: Any) -> bool:
     )
 
 
-_NOT_COMPARED = frozenset({"id", "size_bytes"})
+_NOT_COMPARED = frozenset({"id", "size_bytes", "encoded"})

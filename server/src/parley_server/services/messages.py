@@ -12,6 +12,7 @@ from parley_server.domain import (
     Page,
     Role,
     StateDelta,
+    StoredMessage,
 )
 from parley_server.errors import FieldViolation, InvalidArgument
 from parley_server.identity import Principal
@@ -138,7 +139,7 @@ class MessageService:
             state_delta=state_delta,
         )
 
-    async def get(self, caller: Principal, message_id: str) -> Message:
+    async def get(self, caller: Principal, message_id: str) -> StoredMessage:
         require_data_access(caller)
         return await self._store.messages.get(caller.scope, message_id)
 
@@ -151,7 +152,7 @@ class MessageService:
         position: int,
         limit: int,
         newest_first: bool,
-    ) -> Page[Message]:
+    ) -> Page[StoredMessage]:
         await self._sessions.require_visible(caller, session_id)
         return await self._store.messages.list(
             caller.scope,
@@ -165,7 +166,7 @@ class MessageService:
 
     async def stream(
         self, caller: Principal, session_id: str, where: MessageFilter
-    ) -> AsyncIterator[Sequence[Message]]:
+    ) -> AsyncIterator[Sequence[StoredMessage]]:
         """The matching messages in seq order, in batches that each fit a response."""
         await self._sessions.require_visible(caller, session_id)
         position = 0

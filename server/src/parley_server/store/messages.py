@@ -11,6 +11,7 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -32,6 +33,7 @@ from parley_server.domain import (
     Page,
     Scope,
     StateDelta,
+    StoredMessage,
     repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, NotFound
@@ -44,6 +46,7 @@ from parley_server.store.rows import (
     to_context,
     to_message,
     to_session,
+    to_stored_message,
     tool_calls_json,
 )
 from parley_server.store.states import apply_state_delta
@@ -101,6 +104,18 @@ class _Shape:
         )
 
 
+_STORED_KEYS = ("id", "session_id", "seq", "user_id", "create_time", "size_bytes", "encoded")
+# What a history read selects: a row's encoding and the columns outside it, and the others only
+# for a row without one (NULL otherwise, so the database neither reads nor sends them twice).
+_HISTORY_COLUMNS = [
+    column
+    if column.key in _STORED_KEYS
+    else case((messages.c.encoded.is_(None), column)).label(column.key)
+    for column in messages.c
+    if column.key != "tenant_id"
+]
+
+
 def _filter(shape: _Shape) -> list[ColumnElement[bool]]:
     """The conditions of `shape`'s filter (not its keyset position), over named parameters."""
     conditions = [
@@ -132,7 +147,7 @@ def _within_budget(query: Select[Any], order: Any, *extra: Any) -> Select[Any]:
     position = func.row_number().over(order_by=order(page.c.seq)).label("position")
     sized = select(page, running, position).subquery("sized")
     return (
-        select(*(sized.c[column.name] for column in messages.c), *extra)
+        select(*(sized.c[column.key] for column in _HISTORY_COLUMNS), *extra)
         .where(
             or_(sized.c.running - sized.c.size_bytes < bindparam("budget"), sized.c.position <= 2)
         )
@@ -151,7 +166,7 @@ def _descending(column: Any) -> Any:
 @functools.cache
 def _page_query(shape: _Shape, with_total: bool) -> Select[Any]:
     order = _descending if shape.newest_first else _ascending
-    query = select(messages).where(*_filter(shape)).order_by(order(messages.c.seq))
+    query = select(*_HISTORY_COLUMNS).where(*_filter(shape)).order_by(order(messages.c.seq))
     if shape.newest_first:
         if shape.after_position:
             query = query.where(messages.c.seq < bindparam("position"))
@@ -218,7 +233,7 @@ _WINDOW_CONTEXTS = (
 
 @functools.cache
 def _window_messages(since_event_time: bool) -> Select[Any]:
-    query = select(messages).where(
+    query = select(*_HISTORY_COLUMNS).where(
         messages.c.tenant_id == bindparam("tenant"),
         messages.c.session_id == bindparam("session_id"),
     )
@@ -283,6 +298,7 @@ class MessageStore:
                 "event_time": new.event_time,
                 "payload": new.payload or None,
                 "payload_type": new.payload_type,
+                "encoded": new.encoded or None,
             }
             for new in news
         ]
@@ -393,16 +409,18 @@ class MessageStore:
             return ordered
         return None
 
-    async def get(self, scope: Scope, message_id: str) -> Message:
+    async def get(self, scope: Scope, message_id: str) -> StoredMessage:
         async with self._db.read() as session:
             row = (
                 await session.execute(
-                    select(messages).where(*visible(messages, scope), messages.c.id == message_id)
+                    select(*_HISTORY_COLUMNS).where(
+                        *visible(messages, scope), messages.c.id == message_id
+                    )
                 )
             ).first()
         if row is None:
             raise NotFound.resource("message", message_id)
-        return to_message(row._mapping)
+        return to_stored_message(row._mapping)
 
     async def list(
         self,
@@ -415,7 +433,7 @@ class MessageStore:
         max_bytes: int,
         newest_first: bool = False,
         count_total: bool = True,
-    ) -> Page[Message]:
+    ) -> Page[StoredMessage]:
         """Messages matching `where` after keyset `position` (a seq; 0 to start): in seq order, or
         newest first; at most `limit` of them and `max_bytes` of their size (but at least one).
         With count_total, the page says how many match in all."""
@@ -438,7 +456,7 @@ class MessageStore:
                 )
         fitting = fit(rows, limit=limit, max_bytes=max_bytes)
         return Page(
-            [to_message(row) for row in rows[:fitting]],
+            [to_stored_message(row) for row in rows[:fitting]],
             has_more=len(rows) > fitting,
             total_size=total,
         )
@@ -476,7 +494,7 @@ class MessageStore:
         return ContextWindow(
             session=to_session(session_rows[0]),
             contexts=[to_context(row) for row in context_rows],
-            messages=[to_message(row) for row in reversed(message_rows[:fitting])],
+            messages=[to_stored_message(row) for row in reversed(message_rows[:fitting])],
             has_earlier_messages=len(message_rows) > fitting,
         )
 
@@ -516,7 +534,7 @@ class MessageStore:
         fitting = fit(message_rows, limit=limit, max_bytes=max_bytes)
         return HistoryStep(
             session=to_session(session_rows[0]),
-            messages=[to_message(row) for row in message_rows[:fitting]],
+            messages=[to_stored_message(row) for row in message_rows[:fitting]],
             more_messages=len(message_rows) > fitting,
             deletions=[
                 MessageDeletion(

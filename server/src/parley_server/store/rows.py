@@ -15,10 +15,12 @@ from parley_server.domain import (
     Citation,
     ClientInfo,
     Context,
+    EncodedMessage,
     Message,
     Rating,
     Role,
     Session,
+    StoredMessage,
     ToolCall,
     User,
     UserProfile,
@@ -100,6 +102,22 @@ def to_message(row: Row) -> Message:
         event_time=row["event_time"],
         payload=bytes(row["payload"] or b""),
         payload_type=row["payload_type"],
+    )
+
+
+def to_stored_message(row: Row) -> StoredMessage:
+    """A row of a history read: encoded when the append stored its encoding, else (the
+    fallback columns are only filled then) field by field."""
+    encoded = row["encoded"]
+    if encoded is None:
+        return to_message(row)
+    return EncodedMessage(
+        id=str(row["id"]),
+        session_id=row["session_id"],
+        seq=row["seq"],
+        user_id=row["user_id"] or "",
+        create_time=row["create_time"],
+        encoded=encoded,
     )
 
 

@@ -240,6 +240,10 @@ class MessageRow(Base):
     # The client's own form of the item and its media type, kept byte for byte.
     payload: Mapped[bytes | None] = mapped_column(LargeBinary)
     payload_type: Mapped[str] = mapped_column(String(LABEL_LENGTH), server_default=text("''"))
+    # The other columns' values (but id, session_id, seq, user_id, create_time) in the API's
+    # encoding, which reads hand out as they are; NULL for rows appended before migration 0008 or
+    # from below the API, which reads rebuild from the columns.
+    encoded: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
         ForeignKeyConstraint(

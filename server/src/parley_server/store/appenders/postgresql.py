@@ -21,7 +21,7 @@ from parley_server.store.tables import utcnow
 _UNNESTED = (
     "tenant_id", "session_id", "id", "role", "content", "name", "tool_calls", "tool_call_id",
     "invocation_id", "thread_id", "reply_to", "chapter", "attachments", "citations", "metadata",
-    "user_id", "size_bytes", "event_time", "payload", "payload_type",
+    "user_id", "size_bytes", "event_time", "payload", "payload_type", "encoded",
 )  # fmt: skip
 _JSON_INDEXES = tuple(
     _UNNESTED.index(name) for name in ("tool_calls", "attachments", "citations", "metadata")
@@ -32,11 +32,11 @@ WITH batch AS (
         $2::text[], $3::text[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::jsonb[],
         $9::text[], $10::text[], $11::text[], $12::uuid[], $13::text[], $14::jsonb[],
         $15::jsonb[], $16::jsonb[], $17::text[], $18::bigint[], $19::timestamptz[],
-        $20::bytea[], $21::text[]
+        $20::bytea[], $21::text[], $22::bytea[]
     ) WITH ORDINALITY AS m(
         tenant_id, session_id, id, role, content, name, tool_calls, tool_call_id, invocation_id,
         thread_id, reply_to, chapter, attachments, citations, metadata, user_id, size_bytes,
-        event_time, payload, payload_type, position
+        event_time, payload, payload_type, encoded, position
     )
 ), wanted AS (
     SELECT tenant_id, session_id, count(*) AS n,
@@ -62,7 +62,7 @@ WITH batch AS (
 INSERT INTO messages (
     tenant_id, id, session_id, seq, role, content, name, tool_calls, tool_call_id, invocation_id,
     thread_id, reply_to, chapter, attachments, citations, metadata, user_id, size_bytes,
-    event_time, payload, payload_type, create_time
+    event_time, payload, payload_type, encoded, create_time
 )
 SELECT
     b.tenant_id, b.id, b.session_id,
@@ -70,7 +70,7 @@ SELECT
         + row_number() OVER (PARTITION BY b.tenant_id, b.session_id ORDER BY b.position),
     b.role, b.content, b.name, b.tool_calls, b.tool_call_id, b.invocation_id, b.thread_id,
     b.reply_to, b.chapter, b.attachments, b.citations, b.metadata, b.user_id, b.size_bytes,
-    b.event_time, b.payload, b.payload_type, $1
+    b.event_time, b.payload, b.payload_type, b.encoded, $1
 FROM batch b JOIN reserved ON reserved.tenant_id = b.tenant_id AND reserved.id = b.session_id
 RETURNING tenant_id, id, seq
 """

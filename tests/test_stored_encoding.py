@@ -1,0 +1,206 @@
+"""Messages are stored with their encoding (migration 0008), and reads hand it out as it is.
+
+Property: a random message of any shape (every field, unicode, tool calls, attachments,
+citations, nested metadata, event times, payloads) reads back through every read path (Get,
+List, Stream, ContextWindow, Watch) exactly as the append answered it, and the append's answer is
+built from the columns, field by field. The same holds for rows without an encoding (appended
+before 0008): their encodings are cleared, and every read path reads them field by field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import string
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import update
+
+from parley_client import Message, ParleyClient, SyncParleyClient, new_message
+from parley_client._gen.parley.v1 import message_pb2
+from parley_server.store.database import Database
+from parley_server.store.tables import messages
+from tests.factories import a_session
+
+EXAMPLES = int(os.environ.get("PARLEY_ENCODING_EXAMPLES", "60"))
+
+_TEXT = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=80)
+_LABEL = st.text(string.ascii_letters + string.digits + " ._-:/", max_size=30)
+_IDS = st.uuids().map(str)
+_JSON_LEAF = st.one_of(
+    st.none(),
+    st.booleans(),
+    # + 0.0: no negative zero, which PostgreSQL's jsonb (numeric) turns into 0 in the columns that
+    # rows without an encoding are read from.
+    st.floats(allow_nan=False, allow_infinity=False).map(lambda number: number + 0.0),
+    _TEXT,
+)
+_JSON = st.recursive(
+    _JSON_LEAF,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(_LABEL, inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_METADATA = st.dictionaries(_LABEL, _JSON, max_size=4)
+_TIMES = st.datetimes(
+    min_value=datetime(1, 1, 1),  # hypothesis draws naive times; made UTC below
+    max_value=datetime(9999, 12, 31),
+).map(lambda moment: moment.replace(tzinfo=UTC))
+
+
+def _struct(values: dict[str, Any]) -> Any:
+    holder = message_pb2.Message()
+    holder.metadata.update(values)
+    return holder.metadata
+
+
+@st.composite
+def _messages(draw: st.DrawFn, author: str) -> Message:
+    role = draw(st.sampled_from(["user", "assistant", "system", "tool"]))
+    calls = []
+    if role == "assistant":
+        for index in range(draw(st.integers(0, 3))):
+            calls.append(
+                message_pb2.ToolCall(
+                    id=f"call-{index}-{draw(_LABEL)}",
+                    name=draw(_LABEL.filter(bool)),
+                    arguments=draw(_TEXT),
+                )
+            )
+    payload = draw(st.binary(max_size=64))
+    return new_message(
+        role=role,
+        content=draw(_TEXT),
+        name=draw(_LABEL),
+        tool_calls=calls,
+        tool_call_id=draw(_LABEL.filter(bool)) if role == "tool" else "",
+        invocation_id=draw(_LABEL),
+        thread_id=draw(_LABEL),
+        reply_to=draw(st.one_of(st.just(""), _IDS)),
+        chapter=draw(_LABEL),
+        attachments=[
+            message_pb2.Attachment(
+                name=draw(_LABEL),
+                mime_type=draw(_LABEL),
+                uri=draw(_TEXT),
+                size_bytes=draw(st.integers(0, 2**62)),
+                metadata=_struct(draw(_METADATA)),
+            )
+            for _ in range(draw(st.integers(0, 2)))
+        ],
+        citations=[
+            message_pb2.Citation(
+                uri=draw(_TEXT),
+                title=draw(_TEXT),
+                snippet=draw(_TEXT),
+                start_index=start,
+                end_index=start + draw(st.integers(0, 1000)),
+                metadata=_struct(draw(_METADATA)),
+            )
+            for start in draw(st.lists(st.integers(0, 10**6), max_size=2))
+        ],
+        metadata=draw(_METADATA),
+        user_id=draw(st.sampled_from(["", author])),
+        event_time=draw(st.one_of(st.none(), _TIMES)),
+        payload=payload,
+        payload_type=draw(_LABEL.filter(bool)) if payload else "",
+    )
+
+
+def _every_read(parley: SyncParleyClient, session_id: str, count: int) -> Iterator[list[Message]]:
+    """The session's messages through each read path, in seq order."""
+    yield [parley.get_message(m.id) for m in parley.list_messages(session_id).messages]
+    yield list(parley.list_messages(session_id, page_size=count).messages)
+    yield list(reversed(parley.list_messages(session_id, newest_first=True).messages))
+    yield list(parley.stream_messages(session_id))
+    yield list(parley.get_context_window(session_id, max_messages=count).messages)
+    watched: list[Message] = []
+    events = parley.watch_session(session_id, retry=False)
+    try:
+        for event in events:
+            watched += event.messages.messages
+            if len(watched) >= count:
+                break
+    finally:
+        events.close()
+    yield watched
+
+
+def _differences(read: list[Message], stored: list[Message]) -> str:
+    """Which fields of which messages differ, for a failure's message."""
+    found = [f"{len(read)} messages read, {len(stored)} stored"]
+    for index, (got, want) in enumerate(zip(read, stored, strict=False)):
+        for descriptor in Message.DESCRIPTOR.fields:
+            mine, theirs = getattr(got, descriptor.name), getattr(want, descriptor.name)
+            if mine != theirs:
+                found.append(f"[{index}].{descriptor.name}: read {mine!r}, stored {theirs!r}")
+    return "\n".join(found)
+
+
+def _as_sent(sent: Message, stored: Message) -> Message:
+    """`sent` with the fields the server assigns taken from `stored` (and an empty metadata Struct
+    unset: parley keeps no difference between the two)."""
+    expected = Message()
+    expected.CopyFrom(sent)
+    holders: list[Any] = [expected, *expected.attachments, *expected.citations]
+    for holder in holders:
+        if not holder.metadata.fields:
+            holder.ClearField("metadata")
+    expected.session_id, expected.seq = stored.session_id, stored.seq
+    expected.create_time.CopyFrom(stored.create_time)
+    return expected
+
+
+@pytest.mark.timeout(300)
+async def test_every_read_path_returns_messages_as_appended(
+    client: ParleyClient, target: str, database: Database
+) -> None:
+    author, _ = await a_session(client)
+    appended: dict[str, list[Message]] = {}  # by session
+
+    def run() -> None:
+        with SyncParleyClient(target, default_timeout=20) as parley:
+
+            @settings(
+                max_examples=EXAMPLES,
+                deadline=None,
+                database=None,
+                derandomize=bool(os.environ.get("CI")),
+                suppress_health_check=list(HealthCheck),
+                print_blob=True,
+            )
+            @given(st.lists(_messages(author.id), min_size=1, max_size=4))
+            def reads_return_what_was_appended(batch: list[Message]) -> None:
+                session = parley.create_session(user_id=author.id)
+                stored = parley.batch_append_messages(session.id, batch)
+                for sent, answer in zip(batch, stored, strict=True):
+                    assert answer == _as_sent(sent, answer)
+                for read in _every_read(parley, session.id, len(batch)):
+                    assert read == stored, _differences(read, stored)
+                appended[session.id] = stored
+
+            reads_return_what_was_appended()
+
+    await asyncio.to_thread(run)
+    assert len(appended) >= min(EXAMPLES, 10)
+
+    # As rows from before migration 0008 are: no encoding, read field by field.
+    async with database.write() as session:
+        cleared: Any = await session.execute(
+            update(messages).where(messages.c.session_id.in_(list(appended))).values(encoded=None)
+        )
+    assert cleared.rowcount == sum(len(stored) for stored in appended.values())
+
+    def read_back() -> None:
+        with SyncParleyClient(target, default_timeout=20) as parley:
+            for session_id, stored in appended.items():
+                for read in _every_read(parley, session_id, len(stored)):
+                    assert read == stored, _differences(read, stored)
+
+    await asyncio.to_thread(read_back)
