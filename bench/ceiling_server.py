@@ -1,0 +1,139 @@
+"""The ceilings of make bench that fit reads and single appends: what Python gRPC and asyncpg
+alone can do on this machine, with none of parley's work between them.
+
+A minimal gRPC server (a generic handler: no interceptors, no validation, no conversion) answers
+parley's own method names, so the benchmark's clients call it exactly as they call parley and
+parse the same replies. Each method runs the database work that the parley workload it stands
+for cannot avoid, on parley's own tables and rows, and answers with bytes encoded beforehand:
+replies that parley itself gave to the same requests, so they are of the same size.
+
+  ListMessages      the keyset query for the newest 50 messages (stored encodings and the columns
+                    outside them)
+  GetContextWindow  the session, its contexts and that keyset query, in one read-only snapshot
+  StreamMessages    per batch parley sent, the keyset query for that batch's rows, then the batch
+  AppendMessage     one INSERT of a message row, autocommit (no coalescing)
+
+Run by bench/run.py: python bench/ceiling_server.py SETTINGS.json (see CeilingSettings).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+import uvloop
+
+SERVICE = "parley.v1.ParleyService"
+_HISTORY = "SELECT id, session_id, seq, user_id, create_time, size_bytes, encoded FROM messages"
+_NEWEST = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 ORDER BY seq DESC LIMIT $3"
+_AFTER = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+_SESSION = "SELECT * FROM sessions WHERE tenant_id = $1 AND id = $2"
+_CONTEXTS = (
+    "SELECT * FROM contexts WHERE tenant_id = $1 AND session_id = $2"
+    " ORDER BY create_time, id LIMIT 1000"
+)
+_INSERT = (
+    "INSERT INTO messages (tenant_id, id, session_id, seq, role, content, create_time, name,"
+    " tool_call_id, invocation_id, thread_id, chapter, payload_type, size_bytes, encoded)"
+    " VALUES ($1, $2, $3, $4, 'user', $5, $6, '', '', '', '', '', '', $7, $8)"
+)
+
+
+@dataclass
+class CeilingSettings:
+    """What the ceiling server reads and writes, and the replies it gives (base64)."""
+
+    dsn: str
+    address: str
+    tenant: str
+    list_session: str
+    window_session: str
+    stream_session: str
+    append_sessions: list[str]
+    content: str
+    list_reply: str
+    window_reply: str
+    stream_replies: list[str]  # parley's batches, in order
+    stream_batch_sizes: list[int]  # messages in each
+    append_reply: str
+    append_encoded: str  # what parley stores for the appended message
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self)))
+
+
+def _bytes(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+async def serve(settings: CeilingSettings) -> None:
+    pool = await asyncpg.create_pool(settings.dsn, min_size=4, max_size=16)
+    tenant = settings.tenant
+    list_reply, window_reply = _bytes(settings.list_reply), _bytes(settings.window_reply)
+    stream_replies = [_bytes(reply) for reply in settings.stream_replies]
+    append_reply, append_encoded = _bytes(settings.append_reply), _bytes(settings.append_encoded)
+    next_seq = itertools.count(10_000_000_000)
+    sessions = itertools.cycle(settings.append_sessions)
+
+    async def list_messages(_request: bytes, _context: Any) -> bytes:
+        await pool.fetch(_NEWEST, tenant, settings.list_session, 51)
+        return list_reply
+
+    async def get_context_window(_request: bytes, _context: Any) -> bytes:
+        async with (
+            pool.acquire() as connection,
+            connection.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            await connection.fetch(_SESSION, tenant, settings.window_session)
+            await connection.fetch(_CONTEXTS, tenant, settings.window_session)
+            await connection.fetch(_NEWEST, tenant, settings.window_session, 51)
+        return window_reply
+
+    async def stream_messages(_request: bytes, _context: Any) -> AsyncIterator[bytes]:
+        position = 0
+        for reply, size in zip(stream_replies, settings.stream_batch_sizes, strict=True):
+            await pool.fetch(_AFTER, tenant, settings.stream_session, position, size + 1)
+            position += size
+            yield reply
+
+    async def append_message(_request: bytes, _context: Any) -> bytes:
+        await pool.execute(
+            _INSERT,
+            tenant,
+            uuid.uuid4(),
+            next(sessions),
+            next(next_seq),
+            settings.content,
+            datetime.now(UTC),
+            len(append_encoded) + 128,
+            append_encoded,
+        )
+        return append_reply
+
+    handlers = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "ListMessages": grpc.unary_unary_rpc_method_handler(list_messages),
+            "GetContextWindow": grpc.unary_unary_rpc_method_handler(get_context_window),
+            "StreamMessages": grpc.unary_stream_rpc_method_handler(stream_messages),
+            "AppendMessage": grpc.unary_unary_rpc_method_handler(append_message),
+        },
+    )
+    server = grpc.aio.server(handlers=[handlers])
+    server.add_insecure_port(settings.address)
+    await server.start()
+    await server.wait_for_termination()
+
+
+if __name__ == "__main__":
+    uvloop.run(serve(CeilingSettings(**json.loads(Path(sys.argv[1]).read_text()))))
