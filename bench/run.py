@@ -2,18 +2,23 @@
 
 For each backend (PostgreSQL, SQLite) a real `parley serve` process runs over a fresh database, and
 this process drives it over gRPC on loopback with closed-loop clients (each sends its next request
-when the previous one is answered) at several concurrencies. In the same run it measures two
-ceilings at the same concurrencies, so every figure reads as a ratio, not as a machine-dependent
-absolute:
+when the previous one is answered) at several concurrencies. In the same run it measures ceilings
+at the same concurrencies, so every figure reads as a ratio, not as a machine-dependent absolute:
 
   ceiling 1  the database alone: the same message rows inserted into the same table by raw asyncpg
              (aiosqlite on SQLite) with the same durability, one autocommit INSERT per operation;
   ceiling 2  gRPC alone: a no-op unary RPC (the standard health Check) on the same server process,
-             through the same interceptor and options.
+             through the same interceptor and options;
+  ceiling_read_list, ceiling_read_window, ceiling_stream, ceiling_append (PostgreSQL): a minimal
+             gRPC server doing only the database work of each workload, with replies encoded
+             beforehand (bench/ceiling_server.py).
 
-A parley figure's "fraction of ceiling" is its operations per second divided by the smaller
-ceiling at the same concurrency. Growth: append and list-last-50 latency at session sizes of 1k,
-10k and 100k messages. Live history: commit-to-delivery latency of WatchSession with 1, 10 and 100
+A read's "fraction of ceiling" is its operations per second over its own ceiling's; an append's,
+over the smaller of ceilings 1 and 2. Each cell runs in rounds (--rounds), each beside its ceilings,
+and the fraction is the median of the rounds'. Open loop: appends and list-last-50 sent at Poisson
+times at half the closed loop's capacity, each timed from when it was due. Growth: append and
+list-last-50 latency at session sizes of 1k, 10k and 100k messages, and the server's memory while
+streaming the largest. Live history: commit-to-delivery latency of WatchSession with 1, 10 and 100
 watchers on a session that a writer appends to, and what 1,000 idle watchers cost the server (its
 memory, its database connections, and appends beside them, against appends without them in the
 same run). Frameworks: each adapter's append and read against the framework's own PostgreSQL store
@@ -85,7 +90,12 @@ class Cell:
     p99_ms: float
     operations: int
     errors: int
+    # The median over rounds of this workload's ops/s over its ceiling's, both measured in the
+    # round: the host drifts between rounds, less within one.
     fraction_of_ceiling: float | None = None
+    round_fractions: list[float] = field(default_factory=list)
+    # The median over rounds of this p50 over its ceiling's p50 in the same round.
+    p50_over_ceiling: float | None = None
     # CPU time per operation, microseconds: where the machine's two cores went.
     cpu_us_per_op: dict[str, float] = field(default_factory=dict)
     # The share of all the machine's cores those processes kept busy. Near 1, more clients only
@@ -607,8 +617,6 @@ class BackendResult:
     delivery: list[DeliveryPoint] = field(default_factory=list)
     idle_watchers: IdleWatchers | None = None
     frameworks: list[FrameworkCell] = field(default_factory=list)
-    append_rounds: list[float] = field(default_factory=list)
-    append_rounds_clients: int = 0
     open_loop: list[OpenLoopCell] = field(default_factory=list)
     stream_memory: StreamMemory | None = None
 
@@ -946,14 +954,17 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
             ceiling_operations = workloads(ceiling_clients, fixtures)
         wanted = [name for name in operations if not args.workloads or name in args.workloads]
         for count in args.clients:
-            ceilings: dict[str, Cell] = {}
-            if not args.skip_ceilings:
-                ceilings["ceiling_1_database"] = await database_ceiling(
-                    backend, url, fixtures.ceiling_sessions, count, args.seconds, args.warmup
-                )
-                ceilings["ceiling_2_grpc"] = await grpc_ceiling(
-                    backend, clients, count, args.seconds, args.warmup
-                )
+            rounds: list[tuple[dict[str, Cell], dict[str, Cell]]] = []  # (ceilings, parley's)
+            for _ in range(args.rounds):
+                ceilings: dict[str, Cell] = {}
+                cells: dict[str, Cell] = {}
+                if not args.skip_ceilings:
+                    ceilings["ceiling_1_database"] = await database_ceiling(
+                        backend, url, fixtures.ceiling_sessions, count, args.seconds, args.warmup
+                    )
+                    ceilings["ceiling_2_grpc"] = await grpc_ceiling(
+                        backend, clients, count, args.seconds, args.warmup
+                    )
                 for name in wanted:
                     if (ceiling_name := FITTING_CEILING.get(name)) and ceiling_operations:
                         with _server_cpu(ceiling_pid):
@@ -965,30 +976,33 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
                                 args.seconds,
                                 args.warmup,
                             )
-                result.ceilings += ceilings.values()
+                    measuring = closed_loop(
+                        backend, name, operations[name], count, args.seconds, args.warmup
+                    )
+                    if args.profile:
+                        label = f"{backend}-{name}-{count}"
+                        cells[name] = await profiled(server.pid, label, measuring, args)
+                    else:
+                        cells[name] = await measuring
+                rounds.append((ceilings, cells))
+            for ceiling_name in rounds[0][0]:
+                result.ceilings.append(_median_round([r[0][ceiling_name] for r in rounds]))
             for name in wanted:
-                measuring = closed_loop(
-                    backend, name, operations[name], count, args.seconds, args.warmup
-                )
-                if args.profile:
-                    cell = await profiled(server.pid, f"{backend}-{name}-{count}", measuring, args)
-                else:
-                    cell = await measuring
-                cell.fraction_of_ceiling = fraction_of_fitting_ceiling(cell, ceilings)
+                cell = summarize_rounds(name, rounds)
                 result.cells.append(cell)
                 cpu = ", ".join(f"{k} {v:.0f}" for k, v in cell.cpu_us_per_op.items())
                 fraction = cell.fraction_of_ceiling
                 console.print(
                     f"  {backend:<8} {name:<16} {count:>3} clients: {cell.ops_per_second:>8.0f}"
                     f" ops/s p50 {cell.p50_ms:6.2f} p99 {cell.p99_ms:6.2f} ms"
-                    f" ({'-' if fraction is None else f'{fraction:.0%}'} of ceiling);"
-                    f" CPU us/op: {cpu}; machine {cell.machine_busy:.0%} busy"
+                    f" ({'-' if fraction is None else f'{fraction:.0%}'} of ceiling"
+                    + (
+                        f", rounds {' / '.join(f'{f:.0%}' for f in cell.round_fractions)}"
+                        if len(cell.round_fractions) > 1
+                        else ""
+                    )
+                    + f"); CPU us/op: {cpu}; machine {cell.machine_busy:.0%} busy"
                 )
-        if args.append_rounds and "append" in wanted and not args.skip_ceilings:
-            result.append_rounds = await append_rounds(
-                backend, url, clients, fixtures, operations["append"], args
-            )
-            result.append_rounds_clients = max_clients
         if args.open_loop and not args.skip_ceilings:
             for name in ("append", "list_last_50"):
                 if name in wanted:
@@ -1037,31 +1051,27 @@ def _server_cpu(pid: int) -> Iterator[None]:
             CPU_WATCH["server"] = parley
 
 
-async def append_rounds(
-    backend: str,
-    database_url: str,
-    clients: list[ParleyClient],
-    fixtures: Fixtures,
-    append: Operation,
-    args: argparse.Namespace,
-) -> list[float]:
-    """Appends at the most clients as a fraction of the smaller append ceiling, over several
-    rounds that each measure all three back to back: the host drifts between rounds."""
-    count = max(args.clients)
-    fractions = []
-    for _ in range(args.append_rounds):
-        database = await database_ceiling(
-            backend, database_url, fixtures.ceiling_sessions, count, args.seconds, args.warmup
+def _median_round(cells: list[Cell]) -> Cell:
+    """The cell of the round with the median throughput."""
+    return sorted(cells, key=lambda cell: cell.ops_per_second)[len(cells) // 2]
+
+
+def summarize_rounds(workload: str, rounds: list[tuple[dict[str, Cell], dict[str, Cell]]]) -> Cell:
+    """The workload's cell of the median round, with its fraction of its ceiling (and p50 over
+    the ceiling's) as the median of each round's."""
+    cell = _median_round([cells[workload] for _, cells in rounds])
+    fractions = [
+        fraction_of_fitting_ceiling(cells[workload], ceilings) for ceilings, cells in rounds
+    ]
+    if all(fraction is not None for fraction in fractions):
+        cell.round_fractions = [f for f in fractions if f is not None]
+        cell.fraction_of_ceiling = statistics.median(cell.round_fractions)
+    fitting = FITTING_CEILING.get(workload)
+    if fitting and all(fitting in ceilings for ceilings, _ in rounds):
+        cell.p50_over_ceiling = statistics.median(
+            cells[workload].p50_ms / ceilings[fitting].p50_ms for ceilings, cells in rounds
         )
-        rpc = await grpc_ceiling(backend, clients, count, args.seconds, args.warmup)
-        cell = await closed_loop(backend, "append", append, count, args.seconds, args.warmup)
-        fractions.append(cell.ops_per_second / min(database.ops_per_second, rpc.ops_per_second))
-    console.print(
-        f"  {backend:<8} append at {count} clients, {len(fractions)} rounds: "
-        + " / ".join(f"{f:.0%}" for f in fractions)
-        + f" of the smaller ceiling (median {statistics.median(fractions):.0%})"
-    )
-    return fractions
+    return cell
 
 
 @dataclass
@@ -1301,25 +1311,26 @@ def checks(results: list[BackendResult]) -> list[Check]:
                     )
                 )
         single, single_ceiling = cell("append", 1), ceiling("ceiling_append", 1)
-        if single is not None and single_ceiling is not None:
-            ratio = single.p50_ms / single_ceiling.p50_ms
+        if single is not None and single_ceiling is not None and single.p50_over_ceiling:
+            ratio = single.p50_over_ceiling
             found.append(
                 Check(
-                    "PostgreSQL single append at 1 client: p50 <= 1.3x the single-append ceiling's",
+                    "PostgreSQL single append at 1 client: p50 <= 1.3x the single-append"
+                    " ceiling's (median of rounds)",
                     f"x{ratio:.2f} ({single.p50_ms:.2f} against {single_ceiling.p50_ms:.2f} ms)",
                     ratio <= 1.3,
                 )
             )
-        if result.append_rounds:
-            median = statistics.median(result.append_rounds)
+        most = max((c.clients for c in result.cells if c.workload == "append"), default=0)
+        if (appends := cell("append", most)) is not None and appends.fraction_of_ceiling:
             found.append(
                 Check(
-                    f"PostgreSQL appends at {result.append_rounds_clients} clients >= 75% of the"
-                    " smaller append ceiling (median of rounds)",
-                    f"{median:.0%} (rounds: "
-                    + " / ".join(f"{f:.0%}" for f in result.append_rounds)
+                    f"PostgreSQL appends at {most} clients >= 75% of the smaller append ceiling"
+                    " (median of rounds)",
+                    f"{appends.fraction_of_ceiling:.0%} (rounds: "
+                    + " / ".join(f"{f:.0%}" for f in appends.round_fractions)
                     + ")",
-                    median >= 0.75,
+                    appends.fraction_of_ceiling >= 0.75,
                 )
             )
         for point in result.open_loop:
@@ -1492,10 +1503,10 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--framework-clients", type=lambda s: [int(n) for n in s.split(",")], default=[1, 16]
     )
     parser.add_argument(
-        "--append-rounds",
+        "--rounds",
         type=int,
         default=3,
-        help="rounds of appends at the most clients against the ceilings; 0 to skip",
+        help="rounds of each cell with its ceiling: fractions are the median of the rounds'",
     )
     parser.add_argument(
         "--open-loop",

@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from parley_server.errors import Aborted, Unavailable
 from parley_server.logs import describe, throttled
@@ -74,14 +75,13 @@ def _configure_postgresql(engine: AsyncEngine) -> None:
     def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # parley acknowledges a write only once it is durable; with synchronous_commit=off (set for
         # the server or the database) a commit could be lost in a crash after the answer was sent.
-        # Stronger settings (remote_write, remote_apply) are kept.
-        cursor = dbapi_connection.cursor()
-        cursor.execute("SHOW synchronous_commit")
-        (setting,) = cursor.fetchone()
-        if setting == "off":
+        # Stronger settings (remote_write, remote_apply) are kept. On the asyncpg connection
+        # itself, which autocommits: through the adapter's cursor, a transaction would begin and
+        # stay open into the connection's first use (and a rollback would undo the SET).
+        driver: asyncpg.Connection = dbapi_connection.driver_connection
+        if await_only(driver.fetchval("SHOW synchronous_commit")) == "off":
             log.warning("synchronous_commit is off in the database; parley sets it on")
-            cursor.execute("SET synchronous_commit = on")
-        cursor.close()
+            await_only(driver.execute("SET synchronous_commit = on"))
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -149,6 +149,12 @@ class _DriverQuery:
         return [values[name] if name in values else self.bound[name] for name in self.names]
 
 
+def _discard(pooled: PoolProxiedConnection) -> None:
+    """Close it, and give its place in the pool back (for a new one, when needed)."""
+    pooled.invalidate()
+    pooled.close()
+
+
 class Database:
     """One short transaction per store operation, with outages translated into domain errors."""
 
@@ -199,12 +205,14 @@ class Database:
 
     @asynccontextmanager
     async def driver(self) -> AsyncIterator[asyncpg.Connection]:
-        """PostgreSQL only: the pool's asyncpg connection itself, in autocommit mode, for hot-path
-        statements that are atomic on their own. Bypasses SQLAlchemy's per-statement work, a
-        large share of an append's cost."""
-        async with translated_errors(), self._autocommit.connect() as connection:
-            raw = await connection.get_raw_connection()
-            driver_connection = cast(asyncpg.Connection, raw.driver_connection)
+        """PostgreSQL only: an asyncpg connection of the pool itself, for hot-path statements
+        that are atomic on their own (asyncpg autocommits) or that begin their own transaction.
+        Checked out of the pool directly: SQLAlchemy's Connection around it, and its
+        per-statement work, would cost several times what the statements themselves do here."""
+        async with translated_errors():
+            # raw_connection: the pool's checkout, with errors wrapped as SQLAlchemy wraps them.
+            pooled = await greenlet_spawn(self.engine.sync_engine.raw_connection)
+            driver_connection = cast(asyncpg.Connection, pooled.driver_connection)
             reusable = False
             try:
                 yield driver_connection
@@ -216,8 +224,10 @@ class Database:
                 # Cancelled mid-statement, broken, or left inside a transaction (which the pool's
                 # reset knows nothing of, as it was begun on the driver connection): discard it,
                 # never hand it out again.
-                if not reusable:
-                    await asyncio.shield(connection.invalidate())
+                if reusable:
+                    await greenlet_spawn(pooled.close)
+                else:
+                    await asyncio.shield(greenlet_spawn(_discard, pooled))
 
     async def fetch(
         self, statement: Select[Any], values: Mapping[str, Any]
@@ -275,6 +285,7 @@ async def translated_errors() -> AsyncIterator[None]:
         raise _pool_exhausted() from error
     except (
         exc.DBAPIError,
+        exc.EmulatedDBAPIException,  # the driver's adapted errors, raised outside a Connection
         asyncpg.PostgresError,
         asyncpg.InterfaceError,
         asyncpg.exceptions.InternalClientError,
