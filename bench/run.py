@@ -1398,6 +1398,22 @@ def checks(results: list[BackendResult]) -> list[Check]:
     return found
 
 
+# A workload and the ceiling that fits it share a color (the ceiling dashed).
+CHART_COLORS = {
+    "append": "C0",
+    "ceiling_append": "C0",
+    "list_last_50": "C1",
+    "ceiling_read_list": "C1",
+    "context_window": "C2",
+    "ceiling_read_window": "C2",
+    "stream_1000": "C3",
+    "ceiling_stream": "C3",
+    "batch_append_10": "C4",
+    "ceiling_1_database": "C7",
+    "ceiling_2_grpc": "C5",
+}
+
+
 def chart(results: list[BackendResult], path: Path) -> None:
     import matplotlib
 
@@ -1414,10 +1430,12 @@ def chart(results: list[BackendResult], path: Path) -> None:
             )
             style = "--" if name.startswith("ceiling") else "-"
             clients = [c.clients for c in series]
-            throughput.plot(
-                clients, [c.ops_per_second for c in series], style, marker="o", label=name
-            )
-            latency.plot(clients, [c.p99_ms for c in series], style, marker="o", label=name)
+            color = CHART_COLORS.get(name)
+            for axis, values in (
+                (throughput, [c.ops_per_second for c in series]),
+                (latency, [c.p99_ms for c in series]),
+            ):
+                axis.plot(clients, values, style, marker="o", label=name, color=color)
         for axis, label in ((throughput, "operations / second"), (latency, "p99 latency (ms)")):
             axis.set_xscale("log", base=2)
             axis.set_yscale("log")
