@@ -102,6 +102,32 @@ class Cell:
     # queue for CPU: latency grows with their number, and throughput does not.
     machine_busy: float = 0.0
 
+    @classmethod
+    def of(
+        cls,
+        backend: str,
+        workload: str,
+        clients: int,
+        latencies: list[float],
+        elapsed: float,
+        errors: int,
+        **measured: Any,
+    ) -> Cell:
+        """The cell of `latencies` (seconds, of the operations answered in `elapsed`)."""
+        latencies.sort()
+        return cls(
+            backend=backend,
+            workload=workload,
+            clients=clients,
+            ops_per_second=len(latencies) / elapsed,
+            p50_ms=_percentile(latencies, 0.50) * 1000,
+            p95_ms=_percentile(latencies, 0.95) * 1000,
+            p99_ms=_percentile(latencies, 0.99) * 1000,
+            operations=len(latencies),
+            errors=errors,
+            **measured,
+        )
+
 
 def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
     if not sorted_values:
@@ -177,18 +203,14 @@ async def closed_loop(
     used = {name: _cpu_seconds(pids()) - cpu_before[name] for name, pids in CPU_WATCH.items()}
     if errors:
         console.print(f"[red]{workload}@{clients}: {len(errors)} errors, e.g. {errors[0]!r}")
-    latencies.sort()
     elapsed = max(finished_at - measure_from, 1e-9)
-    return Cell(
-        backend=backend,
-        workload=workload,
-        clients=clients,
-        ops_per_second=len(latencies) / elapsed,
-        p50_ms=_percentile(latencies, 0.50) * 1000,
-        p95_ms=_percentile(latencies, 0.95) * 1000,
-        p99_ms=_percentile(latencies, 0.99) * 1000,
-        operations=len(latencies),
-        errors=len(errors),
+    return Cell.of(
+        backend,
+        workload,
+        clients,
+        latencies,
+        elapsed,
+        len(errors),
         cpu_us_per_op={
             name: round(seconds_used / max(len(latencies), 1) * 1e6, 1)
             for name, seconds_used in used.items()
@@ -1139,18 +1161,7 @@ async def open_loop(
     await asyncio.gather(*running)
     if errors:
         console.print(f"[red]{workload} open loop: {len(errors)} errors, e.g. {errors[0]!r}")
-    latencies.sort()
-    return Cell(
-        backend=backend,
-        workload=f"{workload} (open loop)",
-        clients=0,
-        ops_per_second=len(latencies) / seconds,
-        p50_ms=_percentile(latencies, 0.50) * 1000,
-        p95_ms=_percentile(latencies, 0.95) * 1000,
-        p99_ms=_percentile(latencies, 0.99) * 1000,
-        operations=len(latencies),
-        errors=len(errors),
-    )
+    return Cell.of(backend, f"{workload} (open loop)", 0, latencies, seconds, len(errors))
 
 
 async def open_loop_cell(
