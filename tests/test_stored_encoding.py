@@ -19,10 +19,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from parley_client import Message, ParleyClient, SyncParleyClient, new_message
 from parley_client._gen.parley.v1 import message_pb2
+from parley_server import cli
+from parley_server.domain import NewMessage, Role, Scope
+from parley_server.store import Store
 from parley_server.store.database import Database
 from parley_server.store.tables import messages
 from tests.factories import a_session
@@ -204,3 +207,52 @@ async def test_every_read_path_returns_messages_as_appended(
                     assert read == stored, _differences(read, stored)
 
     await asyncio.to_thread(read_back)
+
+
+async def test_encode_history_stores_the_encodings_older_rows_lack(
+    client: ParleyClient, target: str, store: Store, database: Database, database_url: str
+) -> None:
+    """`parley encode-history` gives rows appended before migration 0008 (or from below the API)
+    their encoding; every read answers as before, and a second run finds nothing to do."""
+    _, session = await a_session(client)
+    appended = await client.batch_append_messages(
+        session.id,
+        [
+            new_message(role="user", content="hello", metadata={"n": 1.5}),
+            new_message(
+                role="assistant",
+                tool_calls=[message_pb2.ToolCall(id="c1", name="look", arguments="{}")],
+                payload=b"\x00raw",
+                payload_type="application/octet-stream",
+            ),
+        ],
+    )
+    await store.messages.append(
+        Scope(tenant="default"), session.id, [NewMessage(id=None, role=Role.USER, content="old")]
+    )
+    async with database.write() as transaction:
+        await transaction.execute(
+            update(messages).where(messages.c.session_id == session.id).values(encoded=None)
+        )
+    before = list((await client.list_messages(session.id)).messages)
+    assert before[:2] == appended
+
+    async def unencoded() -> int:
+        async with database.read() as transaction:
+            return int(
+                await transaction.scalar(
+                    select(func.count())
+                    .select_from(messages)
+                    .where(messages.c.session_id == session.id, messages.c.encoded.is_(None))
+                )
+                or 0
+            )
+
+    assert await unencoded() == 3
+    command = ["--database-url", database_url, "encode-history", "--batch", "2"]
+    assert await asyncio.to_thread(cli.main, command) == 0
+    assert await unencoded() == 0
+    with SyncParleyClient(target, default_timeout=20) as parley:
+        for read in await asyncio.to_thread(lambda: list(_every_read(parley, session.id, 3))):
+            assert read == before, _differences(read, before)
+    assert await asyncio.to_thread(cli.main, command) == 0

@@ -1,4 +1,4 @@
-"""The `parley` command: serve, migrate, keys (on the database) and tail (a client).
+"""The `parley` command: serve, migrate, keys, encode-history (on the database) and tail (a client).
 
 Each command imports what it needs when it runs: `parley --help` and `parley tail` never load
 the server, SQLAlchemy or Alembic.
@@ -99,6 +99,31 @@ async def _migrate(settings: Settings, revision: str) -> None:
         await engine.dispose()
 
 
+async def _encode_history(settings: Settings, batch: int) -> int:
+    """Stores the encoding of every message stored without one (appended before migration 0008),
+    which reads then hand out as they do a new message's; returns how many. Safe beside serving
+    servers, and to interrupt and run again."""
+    from parley_server.api.convert import encoded_body
+    from parley_server.app import open_database
+    from parley_server.store import Store
+
+    database = await open_database(settings)
+    try:
+        history = Store.over(database).messages
+        encoded = 0
+        after: tuple[str, str] | None = None
+        while found := await history.unencoded(after, batch):
+            await history.store_encodings(
+                [(tenant, message.id, encoded_body(message)) for tenant, message in found]
+            )
+            encoded += len(found)
+            after = (found[-1][0], found[-1][1].id)
+            print(f"encoded {encoded} messages", file=sys.stderr)
+        return encoded
+    finally:
+        await database.dispose()
+
+
 def _loop_factory(settings: Settings) -> Callable[[], asyncio.AbstractEventLoop] | None:
     if settings.event_loop == "asyncio":
         return None
@@ -144,6 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     revoke_parser.add_argument("key_id")
     migrate_parser = commands.add_parser("migrate", help="bring the database schema up to date")
     migrate_parser.add_argument("--revision", default="head", help="target revision (head)")
+    encode_parser = commands.add_parser(
+        "encode-history",
+        help="store the encoding of messages from before migration 0008, so reads of them are"
+        " as fast as of new ones",
+    )
+    encode_parser.add_argument("--batch", type=int, default=1000, help="messages per transaction")
     tail_parser = commands.add_parser(
         "tail", help="print a session's history, then follow it (Ctrl-C stops)"
     )
@@ -177,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runner.run(serve(settings))
         elif args.command == "keys":
             asyncio.run(_keys(settings, args))
+        elif args.command == "encode-history":
+            encoded = asyncio.run(_encode_history(settings, args.batch))
+            print(f"{encoded} messages encoded; every message has its encoding", file=sys.stderr)
         else:
             asyncio.run(_migrate(settings, args.revision))
             print(f"database schema at {args.revision}", file=sys.stderr)

@@ -184,7 +184,7 @@ def _fill_message(result: message_pb2.Message, message: domain.StoredMessage) ->
     _set_time(result.create_time, message.create_time)
 
 
-def encoded_body(message: domain.NewMessage) -> bytes:
+def encoded_body(message: domain.NewMessage | domain.Message) -> bytes:
     """The encoding of what a message never changes in, which a read merges the rest into."""
     result = message_pb2.Message()
     _fill_body(result, message)

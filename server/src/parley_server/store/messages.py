@@ -19,6 +19,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -412,6 +413,45 @@ class MessageStore:
         ):
             return ordered
         return None
+
+    async def unencoded(
+        self, after: tuple[str, str] | None, limit: int
+    ) -> list[tuple[str, Message]]:
+        """Up to `limit` messages stored without an encoding (appended before migration 0008, or
+        from below the API), with their tenants, in (tenant, id) order after `after`."""
+        query = select(messages).where(messages.c.encoded.is_(None))
+        if after is not None:
+            position = tuple_(
+                bindparam("after_tenant", after[0], type_=messages.c.tenant_id.type),
+                bindparam("after_id", after[1], type_=messages.c.id.type),
+            )
+            query = query.where(tuple_(messages.c.tenant_id, messages.c.id) > position)
+        async with self._db.read() as session:
+            rows = (
+                await session.execute(
+                    query.order_by(messages.c.tenant_id, messages.c.id).limit(limit)
+                )
+            ).all()
+        return [(row.tenant_id, to_message(row._mapping)) for row in rows]
+
+    async def store_encodings(self, encodings: Sequence[tuple[str, str, bytes]]) -> None:
+        """Each (tenant, message id, encoding) stored for a message that has none."""
+        if not encodings:
+            return
+        async with self._db.write() as session:
+            await session.execute(
+                update(messages)
+                .where(
+                    messages.c.tenant_id == bindparam("tenant"),
+                    messages.c.id == bindparam("message_id"),
+                    messages.c.encoded.is_(None),
+                )
+                .values(encoded=bindparam("encoding")),
+                [
+                    {"tenant": tenant, "message_id": message_id, "encoding": encoding}
+                    for tenant, message_id, encoding in encodings
+                ],
+            )
 
     async def get(self, scope: Scope, message_id: str) -> StoredMessage:
         async with self._db.read() as session:
