@@ -24,6 +24,7 @@ import asyncpg
 import grpc
 import pytest
 from google.protobuf.message import Message as ProtoMessage
+from hypothesis import HealthCheck, settings
 from sqlalchemy.engine import make_url
 
 from parley_client import ParleyClient
@@ -40,6 +41,19 @@ POSTGRES_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = os.environ.get("PARLEY_REQUIRE_POSTGRES", "") not in ("", "0", "false")
 _SKIP_BANNER = "PostgreSQL tests were SKIPPED"
+
+
+def property_settings(examples: int) -> settings:
+    """The settings of this suite's hypothesis tests: no deadline (they run through a real server
+    on shared cores), no example database, and in CI (CI set) a fixed seed."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        derandomize=bool(os.environ.get("CI")),
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,19 +16,33 @@ from tests.conftest import PostgresTemplate, _skip_or_fail_postgres
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _bench(results: Path, *arguments: str) -> tuple[str, dict[str, Any]]:
+    """Run bench/run.py with `arguments`; its output and its results, by backend."""
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        *arguments,
+        "--results",
+        str(results),
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=220)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    return finished.stdout, {
+        path.stem: json.loads(path.read_text()) for path in results.glob("*.json")
+    }
+
+
 # A minute of work on two cores shared with the rest of the suite.
 @pytest.mark.timeout(240)
 def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
-    command = [
-        sys.executable, str(ROOT / "bench" / "run.py"), "--backends", "sqlite",
+    output, by_backend = _bench(
+        tmp_path, "--backends", "sqlite",
         "--clients", "1,2", "--seconds", "0.3", "--warmup", "0.1",
-        "--growth", "100,200", "--growth-seconds", "0.4", "--results", str(tmp_path),
+        "--growth", "100,200", "--growth-seconds", "0.4",
         "--watchers", "1,3", "--watch-seconds", "0.3", "--idle-watchers", "20",
         "--frameworks", "", "--rounds", "1",
-    ]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=220)
-    assert finished.returncode == 0, finished.stdout + finished.stderr
-    results = json.loads((tmp_path / "sqlite.json").read_text())
+    )  # fmt: skip
+    results = by_backend["sqlite"]
     workloads = {cell["workload"] for cell in results["cells"]}
     assert workloads == {
         "append", "batch_append_10", "list_last_50", "stream_1000", "context_window",
@@ -53,7 +68,7 @@ def test_the_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert results["idle_watchers"]["append_ratio"] > 0
     assert len(results["idle_watchers"]["append_without"]) == 3
     assert (tmp_path / "chart.png").stat().st_size > 10_000
-    assert "fraction of ceiling" in finished.stdout
+    assert "fraction of ceiling" in output
 
 
 @pytest.mark.postgres
@@ -65,15 +80,13 @@ def test_the_postgres_benchmark_measures_every_ceiling(
     runs in rounds beside its ceiling; appends and reads also run open loop."""
     if postgres_template.name is None:
         _skip_or_fail_postgres(postgres_template)
-    command = [
-        sys.executable, str(ROOT / "bench" / "run.py"), "--backends", "postgres",
+    output, by_backend = _bench(
+        tmp_path, "--backends", "postgres",
         "--clients", "1,2", "--seconds", "0.3", "--warmup", "0.1", "--growth", "",
         "--watchers", "", "--idle-watchers", "0", "--frameworks", "",
-        "--rounds", "2", "--open-loop-seconds", "0.5", "--results", str(tmp_path),
-    ]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=220)
-    assert finished.returncode == 0, finished.stdout + finished.stderr
-    results = json.loads((tmp_path / "postgres.json").read_text())
+        "--rounds", "2", "--open-loop-seconds", "0.5",
+    )  # fmt: skip
+    results = by_backend["postgres"]
     ceilings = results["ceilings"]
     assert {(c["workload"], c["clients"]) for c in ceilings} == set(
         product(
@@ -98,7 +111,7 @@ def test_the_postgres_benchmark_measures_every_ceiling(
         for cell in (point["cell"], point["ceiling"]["cell"]):
             assert cell["errors"] == 0, cell
             assert cell["operations"] > 0, cell
-    assert "list_last_50 at 1 clients >= 80% of its ceiling" in finished.stdout
+    assert "list_last_50 at 1 clients >= 80% of its ceiling" in output
 
 
 @pytest.mark.postgres
@@ -109,14 +122,11 @@ def test_the_framework_benchmark_runs_end_to_end(
     """Each adapter against its framework's own PostgreSQL store, with tiny durations."""
     if postgres_template.name is None:
         _skip_or_fail_postgres(postgres_template)
-    command = [
-        sys.executable, str(ROOT / "bench" / "run.py"), "--backends", "",
+    output, by_backend = _bench(
+        tmp_path, "--backends", "",
         "--framework-clients", "1,2", "--seconds", "0.2", "--warmup", "0.05",
-        "--results", str(tmp_path),
-    ]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=220)
-    assert finished.returncode == 0, finished.stdout + finished.stderr
-    cells = json.loads((tmp_path / "postgres.json").read_text())["frameworks"]
+    )  # fmt: skip
+    cells = by_backend["postgres"]["frameworks"]
     assert {(c["framework"], c["workload"], c["clients"]) for c in cells} == set(
         product(("adk", "openai_agents", "langchain"), ("append", "read"), (1, 2))
     )
@@ -124,4 +134,4 @@ def test_the_framework_benchmark_runs_end_to_end(
         for store in ("parley", "native"):
             assert cell[store]["errors"] == 0
             assert cell[store]["operations"] > 0
-    assert "own PostgreSQL store" in finished.stdout
+    assert "own PostgreSQL store" in output

@@ -25,11 +25,12 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.struct_pb2 import Struct
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from parley_client import ParleyClient, new_message
 from parley_server.api.pagination import PageToken, PageTokens
+from tests.conftest import property_settings
 from tests.factories import a_session
 from tests.rpcs import (
     ENDLESS,
@@ -54,17 +55,6 @@ ALLOWED = {
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.PERMISSION_DENIED,  # AdminService, to this suite's service principal
 }
-
-
-def _settings(examples: int) -> settings:
-    return settings(
-        max_examples=examples,
-        deadline=None,
-        database=None,
-        derandomize=bool(os.environ.get("CI")),
-        suppress_health_check=list(HealthCheck),
-        print_blob=True,
-    )
 
 
 _TEXT = st.characters(exclude_categories=["Cs"])  # protobuf strings are valid Unicode
@@ -310,7 +300,7 @@ async def test_generated_requests_never_get_a_server_error(
     def run() -> None:
         with grpc.insecure_channel(target) as channel:
 
-            @_settings(EXAMPLES)
+            @property_settings(EXAMPLES)
             @given(requests)
             def every_answer_is_a_client_error_at_worst(case: tuple[str, ProtoMessage]) -> None:
                 method, request = case
@@ -318,7 +308,7 @@ async def test_generated_requests_never_get_a_server_error(
                 seen[code.name] = seen.get(code.name, 0) + 1
                 assert code in ALLOWED, f"{method} answered {code.name} to {request!r:.2000}"
 
-            @_settings(max(EXAMPLES // 4, 10))
+            @property_settings(max(EXAMPLES // 4, 10))
             @given(st.sampled_from(METHODS), st.binary(max_size=300))
             def raw_bytes_are_a_client_error_at_worst(method: str, payload: bytes) -> None:
                 code = _call(channel, method, payload)

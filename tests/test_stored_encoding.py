@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy import func, select, update
 
@@ -28,6 +28,7 @@ from parley_server.domain import NewMessage, Role, Scope
 from parley_server.store import Store
 from parley_server.store.database import Database
 from parley_server.store.tables import messages
+from tests.conftest import property_settings
 from tests.factories import a_session
 
 EXAMPLES = int(os.environ.get("PARLEY_ENCODING_EXAMPLES", "60"))
@@ -170,14 +171,7 @@ async def test_every_read_path_returns_messages_as_appended(
     def run() -> None:
         with SyncParleyClient(target, default_timeout=20) as parley:
 
-            @settings(
-                max_examples=EXAMPLES,
-                deadline=None,
-                database=None,
-                derandomize=bool(os.environ.get("CI")),
-                suppress_health_check=list(HealthCheck),
-                print_blob=True,
-            )
+            @property_settings(EXAMPLES)
             @given(st.lists(_messages(author.id), min_size=1, max_size=4))
             def reads_return_what_was_appended(batch: list[Message]) -> None:
                 session = parley.create_session(user_id=author.id)

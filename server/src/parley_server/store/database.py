@@ -170,8 +170,6 @@ class Database:
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         # Statements (built once per shape, with named bind parameters) compiled for asyncpg.
         self._driver_queries: dict[Select[Any], _DriverQuery] = {}
-        # Single statements that are atomic on their own (the PostgreSQL append): no BEGIN/COMMIT.
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._writer = async_sessionmaker(
             engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
