@@ -22,6 +22,7 @@ from parley_server.api.admin import AdminServicer
 from parley_server.api.auth import Authenticator, AuthInterceptor
 from parley_server.api.interceptors import (
     ErrorInterceptor,
+    InterceptorChain,
     LifecycleInterceptor,
     LoggingInterceptor,
 )
@@ -149,12 +150,9 @@ async def start(
         address,
         servicer=servicer,
         admin=AdminServicer(services.keys, tokens=tokens),
-        interceptors=[
-            LoggingInterceptor(),
-            ErrorInterceptor(),
-            AuthInterceptor(authenticator),
-            lifecycle,
-        ],
+        interceptors=InterceptorChain(
+            [LoggingInterceptor(), ErrorInterceptor(), AuthInterceptor(authenticator), lifecycle]
+        ),
         lifecycle=lifecycle,
         max_receive_message_bytes=settings.max_receive_message_bytes,
         reflection_enabled=settings.reflection,

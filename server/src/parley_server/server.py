@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,7 @@ from parley_client._gen.parley.v1 import (
     parley_service_pb2,
     parley_service_pb2_grpc,
 )
-from parley_server.api.interceptors import LifecycleInterceptor
+from parley_server.api.interceptors import InterceptorChain, LifecycleInterceptor
 
 # After draining, how long no new call may have arrived before grpc is stopped.
 QUIET_BEFORE_STOP = 0.5
@@ -62,16 +62,17 @@ async def create_server(
     *,
     servicer: parley_service_pb2_grpc.ParleyServiceServicer,
     admin: admin_service_pb2_grpc.AdminServiceServicer,
-    interceptors: Sequence[grpc.aio.ServerInterceptor],  # type: ignore[type-arg]
+    interceptors: InterceptorChain,
     lifecycle: LifecycleInterceptor,
     max_receive_message_bytes: int,
     reflection_enabled: bool = True,
     credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
     """Start serving `servicer` and `admin` (with health, and reflection unless disabled) on
-    `address` ("host:port"; port 0 picks a free one). `lifecycle` must be one of `interceptors`."""
+    `address` ("host:port"; port 0 picks a free one), every call inside `interceptors`, of which
+    `lifecycle` must be one."""
     server = grpc.aio.server(
-        interceptors=interceptors,
+        interceptors=[interceptors],
         options=[
             ("grpc.max_receive_message_length", max_receive_message_bytes),
             # Fail to start, rather than silently share the port, when another server holds it.

@@ -9,7 +9,9 @@
 
 `CallInterceptor` adapts a concern, written once as an async context manager around the call (and
 an optional hook over a stream's responses), to grpc's unary/stream request and response kinds.
-Interceptors run in the order given to the server, the first outermost.
+`InterceptorChain` is the one grpc interceptor the server has: it runs the concerns in the order
+given, the first outermost, around each method's handler, composed once per method rather than on
+every call as a grpc interceptor per concern would.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import asyncio
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +50,7 @@ class Call:
     context: Context
 
 
-class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in stubs
+class CallInterceptor:
     """Wraps every handler, of every RPC kind, in `around` (and a stream's responses in
     `responses`); subclasses implement one concern."""
 
@@ -68,17 +70,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
     def request_deserializer(self, method: str, inner: Deserializer | None) -> Deserializer | None:
         return inner
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
+    def wrap(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(handler_call_details)
-        if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
-            return handler
-        method: str = handler_call_details.method
+        """`handler`, of `method`, inside this concern."""
         deserializer = self.request_deserializer(method, handler.request_deserializer)
         serializer = handler.response_serializer
         if handler.unary_unary is not None:
@@ -121,6 +116,34 @@ class CallInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # 
                     yield response
 
         return stream
+
+
+class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in stubs
+    """`interceptors` around every handler, the first outermost."""
+
+    def __init__(self, interceptors: Sequence[CallInterceptor]) -> None:
+        self._interceptors = tuple(interceptors)
+        # Bounded by the methods served: an unknown method has no handler and is not kept.
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method: str = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = await continuation(handler_call_details)
+            if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
+                return handler
+            wrapped = handler
+            for interceptor in reversed(self._interceptors):
+                wrapped = interceptor.wrap(method, wrapped)
+            self._wrapped[method] = wrapped
+        return wrapped
 
 
 # --- logging --------------------------------------------------------------------------------------
@@ -345,6 +368,7 @@ def _shutting_down() -> Unavailable:
 __all__ = [
     "CallInterceptor",
     "ErrorInterceptor",
+    "InterceptorChain",
     "LifecycleInterceptor",
     "LoggingInterceptor",
     "status_code",

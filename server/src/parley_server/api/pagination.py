@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import struct
@@ -44,6 +45,7 @@ def _invalid(problem: str) -> InvalidArgument:
     return InvalidArgument.field(_FIELD, problem)
 
 
+@functools.cache  # one per method name the server has
 def _method_digest(method: str) -> bytes:
     return hashlib.sha256(method.encode()).digest()[:4]
 
@@ -68,7 +70,7 @@ class PageTokens:
         self._key = key
 
     def _tag(self, payload: bytes) -> bytes:
-        return hmac.new(self._key, payload, hashlib.sha256).digest()[:_TAG_BYTES]
+        return hmac.digest(self._key, payload, "sha256")[:_TAG_BYTES]
 
     def encode(self, token: PageToken) -> str:
         payload = (
