@@ -247,7 +247,7 @@ class Message:
     payload_type: str = ""
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class EncodedMessage:
     """A stored message as a read returns it when its fields were encoded at append: those that
     the server assigned or may change (user_id), and the rest as NewMessage.encoded held them."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import builtins
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,7 +13,6 @@ from sqlalchemy import (
     Integer,
     Select,
     bindparam,
-    case,
     cast,
     delete,
     func,
@@ -107,16 +107,20 @@ class _Shape:
         )
 
 
-_STORED_KEYS = ("id", "session_id", "seq", "user_id", "create_time", "size_bytes", "encoded")
-# What a history read selects: a row's encoding and the columns outside it, and the others only
-# for a row without one (NULL otherwise, so the database neither reads nor sends them twice).
+# What a history read selects: a row's encoding and the columns outside it. A row without an
+# encoding (from before migration 0008, or from below the API) is read again with every column
+# (_UNENCODED): rare, and cheaper than selecting the other columns, NULL, for every row.
 _HISTORY_COLUMNS = [
-    column
-    if column.key in _STORED_KEYS
-    else case((messages.c.encoded.is_(None), column)).label(column.key)
-    for column in messages.c
-    if column.key != "tenant_id"
+    messages.c[key]
+    for key in ("id", "session_id", "seq", "user_id", "create_time", "size_bytes", "encoded")
 ]
+_UNENCODED = select(*(column for column in messages.c if column.key != "tenant_id")).where(
+    messages.c.tenant_id == bindparam("tenant"),
+    messages.c.session_id == bindparam("session_id"),
+    messages.c.seq >= bindparam("first_seq"),
+    messages.c.seq <= bindparam("last_seq"),
+    messages.c.encoded.is_(None),
+)
 
 
 def _filter(shape: _Shape) -> list[ColumnElement[bool]]:
@@ -457,7 +461,7 @@ class MessageStore:
         async with self._db.read() as session:
             row = (
                 await session.execute(
-                    select(*_HISTORY_COLUMNS).where(
+                    select(*(c for c in messages.c if c.key != "tenant_id")).where(
                         *visible(messages, scope), messages.c.id == message_id
                     )
                 )
@@ -500,7 +504,7 @@ class MessageStore:
                 )
         fitting = fit(rows, limit=limit, max_bytes=max_bytes)
         return Page(
-            [to_stored_message(row) for row in rows[:fitting]],
+            await self._stored(scope, session_id, rows[:fitting]),
             has_more=len(rows) > fitting,
             total_size=total,
         )
@@ -538,7 +542,7 @@ class MessageStore:
         return ContextWindow(
             session=to_session(session_rows[0]),
             contexts=[to_context(row) for row in context_rows],
-            messages=[to_stored_message(row) for row in reversed(message_rows[:fitting])],
+            messages=await self._stored(scope, session_id, message_rows[:fitting][::-1]),
             has_earlier_messages=len(message_rows) > fitting,
         )
 
@@ -578,7 +582,7 @@ class MessageStore:
         fitting = fit(message_rows, limit=limit, max_bytes=max_bytes)
         return HistoryStep(
             session=to_session(session_rows[0]),
-            messages=[to_stored_message(row) for row in message_rows[:fitting]],
+            messages=await self._stored(scope, session_id, message_rows[:fitting]),
             more_messages=len(message_rows) > fitting,
             deletions=[
                 MessageDeletion(
@@ -592,6 +596,30 @@ class MessageStore:
             more_deletions=len(deletion_rows) > MAX_STEP_DELETIONS,
             last_deletion=session_rows[0]["deletions"],
         )
+
+    async def _stored(
+        self, scope: Scope, session_id: str, rows: Sequence[Mapping[str, Any]]
+    ) -> builtins.list[StoredMessage]:
+        """The messages of history rows (of one session, in seq order either way), those without
+        an encoding read again with every column. One deleted meanwhile is left out."""
+        if all(row["encoded"] is not None for row in rows):
+            return [to_stored_message(row) for row in rows]
+        seqs = [row["seq"] for row in rows]
+        found = await self._db.fetch(
+            _UNENCODED,
+            {
+                "tenant": scope.tenant,
+                "session_id": session_id,
+                "first_seq": min(seqs),
+                "last_seq": max(seqs),
+            },
+        )
+        unencoded = {row["seq"]: to_stored_message(row) for row in found}
+        return [
+            to_stored_message(row) if row["encoded"] is not None else unencoded[row["seq"]]
+            for row in rows
+            if row["encoded"] is not None or row["seq"] in unencoded
+        ]
 
     async def delete(self, scope: Scope, message_id: str, *, allow_missing: bool) -> None:
         """Delete the message (its ratings cascade); its seq is never handed out again."""

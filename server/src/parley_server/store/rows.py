@@ -106,18 +106,19 @@ def to_message(row: Row) -> Message:
 
 
 def to_stored_message(row: Row) -> StoredMessage:
-    """A row of a history read: encoded when the append stored its encoding, else (the
-    fallback columns are only filled then) field by field."""
+    """A message row: encoded when the append stored its encoding, else field by field (from a
+    row with every column)."""
     encoded = row["encoded"]
     if encoded is None:
         return to_message(row)
+    # Positional: several times cheaper than keywords, and history is read by the thousand.
     return EncodedMessage(
-        id=str(row["id"]),
-        session_id=row["session_id"],
-        seq=row["seq"],
-        user_id=row["user_id"] or "",
-        create_time=row["create_time"],
-        encoded=encoded,
+        str(row["id"]),
+        row["session_id"],
+        row["seq"],
+        row["user_id"] or "",
+        row["create_time"],
+        encoded,
     )
 
 
