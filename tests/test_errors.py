@@ -126,7 +126,7 @@ async def unreachable_database_client() -> AsyncIterator[ParleyClient]:
         page_token_secret=base64.b64encode(bytes(32)).decode(),
     )
     database = Database(app.open_engine(settings))
-    running = await app.start(Store.over(database), settings, address="127.0.0.1:0")
+    running = await app.start(app.open_store(settings, database), settings, address="127.0.0.1:0")
     async with ParleyClient(f"127.0.0.1:{running.port}", default_timeout=20) as client:
         yield client
     await running.stop(None, quiet=0)

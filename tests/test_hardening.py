@@ -322,7 +322,7 @@ async def test_an_outage_logs_one_warning_not_one_per_call(
         page_token_secret=base64.b64encode(bytes(32)).decode(),
     )
     database = Database(app.open_engine(settings))
-    running = await app.start(Store.over(database), settings, address="127.0.0.1:0")
+    running = await app.start(app.open_store(settings, database), settings, address="127.0.0.1:0")
     try:
         async with ParleyClient(f"127.0.0.1:{running.port}") as client:
             with caplog.at_level(logging.WARNING):
@@ -340,7 +340,7 @@ async def test_an_outage_logs_one_warning_not_one_per_call(
 async def test_a_busy_pool_is_not_reported_as_a_database_outage(database_url: str) -> None:
     settings = Settings(database_url=database_url, db_pool_size=1, db_pool_timeout_seconds=0.2)
     database = Database(app.open_engine(settings))
-    running = await app.start(Store.over(database), settings, address="127.0.0.1:0")
+    running = await app.start(app.open_store(settings, database), settings, address="127.0.0.1:0")
     try:
         async with (
             ParleyClient(f"127.0.0.1:{running.port}") as client,
@@ -439,7 +439,7 @@ async def test_ids_stored_with_a_trailing_newline_are_repaired(tmp_path: Path) -
         )
     settings = Settings(database_url=url)
     database = await app.open_database(settings)  # migrates SQLite to the newest revision
-    running = await app.start(Store.over(database), settings, address="127.0.0.1:0")
+    running = await app.start(app.open_store(settings, database), settings, address="127.0.0.1:0")
     try:
         async with ParleyClient(f"127.0.0.1:{running.port}") as client:
             session_id = str(uuid.UUID(session))

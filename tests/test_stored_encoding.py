@@ -4,7 +4,8 @@ Property: a random message of any shape (every field, unicode, tool calls, attac
 citations, nested metadata, event times, payloads) reads back through every read path (Get,
 List, Stream, ContextWindow, Watch) exactly as the append answered it, and the append's answer is
 built from the columns, field by field. The same holds for rows without an encoding (appended
-before 0008): their encodings are cleared, and every read path reads them field by field.
+before 0008): their encodings are cleared, and every read path reads them field by field; and
+for rows whose encoding lacks the assigned fields (stored by a server from before those were).
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 
 from parley_client import Message, ParleyClient, SyncParleyClient, new_message
 from parley_client._gen.parley.v1 import message_pb2
 from parley_server import cli
+from parley_server.api.convert import encoded_assigned
 from parley_server.domain import NewMessage, Role, Scope
 from parley_server.store import Store
 from parley_server.store.database import Database
@@ -197,9 +199,31 @@ async def test_every_read_path_returns_messages_as_appended(
                 wanted = [m for m in stored if m.role == role]
                 assert list(parley.list_messages(session_id, role=role).messages) == wanted
 
-    # Some rows as those from before migration 0008 are (no encoding: read field by field)
-    # between others, then all of them.
+    # Appends store every field but seq and user_id encoded. Rows stored otherwise are read
+    # between them: every other as a server from before encoded_assigned stored them (without
+    # id, session_id and create_time), then every other also as rows from before migration 0008
+    # are (no encoding: read field by field), then all of them so.
     in_sessions = messages.c.session_id.in_(list(appended))
+    async with database.write() as session:
+        odd = (
+            await session.execute(
+                select(
+                    messages.c.id, messages.c.session_id, messages.c.create_time, messages.c.encoded
+                ).where(in_sessions, messages.c.seq % 2 == 1)
+            )
+        ).all()
+        bodies = []
+        for row in odd:
+            assigned = encoded_assigned(str(row.id), row.session_id, row.create_time)
+            assert row.encoded.startswith(assigned)
+            bodies.append({"message_id": row.id, "body": row.encoded[len(assigned) :]})
+        await session.execute(
+            update(messages)
+            .where(messages.c.id == bindparam("message_id"))
+            .values(encoded=bindparam("body")),
+            bodies,
+        )
+    await asyncio.to_thread(read_back)
     for rows in (in_sessions & (messages.c.seq % 2 == 0), in_sessions):
         async with database.write() as session:
             await session.execute(update(messages).where(rows).values(encoded=None))

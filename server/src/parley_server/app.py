@@ -18,6 +18,7 @@ import grpc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from parley_server.api import convert
 from parley_server.api.admin import AdminServicer
 from parley_server.api.auth import Authenticator, AuthInterceptor
 from parley_server.api.interceptors import (
@@ -69,7 +70,9 @@ async def open_database(settings: Settings) -> Database:
 
 
 def open_store(settings: Settings, database: Database) -> Store:
-    return Store.over(database, write_lanes=settings.write_lanes)
+    return Store.over(
+        database, write_lanes=settings.write_lanes, encode_assigned=convert.encoded_assigned
+    )
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:

@@ -11,7 +11,7 @@ frozen ones. Nothing mutates them after the store hands them out.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -219,8 +219,15 @@ class NewMessage:
     # Its size in the API's encoding once stored, so reads can keep responses within a byte budget.
     size_bytes: int = 0
     # Its fields but id, session_id, seq, user_id and create_time, in the API's encoding: stored
-    # with it so that a read hands them out as they are; opaque below the API. Empty: not encoded.
+    # (after EncodeAssigned's) so that a read hands them out as they are; opaque below the API.
+    # Empty: not encoded.
     encoded: bytes = b""
+
+
+# The API's encoding of what the server assigns a message as it is stored (its id, session_id and
+# create_time), which the store keeps before NewMessage.encoded: together they hold every field
+# of the message but seq and user_id (which DeleteUser clears).
+EncodeAssigned = Callable[[str, str, datetime], bytes]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -249,8 +256,9 @@ class Message:
 
 @dataclass(slots=True)
 class EncodedMessage:
-    """A stored message as a read returns it when its fields were encoded at append: those that
-    the server assigned or may change (user_id), and the rest as NewMessage.encoded held them."""
+    """A stored message as a read returns it when its fields were encoded at append: `encoded`
+    holds all but seq and user_id, or (stored by a server from before EncodeAssigned) all but
+    those and id, session_id and create_time."""
 
     id: str
     session_id: str

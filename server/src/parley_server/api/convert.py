@@ -174,14 +174,32 @@ def _fill_message(result: message_pb2.Message, message: domain.StoredMessage) ->
     # assignment one by one.
     if isinstance(message, domain.EncodedMessage):
         result.MergeFromString(message.encoded)
+        if not message.encoded.startswith(_ID_TAG):  # stored without the assigned fields
+            _fill_assigned(result, message)
     else:
         _fill_body(result, message)
-    result.id = message.id
-    result.session_id = message.session_id
+        _fill_assigned(result, message)
     result.seq = message.seq
     if message.user_id:
         result.user_id = message.user_id
+
+
+def _fill_assigned(result: message_pb2.Message, message: domain.StoredMessage) -> None:
+    result.id = message.id
+    result.session_id = message.session_id
     _set_time(result.create_time, message.create_time)
+
+
+# An encoding of the assigned fields starts with the id's (the lowest field number, and never
+# empty); the rest of a message's encoding has none of them.
+_ID_TAG = bytes([message_pb2.Message.DESCRIPTOR.fields_by_name["id"].number << 3 | 2])
+
+
+def encoded_assigned(message_id: str, session_id: str, create_time: datetime) -> bytes:
+    """domain.EncodeAssigned: what the store keeps before a message's encoded_body."""
+    result = message_pb2.Message(id=message_id, session_id=session_id)
+    _set_time(result.create_time, create_time)
+    return result.SerializeToString()
 
 
 def encoded_body(message: domain.NewMessage | domain.Message) -> bytes:
@@ -189,6 +207,13 @@ def encoded_body(message: domain.NewMessage | domain.Message) -> bytes:
     result = message_pb2.Message()
     _fill_body(result, message)
     return result.SerializeToString()
+
+
+def stored_encoding(message: domain.Message) -> bytes:
+    """The encoding a stored message keeps, as an append of it would have stored it."""
+    return encoded_assigned(message.id, message.session_id, message.create_time) + encoded_body(
+        message
+    )
 
 
 def _fill_body(result: message_pb2.Message, message: domain.Message | domain.NewMessage) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from parley_server.domain import EncodeAssigned
 from parley_server.store.contexts import ContextStore
 from parley_server.store.database import Database
 from parley_server.store.keys import KeyStore
@@ -28,12 +29,12 @@ class Store:
     keys: KeyStore
 
     @classmethod
-    def over(cls, db: Database, *, write_lanes: int = 1) -> Store:
+    def over(cls, db: Database, *, write_lanes: int = 1, encode_assigned: EncodeAssigned) -> Store:
         return cls(
             db=db,
             users=UserStore(db),
             sessions=SessionStore(db),
-            messages=MessageStore(db, write_lanes=write_lanes),
+            messages=MessageStore(db, write_lanes=write_lanes, encode_assigned=encode_assigned),
             contexts=ContextStore(db),
             ratings=RatingStore(db),
             secrets=SecretStore(db),

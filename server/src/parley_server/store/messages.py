@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley_server.domain import (
     NO_STATE_DELTA,
     ContextWindow,
+    EncodeAssigned,
     HistoryStep,
     Message,
     MessageDeletion,
@@ -40,7 +41,12 @@ from parley_server.domain import (
     repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, NotFound
-from parley_server.store.appenders import appender_for, newest_event_time, reserve_seqs
+from parley_server.store.appenders import (
+    appender_for,
+    newest_event_time,
+    reserve_seqs,
+    stored_encoding,
+)
 from parley_server.store.contexts import session_closed
 from parley_server.store.database import Database, translated_errors
 from parley_server.store.rows import (
@@ -268,9 +274,12 @@ _STEP_DELETIONS = (
 
 
 class MessageStore:
-    def __init__(self, db: Database, *, write_lanes: int = 1) -> None:
+    def __init__(
+        self, db: Database, *, write_lanes: int = 1, encode_assigned: EncodeAssigned
+    ) -> None:
         self._db = db
-        self._appender = appender_for(db, write_lanes=write_lanes)
+        self._encode_assigned = encode_assigned
+        self._appender = appender_for(db, write_lanes=write_lanes, encode_assigned=encode_assigned)
 
     async def append(
         self,
@@ -382,7 +391,13 @@ class MessageStore:
             for offset, row in enumerate(rows, start=reserved["last_seq"] - len(rows) + 1):
                 row["seq"] = offset
                 row["create_time"] = now
-            await session.execute(insert(messages), rows)
+            await session.execute(
+                insert(messages),
+                [
+                    {**row, "encoded": stored_encoding(row, now, self._encode_assigned)}
+                    for row in rows
+                ],
+            )
             if state_delta:  # under the row lock the reserving UPDATE took
                 await apply_state_delta(session, scope.tenant, reserved, state_delta, now)
         return [row["seq"] for row in rows]

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from parley_server.domain import EncodeAssigned
 from parley_server.store.database import Database
 from parley_server.store.tables import sessions
 
@@ -19,7 +20,8 @@ class Appender(Protocol):
     async def append(self, session_id: str, rows: list[dict[str, Any]]) -> list[int] | None:
         """Write `rows` (new messages of session_id, as column values) atomically and durably;
         their seqs in order, or None if the session is closed or missing. Each row's
-        create_time is set to when the statement carrying it ran."""
+        create_time is set to when the statement carrying it ran, and its encoding stored as
+        stored_encoding makes it."""
         ...
 
 
@@ -75,11 +77,23 @@ def newest_event_time(rows: Sequence[dict[str, Any]]) -> datetime | None:
     return next((row["event_time"] for row in reversed(rows) if row["event_time"]), None)
 
 
-def appender_for(db: Database, *, write_lanes: int) -> Appender:
+def stored_encoding(
+    row: dict[str, Any], create_time: datetime, encode_assigned: EncodeAssigned
+) -> bytes | None:
+    """A new row's encoding as stored: what the server assigned it, then the rest (None if the
+    append gave none). Computed anew for each statement that carries the row, so a retried
+    statement stores the same."""
+    body: bytes | None = row["encoded"]
+    if body is None:
+        return None
+    return encode_assigned(row["id"], row["session_id"], create_time) + body
+
+
+def appender_for(db: Database, *, write_lanes: int, encode_assigned: EncodeAssigned) -> Appender:
     if db.dialect == "postgresql":
         from parley_server.store.appenders.postgresql import PostgresAppender
 
-        return PostgresAppender(db, lanes=write_lanes)
+        return PostgresAppender(db, lanes=write_lanes, encode_assigned=encode_assigned)
     from parley_server.store.appenders.sqlite import SqliteAppender
 
-    return SqliteAppender(db)
+    return SqliteAppender(db, encode_assigned=encode_assigned)

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from parley_server.domain import EncodeAssigned
+from parley_server.store.appenders import stored_encoding
 from parley_server.store.database import Database, is_outage
 from parley_server.store.group_commit import GroupCommit
 from parley_server.store.tables import utcnow
@@ -26,6 +28,7 @@ _UNNESTED = (
 _JSON_INDEXES = tuple(
     _UNNESTED.index(name) for name in ("tool_calls", "attachments", "citations", "metadata")
 )
+_ENCODED_INDEX = _UNNESTED.index("encoded")
 _APPEND_POSTGRESQL = """
 WITH batch AS (
     SELECT * FROM unnest(
@@ -77,7 +80,8 @@ RETURNING tenant_id, id, seq
 
 
 class PostgresAppender:
-    def __init__(self, db: Database, *, lanes: int) -> None:
+    def __init__(self, db: Database, *, lanes: int, encode_assigned: EncodeAssigned) -> None:
+        self._encode_assigned = encode_assigned
         # A driver connection is held while a lane is busy; a statement that failed without
         # losing its connection wrote nothing (it is atomic on its own) and can be split.
         self._group_commit: GroupCommit[asyncpg.Connection] = GroupCommit(
@@ -99,6 +103,7 @@ class PostgresAppender:
         for row in rows:
             row["create_time"] = now
         columns = [[row[name] for row in rows] for name in _UNNESTED]
+        columns[_ENCODED_INDEX] = [stored_encoding(row, now, self._encode_assigned) for row in rows]
         for index in _JSON_INDEXES:
             columns[index] = [None if v is None else json.dumps(v) for v in columns[index]]
         records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)

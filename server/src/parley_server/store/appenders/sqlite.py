@@ -8,15 +8,17 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from parley_server.store.appenders import reserve_seqs
+from parley_server.domain import EncodeAssigned
+from parley_server.store.appenders import reserve_seqs, stored_encoding
 from parley_server.store.database import Database
 from parley_server.store.group_commit import GroupCommit
 from parley_server.store.tables import messages, utcnow
 
 
 class SqliteAppender:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, encode_assigned: EncodeAssigned) -> None:
         self._db = db
+        self._encode_assigned = encode_assigned
         # One lane: SQLite has one writer. Each statement is its own transaction, rolled back on
         # any error, so a failed one wrote nothing and can be split.
         self._group_commit: GroupCommit[None] = GroupCommit(
@@ -57,5 +59,9 @@ class SqliteAppender:
                 next_seq[key] += 1
                 row["create_time"] = now
             if written:
-                await session.execute(insert(messages), written)
+                stored = [
+                    {**row, "encoded": stored_encoding(row, now, self._encode_assigned)}
+                    for row in written
+                ]
+                await session.execute(insert(messages), stored)
         return {(row["tenant_id"], row["id"]): row["seq"] for row in written}
