@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Select, delete, exists, func, insert, select, update
+from sqlalchemy import Select, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,6 +59,15 @@ def _select_one(scope: Scope, session_id: str) -> Select[Any]:
     return select_sessions().where(*visible(sessions, scope), sessions.c.id == session_id)
 
 
+# The one session, as _select_one finds it, in statements built (and compiled) once: one statement
+# on the driver connection, not a transaction through SQLAlchemy, on the path of every read by a
+# user principal.
+_SESSION = select_sessions().where(
+    sessions.c.tenant_id == bindparam("tenant"), sessions.c.id == bindparam("session_id")
+)
+_OWNED_SESSION = _SESSION.where(sessions.c.user_id == bindparam("owner"))
+
+
 async def _reread(session: AsyncSession, scope: Scope, session_id: str) -> Session:
     """The session as it stands in this transaction, with its shared state."""
     return to_session((await session.execute(_select_one(scope, session_id))).one()._mapping)
@@ -100,9 +109,11 @@ class SessionStore:
         return found
 
     async def _find(self, scope: Scope, session_id: str) -> Session | None:
-        async with self._db.read() as session:
-            row = (await session.execute(_select_one(scope, session_id))).first()
-        return None if row is None else to_session(row._mapping)
+        rows = await self._db.fetch(
+            _OWNED_SESSION if scope.owner else _SESSION,
+            {"tenant": scope.tenant, "session_id": session_id, "owner": scope.owner},
+        )
+        return to_session(rows[0]) if rows else None
 
     async def list(
         self,
