@@ -78,6 +78,29 @@ FROM batch b JOIN reserved ON reserved.tenant_id = b.tenant_id AND reserved.id =
 RETURNING tenant_id, id, seq
 """
 
+# The same for a statement of one row (a lone append, as at one client): scalar parameters, and no
+# batch to group, lock in order or number, which saves the database about a third of the work.
+_APPEND_ONE_POSTGRESQL = """
+WITH reserved AS (
+    UPDATE sessions
+    SET last_seq = last_seq + 1, message_count = message_count + 1,
+        last_message_time = $1, update_time = $1,
+        last_event_time = coalesce($19, sessions.last_event_time)
+    WHERE tenant_id = $2 AND id = $3 AND end_time IS NULL
+    RETURNING sessions.last_seq
+)
+INSERT INTO messages (
+    tenant_id, session_id, id, role, content, name, tool_calls, tool_call_id, invocation_id,
+    thread_id, reply_to, chapter, attachments, citations, metadata, user_id, size_bytes,
+    event_time, payload, payload_type, encoded, create_time, seq
+)
+SELECT $2, $3, $4::uuid, $5, $6, $7, $8::jsonb, $9, $10, $11, $12::uuid, $13, $14::jsonb,
+    $15::jsonb, $16::jsonb, $17, $18::bigint, $19::timestamptz, $20::bytea, $21, $22::bytea, $1,
+    reserved.last_seq
+FROM reserved
+RETURNING tenant_id, id, seq
+"""
+
 
 class PostgresAppender:
     def __init__(self, db: Database, *, lanes: int, encode_assigned: EncodeAssigned) -> None:
@@ -106,5 +129,10 @@ class PostgresAppender:
         columns[_ENCODED_INDEX] = [stored_encoding(row, now, self._encode_assigned) for row in rows]
         for index in _JSON_INDEXES:
             columns[index] = [None if v is None else json.dumps(v) for v in columns[index]]
-        records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
+        if len(rows) == 1:
+            records = await connection.fetch(
+                _APPEND_ONE_POSTGRESQL, now, *(column[0] for column in columns)
+            )
+        else:
+            records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
         return {(record["tenant_id"], str(record["id"])): record["seq"] for record in records}
