@@ -187,7 +187,9 @@ async def closed_loop(
 
     async def worker(index: int) -> None:
         nonlocal finished_at
-        while (now := time.perf_counter()) < stop_at:
+        # Past stop_at only while nothing was measured (an operation begun in the warmup can
+        # outlast a short window on a busy machine): every cell has at least one latency or error.
+        while (now := time.perf_counter()) < stop_at or not (latencies or errors):
             try:
                 await operation(index)
             except Exception as error:
