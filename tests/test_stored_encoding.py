@@ -284,3 +284,37 @@ async def test_encode_history_stores_the_encodings_older_rows_lack(
         for read in await asyncio.to_thread(lambda: list(_every_read(parley, session.id, 3))):
             assert read == before, _differences(read, before)
     assert await asyncio.to_thread(cli.main, command) == 0
+
+
+async def test_a_row_encoded_between_a_page_and_its_second_read_is_kept(
+    client: ParleyClient, store: Store, database: Database
+) -> None:
+    """A page's rows without an encoding are read again with every column; if encode-history
+    stored their encoding in between, they are still in the page."""
+    _, session = await a_session(client)
+    appended = await client.batch_append_messages(
+        session.id, [new_message(role="user", content=f"m{n}") for n in range(4)]
+    )
+    this_session = messages.c.session_id == session.id
+    async with database.write() as transaction:
+        encodings = (
+            await transaction.execute(select(messages.c.id, messages.c.encoded).where(this_session))
+        ).all()
+        await transaction.execute(update(messages).where(this_session).values(encoded=None))
+    page = await database.fetch(
+        select(messages.c.id, messages.c.session_id, messages.c.seq, messages.c.user_id)
+        .add_columns(messages.c.create_time, messages.c.size_bytes, messages.c.encoded)
+        .where(this_session)
+        .order_by(messages.c.seq),
+        {},
+    )
+    assert all(row["encoded"] is None for row in page)
+    async with database.write() as transaction:  # as encode-history would, meanwhile
+        await transaction.execute(
+            update(messages)
+            .where(messages.c.id == bindparam("message_id"))
+            .values(encoded=bindparam("encoding")),
+            [{"message_id": row.id, "encoding": row.encoded} for row in encodings],
+        )
+    read = await store.messages._stored(Scope(tenant="default"), session.id, page)
+    assert [m.seq for m in read] == [m.seq for m in appended]

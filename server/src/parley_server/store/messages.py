@@ -113,19 +113,19 @@ class _Shape:
         )
 
 
-# What a history read selects: a row's encoding and the columns outside it. A row without an
-# encoding (from before migration 0008, or from below the API) is read again with every column
-# (_UNENCODED): rare, and cheaper than selecting the other columns, NULL, for every row.
+# What a history read selects: a row's encoding and the columns outside it. A page with rows
+# without an encoding (from before migration 0008, or from below the API) is read again with
+# every column (_PAGE_RANGE): rare, and cheaper than selecting the other columns, NULL, for every
+# row. Encoded or not by then (encode-history may have run meanwhile): either is read.
 _HISTORY_COLUMNS = [
     messages.c[key]
     for key in ("id", "session_id", "seq", "user_id", "create_time", "size_bytes", "encoded")
 ]
-_UNENCODED = select(*(column for column in messages.c if column.key != "tenant_id")).where(
+_PAGE_RANGE = select(*(column for column in messages.c if column.key != "tenant_id")).where(
     messages.c.tenant_id == bindparam("tenant"),
     messages.c.session_id == bindparam("session_id"),
     messages.c.seq >= bindparam("first_seq"),
     messages.c.seq <= bindparam("last_seq"),
-    messages.c.encoded.is_(None),
 )
 
 
@@ -621,7 +621,7 @@ class MessageStore:
             return [to_stored_message(row) for row in rows]
         seqs = [row["seq"] for row in rows]
         found = await self._db.fetch(
-            _UNENCODED,
+            _PAGE_RANGE,
             {
                 "tenant": scope.tenant,
                 "session_id": session_id,
@@ -629,11 +629,11 @@ class MessageStore:
                 "last_seq": max(seqs),
             },
         )
-        unencoded = {row["seq"]: to_stored_message(row) for row in found}
+        reread = {row["seq"]: row for row in found}
         return [
-            to_stored_message(row) if row["encoded"] is not None else unencoded[row["seq"]]
+            to_stored_message(row if row["encoded"] is not None else reread[row["seq"]])
             for row in rows
-            if row["encoded"] is not None or row["seq"] in unencoded
+            if row["encoded"] is not None or row["seq"] in reread
         ]
 
     async def delete(self, scope: Scope, message_id: str, *, allow_missing: bool) -> None:
