@@ -45,7 +45,7 @@ from parley_server.store.appenders import (
     appender_for,
     newest_event_time,
     reserve_seqs,
-    stored_encoding,
+    stored_rows,
 )
 from parley_server.store.contexts import session_closed
 from parley_server.store.database import Database, translated_errors
@@ -121,7 +121,8 @@ _HISTORY_COLUMNS = [
     messages.c[key]
     for key in ("id", "session_id", "seq", "user_id", "create_time", "size_bytes", "encoded")
 ]
-_PAGE_RANGE = select(*(column for column in messages.c if column.key != "tenant_id")).where(
+_EVERY_COLUMN = [column for column in messages.c if column.key != "tenant_id"]
+_PAGE_RANGE = select(*_EVERY_COLUMN).where(
     messages.c.tenant_id == bindparam("tenant"),
     messages.c.session_id == bindparam("session_id"),
     messages.c.seq >= bindparam("first_seq"),
@@ -391,13 +392,7 @@ class MessageStore:
             for offset, row in enumerate(rows, start=reserved["last_seq"] - len(rows) + 1):
                 row["seq"] = offset
                 row["create_time"] = now
-            await session.execute(
-                insert(messages),
-                [
-                    {**row, "encoded": stored_encoding(row, now, self._encode_assigned)}
-                    for row in rows
-                ],
-            )
+            await session.execute(insert(messages), stored_rows(rows, now, self._encode_assigned))
             if state_delta:  # under the row lock the reserving UPDATE took
                 await apply_state_delta(session, scope.tenant, reserved, state_delta, now)
         return [row["seq"] for row in rows]
@@ -476,7 +471,7 @@ class MessageStore:
         async with self._db.read() as session:
             row = (
                 await session.execute(
-                    select(*(c for c in messages.c if c.key != "tenant_id")).where(
+                    select(*_EVERY_COLUMN).where(
                         *visible(messages, scope), messages.c.id == message_id
                     )
                 )

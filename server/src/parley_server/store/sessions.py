@@ -55,22 +55,26 @@ def _new_session_values(scope: Scope, new: NewSession, user_id: str | None) -> d
     }
 
 
-def _select_one(scope: Scope, session_id: str) -> Select[Any]:
-    return select_sessions().where(*visible(sessions, scope), sessions.c.id == session_id)
-
-
-# The one session, as _select_one finds it, in statements built (and compiled) once: one statement
-# on the driver connection, not a transaction through SQLAlchemy, on the path of every read by a
-# user principal.
+# The one session within a scope (as `visible` keeps it), in statements built once with bind
+# parameters, so the driver connection's compiled-statement cache holds two entries, not one per
+# session.
 _SESSION = select_sessions().where(
     sessions.c.tenant_id == bindparam("tenant"), sessions.c.id == bindparam("session_id")
 )
 _OWNED_SESSION = _SESSION.where(sessions.c.user_id == bindparam("owner"))
 
 
+def _select_one(scope: Scope, session_id: str) -> tuple[Select[Any], dict[str, str]]:
+    """The statement that finds the session within scope, and its parameters."""
+    return (
+        _OWNED_SESSION if scope.owner else _SESSION,
+        {"tenant": scope.tenant, "session_id": session_id, "owner": scope.owner},
+    )
+
+
 async def _reread(session: AsyncSession, scope: Scope, session_id: str) -> Session:
     """The session as it stands in this transaction, with its shared state."""
-    return to_session((await session.execute(_select_one(scope, session_id))).one()._mapping)
+    return to_session((await session.execute(*_select_one(scope, session_id))).one()._mapping)
 
 
 class SessionStore:
@@ -109,10 +113,9 @@ class SessionStore:
         return found
 
     async def _find(self, scope: Scope, session_id: str) -> Session | None:
-        rows = await self._db.fetch(
-            _OWNED_SESSION if scope.owner else _SESSION,
-            {"tenant": scope.tenant, "session_id": session_id, "owner": scope.owner},
-        )
+        # One statement on the driver connection, not a transaction through SQLAlchemy: this is
+        # on the path of every read by a user principal.
+        rows = await self._db.fetch(*_select_one(scope, session_id))
         return to_session(rows[0]) if rows else None
 
     async def list(
@@ -217,7 +220,7 @@ class SessionStore:
                 )
                 .values(end_time=now, update_time=now)
             )
-            closed = (await session.execute(_select_one(scope, session_id))).first()
+            closed = (await session.execute(*_select_one(scope, session_id))).first()
         if closed is None:
             raise NotFound.resource("session", session_id)
         return to_session(closed._mapping)

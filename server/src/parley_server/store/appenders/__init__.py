@@ -89,6 +89,14 @@ def stored_encoding(
     return encode_assigned(row["id"], row["session_id"], create_time) + body
 
 
+def stored_rows(
+    rows: Sequence[dict[str, Any]], create_time: datetime, encode_assigned: EncodeAssigned
+) -> list[dict[str, Any]]:
+    """Copies of new rows as an INSERT of them stores them: with their stored_encoding (the rows
+    keep the encoding the append gave, for a statement that carries them again)."""
+    return [{**row, "encoded": stored_encoding(row, create_time, encode_assigned)} for row in rows]
+
+
 def appender_for(db: Database, *, write_lanes: int, encode_assigned: EncodeAssigned) -> Appender:
     if db.dialect == "postgresql":
         from parley_server.store.appenders.postgresql import PostgresAppender

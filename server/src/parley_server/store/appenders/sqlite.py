@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import insert
 
 from parley_server.domain import EncodeAssigned
-from parley_server.store.appenders import reserve_seqs, stored_encoding
+from parley_server.store.appenders import reserve_seqs, stored_rows
 from parley_server.store.database import Database
 from parley_server.store.group_commit import GroupCommit
 from parley_server.store.tables import messages, utcnow
@@ -59,9 +59,7 @@ class SqliteAppender:
                 next_seq[key] += 1
                 row["create_time"] = now
             if written:
-                stored = [
-                    {**row, "encoded": stored_encoding(row, now, self._encode_assigned)}
-                    for row in written
-                ]
-                await session.execute(insert(messages), stored)
+                await session.execute(
+                    insert(messages), stored_rows(written, now, self._encode_assigned)
+                )
         return {(row["tenant_id"], row["id"]): row["seq"] for row in written}
