@@ -79,7 +79,7 @@ RETURNING tenant_id, id, seq
 """
 
 # The same for a statement of one row (a lone append, as at one client): scalar parameters, and no
-# batch to group, lock in order or number, which saves the database about a third of the work.
+# batch to group, lock in order or number: less work for the database (the README has figures).
 _APPEND_ONE_POSTGRESQL = """
 WITH reserved AS (
     UPDATE sessions
