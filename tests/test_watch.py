@@ -22,6 +22,7 @@ from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceSt
 from parley_server import app
 from parley_server.config import Settings
 from parley_server.domain import MessageFilter, Scope
+from parley_server.identity import DEFAULT_TENANT
 from parley_server.services.watch import SharedReads
 from parley_server.store import Store
 from tests.factories import a_session
@@ -227,6 +228,22 @@ async def test_shutdown_ends_a_watch_with_unavailable(store: Store) -> None:
         assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
         await channel.close(None)
+
+
+async def test_writes_after_failed_ones_are_still_announced(
+    client: ParleyClient, store: Store
+) -> None:
+    """On SQLite each connection announces its writes through triggers of its own, made by its
+    first write transaction: one that failed took them along when it rolled back."""
+    for _ in range(10):  # more than the pool has connections
+        with pytest.raises(NotFoundError):
+            await client.pop_message("no-such-session")
+    _, session = await a_session(client)
+    with store.db.changes.subscribe(DEFAULT_TENANT, session.id) as changed:
+        for turn in range(10):
+            changed.clear()
+            await client.append_message(session.id, role="user", content=f"turn {turn}")
+            await asyncio.wait_for(changed.wait(), 5)
 
 
 async def _first(

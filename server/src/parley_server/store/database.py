@@ -131,6 +131,11 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
                 )
             connection.info[_SQLITE_TRIGGERS] = True
 
+    @event.listens_for(engine.sync_engine, "rollback")
+    def on_rollback(connection: Connection) -> None:
+        # The triggers, made inside a transaction, went with it: the next writer makes them.
+        connection.info.pop(_SQLITE_TRIGGERS, None)
+
 
 _SQLITE_CHANGED = "parley_history_changed"
 _SQLITE_TRIGGERS = "parley_history_triggers"
