@@ -31,7 +31,7 @@ from parley_client import ParleyClient
 from parley_client._errors import from_rpc_error
 from parley_client._gen.parley.v1.parley_service_pb2_grpc import ParleyServiceStub
 from parley_server import app
-from parley_server.api.convert import encoded_assigned
+from parley_server.config import Settings
 from parley_server.server import RunningServer
 from parley_server.store import Database, Store
 from parley_server.store import migrate as migrations
@@ -212,7 +212,7 @@ async def database(database_url: str) -> AsyncIterator[Database]:
 
 @pytest.fixture
 def store(database: Database) -> Store:
-    return Store.over(database, encode_assigned=encoded_assigned)
+    return app.open_store(Settings(), database)
 
 
 # --- server and client ----------------------------------------------------------------------------

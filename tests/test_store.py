@@ -13,7 +13,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from parley_client import ParleyClient
-from parley_server.api.convert import encoded_assigned
+from parley_server import app
+from parley_server.config import Settings
 from parley_server.domain import NewMessage, NewSession, NewUser, Role
 from parley_server.identity import ANONYMOUS
 from parley_server.store import Store
@@ -98,10 +99,7 @@ async def test_server_processes_appending_to_the_same_sessions_never_deadlock(
     statements of their own. Each statement must lock its sessions in one global order, or two
     statements can wait on each other in a cycle (PostgreSQL then aborts one: a failed batch).
     Before the statement locked in order, this test hit that deadlock in about a third of runs."""
-    stores = [Store.over(Database(create_engine(database_url)), encode_assigned=encoded_assigned)]
-    stores.append(
-        Store.over(Database(create_engine(database_url)), encode_assigned=encoded_assigned)
-    )
+    stores = [app.open_store(Settings(), Database(create_engine(database_url))) for _ in range(2)]
     user = await stores[0].users.create(SCOPE, NewUser(id=None))
     sessions = [
         (await stores[0].sessions.create(SCOPE, NewSession(id=None, user_id=user.id))).id

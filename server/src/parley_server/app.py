@@ -71,7 +71,10 @@ async def open_database(settings: Settings) -> Database:
 
 def open_store(settings: Settings, database: Database) -> Store:
     return Store.over(
-        database, write_lanes=settings.write_lanes, encode_assigned=convert.encoded_assigned
+        database,
+        write_lanes=settings.write_lanes,
+        encode_assigned=convert.encoded_assigned,
+        history_cache_bytes=settings.history_cache_bytes,
     )
 
 

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         ge=1,
         description="PostgreSQL append statements in flight at once (each coalesces appends)",
     )
+    history_cache_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="memory for pages of history read recently, answered again without a query"
+        " until their session changes (0: off)",
+    )
     shutdown_grace_seconds: float = Field(
         10.0, ge=0, description="on SIGTERM, how long in-flight RPCs may take to finish"
     )

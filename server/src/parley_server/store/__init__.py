@@ -29,12 +29,24 @@ class Store:
     keys: KeyStore
 
     @classmethod
-    def over(cls, db: Database, *, write_lanes: int = 1, encode_assigned: EncodeAssigned) -> Store:
+    def over(
+        cls,
+        db: Database,
+        *,
+        write_lanes: int = 1,
+        encode_assigned: EncodeAssigned,
+        history_cache_bytes: int,
+    ) -> Store:
         return cls(
             db=db,
             users=UserStore(db),
             sessions=SessionStore(db),
-            messages=MessageStore(db, write_lanes=write_lanes, encode_assigned=encode_assigned),
+            messages=MessageStore(
+                db,
+                write_lanes=write_lanes,
+                encode_assigned=encode_assigned,
+                history_cache_bytes=history_cache_bytes,
+            ),
             contexts=ContextStore(db),
             ratings=RatingStore(db),
             secrets=SecretStore(db),

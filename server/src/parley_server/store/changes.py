@@ -1,10 +1,12 @@
-"""Wake-ups for watchers of a session's history, never the history itself: a watcher that wakes
-reads the tables from where it stands, so a lost or repeated wake-up costs at most one read.
+"""Which sessions changed, never how: watchers of a session's history wake and read the tables
+from where they stand, so a lost or repeated wake-up costs at most one read; the history cache
+forgets what it kept of a changed session.
 
-One ChangeHub per process holds an event per watcher. On PostgreSQL one listener connection per
-process feeds it with the NOTIFYs that a trigger on sessions sends at every commit that changes a
-session (from any process); when that connection drops, every watcher is woken once it is back,
-and reads what it missed. On SQLite (one process) the database publishes after each commit.
+One ChangeHub per process holds an event per watcher and the process's observers (the cache).
+On PostgreSQL one listener connection per process feeds it with the NOTIFYs that a trigger on
+sessions sends at every commit that changes a session (from any process); when that connection
+drops, observers forget everything, and every watcher is woken once it is back and reads what
+it missed. On SQLite (one process) the database publishes after each commit.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -24,12 +26,48 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "parley_history"
 SessionKey = tuple[str, str]  # (tenant, session id)
+# How long a reader waits for the listener to confirm it is caught up before reading without it.
+CATCH_UP_TIMEOUT_SECONDS = 0.25
+
+
+class ChangeObserver(Protocol):
+    def changing(self, key: SessionKey) -> None:
+        """A transaction of this process that changes the session is committing; changed()
+        follows, whether it committed or not."""
+
+    def changed(self, key: SessionKey) -> None:
+        """The session changed (or was deleted)."""
+
+    def reset(self) -> None:
+        """Changes may have been missed: forget every session."""
+
+
+class Feed(Protocol):
+    async def caught_up(self) -> bool:
+        """Whether every change committed before this call has been published: True once it
+        has, False if that cannot be told now."""
 
 
 class ChangeHub:
-    def __init__(self) -> None:
+    def __init__(self, *, in_process: bool) -> None:
+        """in_process: the database publishes every change before its commit is acknowledged
+        (SQLite, written by one process). Otherwise a Feed brings the changes of every process,
+        and the hub is caught up only when its feed says so."""
         self._watchers: dict[SessionKey, set[asyncio.Event]] = {}
+        self._observers: list[ChangeObserver] = []
+        self._in_process = in_process
+        self.feed: Feed | None = None
         self.closed = False
+
+    def observe(self, observer: ChangeObserver) -> None:
+        self._observers.append(observer)
+
+    async def caught_up(self) -> bool:
+        """Whether every change committed before this call has reached the hub (so observers
+        have heard of it); False when that cannot be known now (no feed, or it is down)."""
+        if self._in_process:
+            return True
+        return self.feed is not None and await self.feed.caught_up()
 
     @contextlib.contextmanager
     def subscribe(self, tenant: str, session_id: str) -> Iterator[asyncio.Event]:
@@ -47,13 +85,27 @@ class ChangeHub:
                 if not watchers:
                     del self._watchers[key]
 
+    def changing(self, changing: Iterable[SessionKey]) -> None:
+        """The database is about to commit changes to these sessions (then publishes them)."""
+        for key in changing:
+            for observer in self._observers:
+                observer.changing(key)
+
     def publish(self, changed: Iterable[SessionKey]) -> None:
         for key in changed:
+            for observer in self._observers:
+                observer.changed(key)
             for event in self._watchers.get(key, ()):
                 event.set()
 
+    def interrupted(self) -> None:
+        """The feed stopped: changes from now until it is back may be missed."""
+        for observer in self._observers:
+            observer.reset()
+
     def wake_all(self) -> None:
         """After a gap in the feed (a dropped listener), every watcher re-reads."""
+        self.interrupted()
         for watchers in self._watchers.values():
             for event in watchers:
                 event.set()
@@ -65,22 +117,72 @@ class ChangeHub:
 
 
 class PostgresListener:
-    """LISTEN on one dedicated connection, reconnecting with backoff for as long as it runs."""
+    """LISTEN on one dedicated connection, reconnecting with backoff for as long as it runs; the
+    hub's feed.
+
+    It is caught up when a query on that connection, sent after the question, has returned:
+    PostgreSQL signals listeners as a NOTIFYing transaction commits, before the commit is
+    acknowledged, and a listening backend sends what it was signalled before it answers its next
+    query; asyncpg calls the listener before it completes that query. Questions asked while a
+    query is on its way share the next one."""
 
     def __init__(self, hub: ChangeHub, dsn: str, *, max_backoff: float = 5.0) -> None:
         self._hub = hub
         self._dsn = dsn
         self._max_backoff = max_backoff
         self._task: asyncio.Task[None] | None = None
+        self._connection: asyncpg.Connection | None = None  # while it listens
+        self._next_round: asyncio.Future[bool] | None = None
+        self._rounds: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self._hub.feed = self
         self._task = asyncio.create_task(self._run(), name="parley-history-listener")
 
     async def stop(self) -> None:
+        if self._hub.feed is self:
+            self._hub.feed = None
+        self._connection = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+    async def caught_up(self) -> bool:
+        if self._connection is None:
+            return False
+        if self._next_round is None:
+            self._next_round = asyncio.get_running_loop().create_future()
+            if self._rounds is None:
+                self._rounds = asyncio.create_task(self._confirm_rounds())
+        # Shielded: a caller that leaves never cuts the round that others wait for.
+        return await asyncio.shield(self._next_round)
+
+    async def _confirm_rounds(self) -> None:
+        """Answer every waiting question, one query per round, until none waits."""
+        this_round: asyncio.Future[bool] | None = None
+        try:
+            while (this_round := self._next_round) is not None:
+                self._next_round = None  # asked from now on: the next round
+                this_round.set_result(await self._confirm())
+        finally:
+            self._rounds = None
+            for unanswered in (this_round, self._next_round):  # cancelled: not known
+                if unanswered is not None and not unanswered.done():
+                    unanswered.set_result(False)
+            self._next_round = None
+
+    async def _confirm(self) -> bool:
+        connection = self._connection
+        if connection is None:
+            return False
+        try:
+            await connection.execute("SELECT 1", timeout=CATCH_UP_TIMEOUT_SECONDS)
+        except Exception as error:  # whatever it was, nothing is confirmed
+            throttled(log, logging.WARNING, f"history listener not answering: {describe(error)}")
+            return False
+        # Still the connection that listened all along (a new one's gap was reset meanwhile).
+        return self._connection is connection
 
     async def _run(self) -> None:
         backoff = 0.1
@@ -100,16 +202,26 @@ class PostgresListener:
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 throttled(log, logging.WARNING, f"history listener failed: {describe(error)}")
             finally:
+                self._connection = None
+                self._hub.interrupted()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(connection.close(timeout=2))
 
     async def _listen(self, connection: asyncpg.Connection) -> None:
         """Until the connection is lost."""
         lost = asyncio.Event()
-        connection.add_termination_listener(lambda _: lost.set())
+
+        def on_lost(_: object) -> None:
+            # At once, not when _run gets to it: what was heard may be missing changes now.
+            self._connection = None
+            self._hub.interrupted()
+            lost.set()
+
+        connection.add_termination_listener(on_lost)
         await connection.add_listener(CHANNEL, self._notified)
         # Whatever was committed while no one listened is read now.
         self._hub.wake_all()
+        self._connection = connection
         await lost.wait()
         throttled(log, logging.WARNING, "history listener connection lost; reconnecting")
 
@@ -117,6 +229,7 @@ class PostgresListener:
         try:
             tenant, session_id, _last_seq = json.loads(str(payload))
         except (ValueError, TypeError):
-            log.warning("ignoring a malformed %s notification", CHANNEL)
+            log.warning("a malformed %s notification: forgetting every session", CHANNEL)
+            self._hub.interrupted()
             return
         self._hub.publish([(tenant, session_id)])

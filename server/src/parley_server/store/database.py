@@ -167,7 +167,7 @@ class Database:
         self.engine = engine
         self.dialect = engine.dialect.name
         # Wakes watchers of a session's history (fed by PostgresListener on PostgreSQL).
-        self.changes = ChangeHub()
+        self.changes = ChangeHub(in_process=self.dialect == "sqlite")
         self._reader = async_sessionmaker(engine, expire_on_commit=False)
         # SQLite takes one writer at a time. Writers of this process queue here, in order, instead
         # of in SQLite's busy handler, which sleeps with growing back-off and made tail latency
@@ -192,10 +192,16 @@ class Database:
             translated_errors(),
             self._writer() as session,
         ):
-            async with session.begin():
-                yield session
-                changed = await self._changed_sessions(session)
-            self.changes.publish(changed)
+            changed: list[tuple[str, str]] = []
+            try:
+                async with session.begin():
+                    yield session
+                    changed = await self._changed_sessions(session)
+                    # Readers see the commit before it is published: meanwhile they must not
+                    # be answered from what was kept of these sessions.
+                    self.changes.changing(changed)
+            finally:
+                self.changes.publish(changed)
 
     async def _changed_sessions(self, session: AsyncSession) -> list[tuple[str, str]]:
         """SQLite: the sessions this transaction changed (on PostgreSQL a trigger notifies)."""

@@ -49,6 +49,7 @@ from parley_server.store.appenders import (
 )
 from parley_server.store.contexts import session_closed
 from parley_server.store.database import Database, translated_errors
+from parley_server.store.history_cache import HistoryCache
 from parley_server.store.rows import (
     attachments_json,
     citations_json,
@@ -274,11 +275,30 @@ _STEP_DELETIONS = (
 )
 
 
+def memory_of(rows: Sequence[Mapping[str, Any]]) -> int:
+    """About what the messages of history rows take in memory once read."""
+    return sum(
+        _MESSAGE_OVERHEAD_BYTES
+        + (len(row["encoded"]) if row["encoded"] is not None else 2 * row["size_bytes"])
+        for row in rows
+    )
+
+
+# A read message's objects beyond its encoding: the object, its id strings and its time.
+_MESSAGE_OVERHEAD_BYTES = 400
+
+
 class MessageStore:
     def __init__(
-        self, db: Database, *, write_lanes: int = 1, encode_assigned: EncodeAssigned
+        self,
+        db: Database,
+        *,
+        write_lanes: int = 1,
+        encode_assigned: EncodeAssigned,
+        history_cache_bytes: int,
     ) -> None:
         self._db = db
+        self._cache = HistoryCache(db.changes, capacity_bytes=history_cache_bytes)
         self._encode_assigned = encode_assigned
         self._appender = appender_for(db, write_lanes=write_lanes, encode_assigned=encode_assigned)
 
@@ -494,7 +514,37 @@ class MessageStore:
     ) -> Page[StoredMessage]:
         """Messages matching `where` after keyset `position` (a seq; 0 to start): in seq order, or
         newest first; at most `limit` of them and `max_bytes` of their size (but at least one).
-        With count_total, the page says how many match in all."""
+        With count_total, the page says how many match in all. The page is shared with other
+        callers that asked the same: never change it."""
+        return await self._cache.read(
+            (scope.tenant, session_id),
+            ("list", where, position, limit, max_bytes, newest_first, count_total),
+            functools.partial(
+                self._list,
+                scope,
+                session_id,
+                where,
+                position=position,
+                limit=limit,
+                max_bytes=max_bytes,
+                newest_first=newest_first,
+                count_total=count_total,
+            ),
+        )
+
+    async def _list(
+        self,
+        scope: Scope,
+        session_id: str,
+        where: MessageFilter,
+        *,
+        position: int,
+        limit: int,
+        max_bytes: int,
+        newest_first: bool,
+        count_total: bool,
+    ) -> tuple[Page[StoredMessage], int]:
+        """The page, and what it takes in memory."""
         shape = _Shape.of(where, newest_first=newest_first, after_position=position > 0)
         filtered = shape.filtered
         # Unfiltered, the session's own counter is the total: no scan, and no second round trip.
@@ -513,11 +563,12 @@ class MessageStore:
                     else found[0]["message_count"]
                 )
         fitting = fit(rows, limit=limit, max_bytes=max_bytes)
-        return Page(
+        page = Page(
             await self._stored(scope, session_id, rows[:fitting]),
             has_more=len(rows) > fitting,
             total_size=total,
         )
+        return page, memory_of(rows[:fitting])
 
     async def context_window(
         self,

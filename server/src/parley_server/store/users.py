@@ -140,12 +140,19 @@ class UserStore:
                     reason="USER_HAS_SESSIONS",
                     metadata={"userId": user_id},
                 )
-            # Messages they wrote in other users' sessions stay, without an author.
+            # Messages they wrote in other users' sessions stay, without an author. Those
+            # sessions are touched (changing nothing), so that their change is announced to
+            # watchers and caches as every change of history is: by the sessions trigger.
+            written = (messages.c.tenant_id == tenant) & (messages.c.user_id == user_id)
             await session.execute(
-                update(messages)
-                .where(messages.c.tenant_id == tenant, messages.c.user_id == user_id)
-                .values(user_id=None)
+                update(sessions)
+                .where(
+                    sessions.c.tenant_id == tenant,
+                    sessions.c.id.in_(select(messages.c.session_id).where(written)),
+                )
+                .values(update_time=sessions.c.update_time)
             )
+            await session.execute(update(messages).where(written).values(user_id=None))
             # The database cascades to their sessions (with messages, contexts and ratings) and
             # to their ratings.
             await session.execute(

@@ -1,0 +1,305 @@
+"""The history cache: a page read again while its session is unchanged costs no query, and no
+change, from this process or another, is ever missed by a reader who asks after it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from parley_client import NotFoundError, ParleyClient, new_message
+from parley_server import app
+from parley_server.config import Settings
+from parley_server.errors import NotFound
+from parley_server.store import Database, Store
+from parley_server.store import changes as changes_module
+from parley_server.store.changes import ChangeHub, PostgresListener
+from parley_server.store.database import create_engine
+from parley_server.store.history_cache import ENTRY_OVERHEAD_BYTES, HistoryCache
+from tests.factories import a_session, a_user, some_messages
+
+
+def count_queries(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A one-item list holding how many history queries the store has run since."""
+    counted = [0]
+    fetch = store.db.fetch
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        counted[0] += 1
+        return await fetch(*args, **kwargs)
+
+    monkeypatch.setattr(store.db, "fetch", counting)
+    return counted
+
+
+async def until_caught_up(hub: ChangeHub) -> None:
+    """PostgreSQL: until the server's listener has connected (SQLite's hub always is)."""
+    async with asyncio.timeout(10):
+        while not await hub.caught_up():  # noqa: ASYNC110  # the listener connects in its own task
+            await asyncio.sleep(0.01)
+
+
+def newest(client: ParleyClient, session_id: str) -> Awaitable[Any]:
+    return client.list_messages(session_id, page_size=50, newest_first=True)
+
+
+async def test_a_page_read_again_costs_no_query(
+    client: ParleyClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await until_caught_up(store.db.changes)
+    _, session = await a_session(client)
+    await some_messages(client, session.id, 3)
+    queries = count_queries(store, monkeypatch)
+    first = await newest(client, session.id)
+    assert queries[0] == 1
+    assert await newest(client, session.id) == first
+    assert queries[0] == 1
+    # Another question about the same session is answered by the database.
+    await client.list_messages(session.id, page_size=2)
+    assert queries[0] == 2
+
+
+async def _append(client: ParleyClient, session_id: str) -> None:
+    await client.append_message(session_id, role="assistant", content="new")
+
+
+async def _append_batch(client: ParleyClient, session_id: str) -> None:
+    await client.batch_append_messages(
+        session_id, [new_message(role="user", content=text) for text in "ab"]
+    )
+
+
+async def _delete_oldest(client: ParleyClient, session_id: str) -> None:
+    oldest = (await client.list_messages(session_id, page_size=1)).messages[0]
+    await client.delete_message(oldest.id)
+
+
+async def _pop(client: ParleyClient, session_id: str) -> None:
+    await client.pop_message(session_id)
+
+
+async def _clear(client: ParleyClient, session_id: str) -> None:
+    await client.clear_messages(session_id)
+
+
+async def _delete_the_author(client: ParleyClient, session_id: str) -> None:
+    """A user who wrote in this (another user's) session is deleted: the messages stay, without
+    an author (no write touches the session itself)."""
+    for message in (await client.list_messages(session_id)).messages:
+        if message.user_id:
+            await client.delete_user(message.user_id, force=True)
+            return
+    raise AssertionError("no message has an author")
+
+
+async def _update_title(client: ParleyClient, session_id: str) -> None:
+    await client.update_session(session_id, title="renamed")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [_append, _append_batch, _delete_oldest, _pop, _clear, _delete_the_author, _update_title],
+)
+async def test_every_change_of_a_session_reaches_its_next_reader(
+    client: ParleyClient, store: Store, change: Callable[[ParleyClient, str], Awaitable[None]]
+) -> None:
+    await until_caught_up(store.db.changes)
+    _, session = await a_session(client)
+    author = await a_user(client, display_name="guest")
+    await some_messages(client, session.id, 3)
+    await client.append_message(session.id, role="user", content="by the guest", user_id=author.id)
+    for _ in range(2):  # kept, and answered once from what was kept
+        await newest(client, session.id)
+    for reader_order in (True, False):
+        await client.list_messages(session.id, page_size=50, newest_first=reader_order)
+    await change(client, session.id)
+    after = await newest(client, session.id)
+    # What the database says now: a question never asked before, so never kept.
+    fresh = await client.list_messages(session.id, page_size=49, newest_first=True)
+    assert list(after.messages) == list(fresh.messages)
+    assert after.total_size == fresh.total_size
+
+
+async def test_a_deleted_session_is_not_found_after_it_was_read(
+    client: ParleyClient, store: Store
+) -> None:
+    await until_caught_up(store.db.changes)
+    _, session = await a_session(client)
+    await some_messages(client, session.id, 2)
+    for _ in range(2):
+        await newest(client, session.id)
+    await client.delete_session(session.id)
+    with pytest.raises(NotFoundError):
+        await newest(client, session.id)
+
+
+# --- another server process over the same PostgreSQL database ------------------------------------
+
+
+class _Relay:
+    """A TCP relay to PostgreSQL whose replies can be held back: a listener connection behind
+    it hears of changes late (or, held long enough, not at all until released)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self._upstream = (host, port)
+        self.replies = asyncio.Event()
+        self.replies.set()
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self._upstream)
+        for pipe in (
+            self._pipe(reader, up_writer, None),
+            self._pipe(up_reader, writer, self.replies),
+        ):
+            task = asyncio.create_task(pipe)
+            self._pipes.add(task)
+            task.add_done_callback(self._pipes.discard)
+
+    @staticmethod
+    async def _pipe(
+        source: asyncio.StreamReader, sink: asyncio.StreamWriter, gate: asyncio.Event | None
+    ) -> None:
+        with contextlib.suppress(OSError):
+            while data := await source.read(65536):
+                if gate is not None:
+                    await gate.wait()
+                sink.write(data)
+                await sink.drain()
+        sink.close()
+
+    async def close(self) -> None:
+        self.replies.set()
+        for task in list(self._pipes):
+            task.cancel()
+        if self._server is not None:
+            self._server.close()
+
+
+@contextlib.asynccontextmanager
+async def another_server(
+    database_url: str, listener_dsn: str | None = None
+) -> AsyncIterator[tuple[ParleyClient, Store]]:
+    """A second parley server over the same database, as another process would be (its own
+    engine, hub and listener; the listener through listener_dsn when given)."""
+    database = Database(create_engine(database_url))
+    store = app.open_store(Settings(), database)
+    with pytest.MonkeyPatch.context() as patch:
+        if listener_dsn is not None:
+            patch.setattr(
+                app, "_history_listener", lambda db: PostgresListener(db.changes, listener_dsn)
+            )
+        running = await app.start(store, address="127.0.0.1:0")
+    try:
+        async with ParleyClient(f"127.0.0.1:{running.port}", default_timeout=20) as client:
+            await until_caught_up(database.changes)
+            yield client, store
+    finally:
+        await running.stop(None, quiet=0)
+        await database.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite is written by one process
+async def test_an_append_through_another_server_is_seen_by_the_next_read(
+    client: ParleyClient, database_url: str
+) -> None:
+    _, session = await a_session(client)
+    async with another_server(database_url) as (other, _):
+        for count in range(1, 31):
+            await client.append_message(session.id, role="user", content=f"turn {count}")
+            for _ in range(2):
+                page = await newest(other, session.id)
+                assert [m.seq for m in page.messages][:1] == [count]
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # SQLite is written by one process
+async def test_a_kept_page_waits_for_the_listener_to_confirm_it_is_caught_up(
+    client: ParleyClient, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other server hears of changes only late: a page it kept must not be given while it
+    cannot confirm that it has heard of every change committed before the read."""
+    url = make_url(database_url)
+    relay = _Relay(url.host or "127.0.0.1", url.port or 5432)
+    port = await relay.start()
+    monkeypatch.setattr(changes_module, "CATCH_UP_TIMEOUT_SECONDS", 0.2)
+    listener_dsn = url.set(drivername="postgresql", host="127.0.0.1", port=port)
+    _, session = await a_session(client)
+    await some_messages(client, session.id, 2)
+    try:
+        async with another_server(
+            database_url, listener_dsn.render_as_string(hide_password=False)
+        ) as (other, other_store):
+            for _ in range(2):
+                assert len((await newest(other, session.id)).messages) == 2
+            queries = count_queries(other_store, monkeypatch)
+            relay.replies.clear()  # its listener hears nothing more for now
+            await client.append_message(session.id, role="user", content="acknowledged")
+            page = await newest(other, session.id)
+            assert page.messages[0].content == "acknowledged"
+            assert queries[0] == 1  # asked the database, since the listener did not answer
+            relay.replies.set()
+            await until_caught_up(other_store.db.changes)
+            for _ in range(2):
+                assert len((await newest(other, session.id)).messages) == 3
+            assert queries[0] == 2
+    finally:
+        await relay.close()
+
+
+# --- the cache alone ------------------------------------------------------------------------------
+
+
+async def test_the_cache_keeps_within_its_capacity_and_nothing_of_failed_reads() -> None:
+    hub = ChangeHub(in_process=True)
+    cache = HistoryCache(hub, capacity_bytes=10 * (ENTRY_OVERHEAD_BYTES + 1000))
+
+    async def page(n: int) -> tuple[str, int]:
+        return f"page {n}", 1000
+
+    async def missing() -> tuple[str, int]:
+        raise NotFound.resource("session", "x")
+
+    for n in range(100):
+        assert await cache.read(("t", f"s{n}"), "q", functools.partial(page, n)) == f"page {n}"
+        assert cache.size_bytes <= 10 * (ENTRY_OVERHEAD_BYTES + 1000)
+    for n in range(1000):
+        with pytest.raises(NotFound):
+            await cache.read(("t", f"missing {n}"), "q", missing)
+    assert cache.size_bytes <= 10 * (ENTRY_OVERHEAD_BYTES + 1000)
+    # The most recent ones are still kept; a change forgets its session's.
+    assert await cache.read(("t", "s99"), "q", lambda: page(-1)) == "page 99"
+    hub.publish([("t", "s99")])
+    assert await cache.read(("t", "s99"), "q", lambda: page(-1)) == "page -1"
+
+
+async def test_a_read_computed_while_its_session_changed_is_not_kept() -> None:
+    hub = ChangeHub(in_process=True)
+    cache = HistoryCache(hub, capacity_bytes=1 << 20)
+    reading = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow_old_page() -> tuple[str, int]:
+        reading.set()
+        await release.wait()
+        return "old", 10
+
+    async def new_page() -> tuple[str, int]:
+        return "new", 10
+
+    session = ("t", "s")
+    old_read = asyncio.create_task(cache.read(session, "q", slow_old_page))
+    await reading.wait()
+    hub.publish([session])  # committed after the slow read's snapshot
+    release.set()
+    assert await old_read == "old"
+    assert await cache.read(session, "q", new_page) == "new"
