@@ -7,20 +7,21 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from parley_client import NotFoundError, ParleyClient, new_message
+from parley_client import NotFoundError, ParleyClient, new_message, state_delta
 from parley_server import app
 from parley_server.config import Settings
 from parley_server.errors import NotFound
 from parley_server.store import Database, Store
 from parley_server.store import changes as changes_module
-from parley_server.store.changes import ChangeHub, PostgresListener
+from parley_server.store.changes import ChangeHub, PostgresListener, user_state_key
 from parley_server.store.database import create_engine
-from parley_server.store.history_cache import ENTRY_OVERHEAD_BYTES, HistoryCache
+from parley_server.store.history_cache import ENTRY_OVERHEAD_BYTES, Computed, HistoryCache
 from tests.factories import a_session, a_user, some_messages
 
 
@@ -136,6 +137,104 @@ async def test_a_deleted_session_is_not_found_after_it_was_read(
     await client.delete_session(session.id)
     with pytest.raises(NotFoundError):
         await newest(client, session.id)
+
+
+def count_windows(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A one-item list holding how many snapshot reads (context windows) the store has run."""
+    counted = [0]
+    fetch_snapshot = store.db.fetch_snapshot
+
+    async def counting(*args: Any, **kwargs: Any) -> Any:
+        counted[0] += 1
+        return await fetch_snapshot(*args, **kwargs)
+
+    monkeypatch.setattr(store.db, "fetch_snapshot", counting)
+    return counted
+
+
+@dataclass
+class _Shared:
+    """A session of an app and a user, and another session of both, which shares their state."""
+
+    session: str
+    sibling: str
+    context: str
+
+
+async def _shared(client: ParleyClient) -> _Shared:
+    user = await a_user(client)
+    session, sibling = [
+        (await client.create_session(user_id=user.id, app="helpdesk")).id for _ in range(2)
+    ]
+    await some_messages(client, session, 3)
+    context = await client.create_context(session, type="system", content="be brief")
+    return _Shared(session, sibling, context.id)
+
+
+async def _state_through_the_sibling(client: ParleyClient, shared: _Shared) -> None:
+    await client.update_session_state(shared.sibling, state_delta(user={"tier": "gold"}))
+
+
+async def _app_state_through_the_sibling(client: ParleyClient, shared: _Shared) -> None:
+    await client.update_session_state(shared.sibling, state_delta(app={"banner": "new"}))
+
+
+async def _app_state_through_another_user(client: ParleyClient, shared: _Shared) -> None:
+    other = await client.create_session(user_id=(await a_user(client)).id, app="helpdesk")
+    await client.append_message(
+        other.id, role="user", content="hi", state_delta=state_delta(app={"open": False})
+    )
+
+
+async def _own_state(client: ParleyClient, shared: _Shared) -> None:
+    await client.update_session_state(shared.session, state_delta({"step": 2}))
+
+
+async def _new_context(client: ParleyClient, shared: _Shared) -> None:
+    await client.create_context(shared.session, type="file", content="notes")
+
+
+async def _context_deleted(client: ParleyClient, shared: _Shared) -> None:
+    await client.delete_context(shared.context)
+
+
+async def _window_append(client: ParleyClient, shared: _Shared) -> None:
+    await client.append_message(shared.session, role="assistant", content="new")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        _state_through_the_sibling,
+        _app_state_through_the_sibling,
+        _app_state_through_another_user,
+        _own_state,
+        _new_context,
+        _context_deleted,
+        _window_append,
+    ],
+)
+async def test_every_change_a_context_window_shows_reaches_its_next_reader(
+    client: ParleyClient,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[ParleyClient, _Shared], Awaitable[None]],
+) -> None:
+    """A window shows its session's messages and contexts, and the state its user and its app
+    share with other sessions: a change of any of them, however made, is seen next."""
+    await until_caught_up(store.db.changes)
+    shared = await _shared(client)
+    windows = count_windows(store, monkeypatch)
+    before = [await client.get_context_window(shared.session, max_messages=10) for _ in range(2)]
+    assert before[0] == before[1]
+    assert windows[0] == 1  # the second was kept
+    await change(client, shared)
+    after = await client.get_context_window(shared.session, max_messages=10)
+    fresh = await client.get_context_window(shared.session, max_messages=9)  # never kept
+    assert after.session == fresh.session
+    assert list(after.contexts) == list(fresh.contexts)
+    assert list(after.messages) == list(fresh.messages)
+    assert after != before[0]
 
 
 # --- another server process over the same PostgreSQL database ------------------------------------
@@ -263,10 +362,10 @@ async def test_the_cache_keeps_within_its_capacity_and_nothing_of_failed_reads()
     hub = ChangeHub(in_process=True)
     cache = HistoryCache(hub, capacity_bytes=10 * (ENTRY_OVERHEAD_BYTES + 1000))
 
-    async def page(n: int) -> tuple[str, int]:
-        return f"page {n}", 1000
+    async def page(n: int) -> Computed[str]:
+        return Computed(f"page {n}", 1000)
 
-    async def missing() -> tuple[str, int]:
+    async def missing() -> Computed[str]:
         raise NotFound.resource("session", "x")
 
     for n in range(100):
@@ -288,13 +387,13 @@ async def test_a_read_computed_while_its_session_changed_is_not_kept() -> None:
     reading = asyncio.Event()
     release = asyncio.Event()
 
-    async def slow_old_page() -> tuple[str, int]:
+    async def slow_old_page() -> Computed[str]:
         reading.set()
         await release.wait()
-        return "old", 10
+        return Computed("old", 10)
 
-    async def new_page() -> tuple[str, int]:
-        return "new", 10
+    async def new_page() -> Computed[str]:
+        return Computed("new", 10)
 
     session = ("t", "s")
     old_read = asyncio.create_task(cache.read(session, "q", slow_old_page))
@@ -303,3 +402,34 @@ async def test_a_read_computed_while_its_session_changed_is_not_kept() -> None:
     release.set()
     assert await old_read == "old"
     assert await cache.read(session, "q", new_page) == "new"
+
+
+async def test_an_answer_computed_while_shared_state_changed_is_not_kept() -> None:
+    """Which shared state an answer shows is known only once it is computed: a change of any
+    shared state meanwhile keeps it from being kept."""
+    hub = ChangeHub(in_process=True)
+    cache = HistoryCache(hub, capacity_bytes=1 << 20)
+    reading = asyncio.Event()
+    release = asyncio.Event()
+    state = user_state_key("t", "app", "u")
+
+    async def slow_old_window() -> Computed[str]:
+        reading.set()
+        await release.wait()
+        return Computed("old", 10, shows=(state,))
+
+    async def new_window() -> Computed[str]:
+        return Computed("new", 10, shows=(state,))
+
+    session = ("t", "s")
+    old_read = asyncio.create_task(cache.read(session, "q", slow_old_window))
+    await reading.wait()
+    hub.publish([state])
+    release.set()
+    assert await old_read == "old"
+    assert await cache.read(session, "q", new_window) == "new"
+    # Kept now; a change of the state it shows forgets it.
+    assert await cache.read(session, "q", slow_old_window) == "new"
+    hub.publish([state])
+    release.set()
+    assert await cache.read(session, "q", slow_old_window) == "old"

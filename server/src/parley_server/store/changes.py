@@ -25,18 +25,57 @@ from parley_server.logs import describe, throttled
 log = logging.getLogger(__name__)
 
 CHANNEL = "parley_history"
-SessionKey = tuple[str, str]  # (tenant, session id)
+# What changed: a session, as (tenant, session id), or state that sessions share (state_key).
+ChangeKey = tuple[str, ...]
+SessionKey = tuple[str, str]
+
+
+def app_state_key(tenant: str, app: str) -> ChangeKey:
+    """The state every session of an app shares."""
+    return ("app state", tenant, app)
+
+
+def user_state_key(tenant: str, app: str, user_id: str) -> ChangeKey:
+    """The state every session of a user within an app shares."""
+    return ("user state", tenant, app, user_id)
+
+
+def is_session_key(key: ChangeKey) -> bool:
+    return len(key) == 2
+
+
+def notification(key: ChangeKey) -> str:
+    """The NOTIFY payload that announces a change of `key`: a session as the sessions trigger
+    announces it ([tenant, id, last seq], here without one), shared state as {"key": key}."""
+    if is_session_key(key):
+        return json.dumps([*key, None])
+    return json.dumps({"key": list(key)})
+
+
+def _changed_key(payload: str) -> ChangeKey:
+    """What a notification announces (ValueError if it is none of parley's)."""
+    parsed = json.loads(payload)
+    if isinstance(parsed, list) and len(parsed) == 3:
+        tenant, session_id, _last_seq = parsed
+        if isinstance(tenant, str) and isinstance(session_id, str):
+            return (tenant, session_id)
+    key = parsed.get("key") if isinstance(parsed, dict) else None
+    if isinstance(key, list) and len(key) > 2 and all(isinstance(part, str) for part in key):
+        return tuple(key)
+    raise ValueError(f"not a {CHANNEL} notification: {payload[:100]!r}")
+
+
 # How long a reader waits for the listener to confirm it is caught up before reading without it.
 CATCH_UP_TIMEOUT_SECONDS = 0.25
 
 
 class ChangeObserver(Protocol):
-    def changing(self, key: SessionKey) -> None:
-        """A transaction of this process that changes the session is committing; changed()
-        follows, whether it committed or not."""
+    def changing(self, key: ChangeKey) -> None:
+        """A transaction of this process that changes `key` is committing; changed() follows,
+        whether it committed or not."""
 
-    def changed(self, key: SessionKey) -> None:
-        """The session changed (or was deleted)."""
+    def changed(self, key: ChangeKey) -> None:
+        """The session (or shared state) changed, or was deleted."""
 
     def reset(self) -> None:
         """Changes may have been missed: forget every session."""
@@ -85,18 +124,19 @@ class ChangeHub:
                 if not watchers:
                     del self._watchers[key]
 
-    def changing(self, changing: Iterable[SessionKey]) -> None:
-        """The database is about to commit changes to these sessions (then publishes them)."""
+    def changing(self, changing: Iterable[ChangeKey]) -> None:
+        """The database is about to commit changes to these (then publishes them)."""
         for key in changing:
             for observer in self._observers:
                 observer.changing(key)
 
-    def publish(self, changed: Iterable[SessionKey]) -> None:
+    def publish(self, changed: Iterable[ChangeKey]) -> None:
         for key in changed:
             for observer in self._observers:
                 observer.changed(key)
-            for event in self._watchers.get(key, ()):
-                event.set()
+            if is_session_key(key):
+                for event in self._watchers.get((key[0], key[1]), ()):
+                    event.set()
 
     def interrupted(self) -> None:
         """The feed stopped: changes from now until it is back may be missed."""
@@ -227,9 +267,9 @@ class PostgresListener:
 
     def _notified(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
         try:
-            tenant, session_id, _last_seq = json.loads(str(payload))
-        except (ValueError, TypeError):
+            key = _changed_key(str(payload))
+        except ValueError:
             log.warning("a malformed %s notification: forgetting every session", CHANNEL)
             self._hub.interrupted()
             return
-        self._hub.publish([(tenant, session_id)])
+        self._hub.publish([key])

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from parley_server.domain import Context, NewContext, Page, Scope, TimeCursor, repeats
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
-from parley_server.store.database import Database
+from parley_server.store.database import Database, announce
 from parley_server.store.rows import to_context
 from parley_server.store.tables import (
     after_cursor,
@@ -59,6 +59,7 @@ class ContextStore:
                     raise session_closed(new.session_id, "contexts")
                 statement = insert(contexts).values(values).returning(contexts)
                 row = (await session.execute(statement)).one()
+                await announce(session, [(scope.tenant, new.session_id)])
         except (IntegrityError, FailedPrecondition) as error:
             # A retry whose first attempt landed, perhaps before the session was closed.
             stored = await self._find(scope, new.id) if new.id is not None else None
@@ -109,8 +110,10 @@ class ContextStore:
             deleted = await session.scalar(
                 delete(contexts)
                 .where(*visible(contexts, scope), contexts.c.id == context_id)
-                .returning(contexts.c.id)
+                .returning(contexts.c.session_id)
             )
+            if deleted is not None:
+                await announce(session, [(scope.tenant, str(deleted))])
         if deleted is None and not allow_missing:
             raise NotFound.resource("context", context_id)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import Select, event, exc
+from sqlalchemy import Select, event, exc, func, select
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -24,7 +24,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 
 from parley_server.errors import Aborted, Unavailable
 from parley_server.logs import describe, throttled
-from parley_server.store.changes import ChangeHub
+from parley_server.store.changes import CHANNEL, ChangeHub, ChangeKey, notification
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.close()
         # The sessions a write transaction changed, collected by this connection's triggers (see
         # on_begin) and published by Database.write once it has committed.
-        changed: list[tuple[str, str]] = []
+        changed: list[ChangeKey] = []
         record.info[_SQLITE_CHANGED] = changed
         dbapi_connection.create_function(
             "parley_history_changed",
@@ -192,22 +192,23 @@ class Database:
             translated_errors(),
             self._writer() as session,
         ):
-            changed: list[tuple[str, str]] = []
+            changed: list[ChangeKey] = []
             try:
                 async with session.begin():
                     yield session
-                    changed = await self._changed_sessions(session)
+                    changed = await self._changed(session)
                     # Readers see the commit before it is published: meanwhile they must not
-                    # be answered from what was kept of these sessions.
+                    # be answered from what was kept of what it changed.
                     self.changes.changing(changed)
             finally:
                 self.changes.publish(changed)
 
-    async def _changed_sessions(self, session: AsyncSession) -> list[tuple[str, str]]:
-        """SQLite: the sessions this transaction changed (on PostgreSQL a trigger notifies)."""
+    async def _changed(self, session: AsyncSession) -> list[ChangeKey]:
+        """SQLite: what this transaction changed, as its triggers and announce() collected it
+        (on PostgreSQL, NOTIFY announces it)."""
         if self.dialect != "sqlite":
             return []
-        changed: list[tuple[str, str]] = (await session.connection()).info[_SQLITE_CHANGED]
+        changed: list[ChangeKey] = (await session.connection()).info[_SQLITE_CHANGED]
         taken = list(changed)
         changed.clear()
         return taken
@@ -283,6 +284,17 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def announce(session: AsyncSession, changed: Sequence[ChangeKey]) -> None:
+    """Announce, when this write transaction commits, changes that the sessions trigger does not
+    see (shared state, a session's contexts) to the ChangeHub of every process."""
+    connection = await session.connection()
+    if connection.dialect.name == "sqlite":
+        connection.info[_SQLITE_CHANGED].extend(changed)
+        return
+    for key in changed:
+        await session.execute(select(func.pg_notify(CHANNEL, notification(key))))
 
 
 @asynccontextmanager

@@ -4,22 +4,25 @@ An agent reads the same newest messages of its session turn after turn, and seve
 (a UI, a supervisor) read what it wrote: each such read, repeated while the session has not
 changed, costs no query. Reads are kept per session, each under the exact question it answered
 (its filter, position, size and order), so a kept answer is the database's own answer, from one
-snapshot; everything kept of a session goes when the ChangeHub reports the session changed.
+snapshot; everything kept of a session goes when the ChangeHub reports the session changed, or
+the shared state its answers show (its app's, its user's).
 
 Correct across processes: a kept answer is given only after the hub confirms that every change
 committed before the question has reached it (on PostgreSQL, one query on the listener's
 connection, shared by the questions waiting for it); when the hub cannot confirm it (its feed is
-down), the database answers. An answer computed while its session changed is not kept: each
-computation holds its session's entry, and a change removes the entry.
+down), the database answers. An answer computed while what it shows changed is not kept: each
+computation holds its session's entry, which a change of the session removes, and one that
+shows shared state is kept only if no shared state changed meanwhile.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from parley_server.store.changes import ChangeHub, SessionKey
+from parley_server.store.changes import ChangeHub, ChangeKey, SessionKey, is_session_key
 
 T = TypeVar("T")
 
@@ -27,11 +30,22 @@ T = TypeVar("T")
 ENTRY_OVERHEAD_BYTES = 512
 
 
+@dataclass(frozen=True, slots=True)
+class Computed(Generic[T]):
+    """An answer as computed: with an estimate of its size in memory, and the shared state it
+    shows besides its session's own rows (app_state_key, user_state_key)."""
+
+    answer: T
+    size: int
+    shows: tuple[ChangeKey, ...] = ()
+
+
 class _Entry:
-    __slots__ = ("answers", "size")
+    __slots__ = ("answers", "shows", "size")
 
     def __init__(self) -> None:
         self.answers: dict[Hashable, Any] = {}
+        self.shows: set[ChangeKey] = set()
         self.size = ENTRY_OVERHEAD_BYTES
 
 
@@ -43,8 +57,10 @@ class HistoryCache:
         self._hub = hub
         self._capacity = capacity_bytes
         self._entries: OrderedDict[SessionKey, _Entry] = OrderedDict()
-        # Sessions that a transaction of this process is committing changes to (SQLite).
-        self._unsettled: Counter[SessionKey] = Counter()
+        self._shown_by: dict[ChangeKey, set[SessionKey]] = {}  # shared state -> sessions
+        # What a transaction of this process is committing changes to (SQLite).
+        self._unsettled: Counter[ChangeKey] = Counter()
+        self._shared_changes = 0  # how many changes of shared state this process has heard of
         self._size = 0
         if capacity_bytes > 0:
             hub.observe(self)
@@ -57,14 +73,12 @@ class HistoryCache:
         self,
         session: SessionKey,
         question: Hashable,
-        compute: Callable[[], Awaitable[tuple[T, int]]],
+        compute: Callable[[], Awaitable[Computed[T]]],
     ) -> T:
-        """The answer to `question` about `session`: kept, or computed (as the answer and an
-        estimate of its size in memory) and then kept if its session did not change meanwhile.
-        A kept answer is shared: callers never change it."""
+        """The answer to `question` about `session`: kept, or computed and then kept if nothing
+        it shows changed meanwhile. A kept answer is shared: callers never change it."""
         if self._capacity <= 0 or session in self._unsettled:
-            answer, _ = await compute()
-            return answer
+            return (await compute()).answer
         entry = self._entries.get(session)
         if entry is not None and question in entry.answers:
             # Any change committed before this read removes the entry once the hub has it.
@@ -76,43 +90,70 @@ class HistoryCache:
             entry = self._entries[session] = _Entry()
             self._size += entry.size
             self._evict()
+        shared_changes = self._shared_changes
         try:
-            answer, size = await compute()
+            computed = await compute()
         except BaseException:
             if not entry.answers and self._entries.get(session) is entry:
                 self._forget(session)  # a missing session's entry would stay empty
             raise
-        if self._entries.get(session) is entry and question not in entry.answers:
-            entry.answers[question] = answer
-            entry.size += size
-            self._size += size
+        unchanged = self._entries.get(session) is entry and (
+            not computed.shows
+            or (shared_changes == self._shared_changes and not self._unsettled_shared())
+        )
+        if unchanged and question not in entry.answers:
+            entry.answers[question] = computed.answer
+            entry.size += computed.size
+            self._size += computed.size
+            for key in computed.shows:
+                entry.shows.add(key)
+                self._shown_by.setdefault(key, set()).add(session)
             self._entries.move_to_end(session)
             self._evict()
-        return answer
+        return computed.answer
+
+    def _unsettled_shared(self) -> bool:
+        return any(not is_session_key(key) for key in self._unsettled)
 
     def _evict(self) -> None:
         while self._size > self._capacity and self._entries:
-            _, oldest = self._entries.popitem(last=False)
-            self._size -= oldest.size
+            self._forget(next(iter(self._entries)))
 
     def _forget(self, session: SessionKey) -> None:
         entry = self._entries.pop(session, None)
-        if entry is not None:
-            self._size -= entry.size
+        if entry is None:
+            return
+        self._size -= entry.size
+        for key in entry.shows:
+            sessions = self._shown_by.get(key)
+            if sessions is not None:
+                sessions.discard(session)
+                if not sessions:
+                    del self._shown_by[key]
+
+    def _forget_what_shows(self, key: ChangeKey) -> None:
+        if is_session_key(key):
+            self._forget((key[0], key[1]))
+        else:
+            self._shared_changes += 1
+            for session in self._shown_by.pop(key, set()):
+                self._forget(session)
 
     # ChangeObserver
 
-    def changing(self, session: SessionKey) -> None:
-        self._unsettled[session] += 1
-        self._forget(session)
+    def changing(self, key: ChangeKey) -> None:
+        self._unsettled[key] += 1
+        self._forget_what_shows(key)
 
-    def changed(self, session: SessionKey) -> None:
-        self._forget(session)
-        if session in self._unsettled:
-            self._unsettled[session] -= 1
-            if self._unsettled[session] <= 0:
-                del self._unsettled[session]
+    def changed(self, key: ChangeKey) -> None:
+        self._forget_what_shows(key)
+        if key in self._unsettled:
+            self._unsettled[key] -= 1
+            if self._unsettled[key] <= 0:
+                del self._unsettled[key]
 
     def reset(self) -> None:
         self._entries.clear()
+        self._shown_by.clear()
+        self._shared_changes += 1
         self._size = 0

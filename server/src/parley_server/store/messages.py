@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -47,9 +48,10 @@ from parley_server.store.appenders import (
     reserve_seqs,
     stored_rows,
 )
+from parley_server.store.changes import app_state_key, user_state_key
 from parley_server.store.contexts import session_closed
 from parley_server.store.database import Database, translated_errors
-from parley_server.store.history_cache import HistoryCache
+from parley_server.store.history_cache import Computed, HistoryCache
 from parley_server.store.rows import (
     attachments_json,
     citations_json,
@@ -286,6 +288,8 @@ def memory_of(rows: Sequence[Mapping[str, Any]]) -> int:
 
 # A read message's objects beyond its encoding: the object, its id strings and its time.
 _MESSAGE_OVERHEAD_BYTES = 400
+_CONTEXT_OVERHEAD_BYTES = 600  # a context's object, strings and metadata beyond its content
+_SESSION_OVERHEAD_BYTES = 2048  # a session's object beyond its metadata and states
 
 
 class MessageStore:
@@ -543,8 +547,7 @@ class MessageStore:
         max_bytes: int,
         newest_first: bool,
         count_total: bool,
-    ) -> tuple[Page[StoredMessage], int]:
-        """The page, and what it takes in memory."""
+    ) -> Computed[Page[StoredMessage]]:
         shape = _Shape.of(where, newest_first=newest_first, after_position=position > 0)
         filtered = shape.filtered
         # Unfiltered, the session's own counter is the total: no scan, and no second round trip.
@@ -568,7 +571,7 @@ class MessageStore:
             has_more=len(rows) > fitting,
             total_size=total,
         )
-        return page, memory_of(rows[:fitting])
+        return Computed(page, memory_of(rows[:fitting]))
 
     async def context_window(
         self,
@@ -582,7 +585,30 @@ class MessageStore:
         """The session, its contexts (oldest first, at most MAX_WINDOW_CONTEXTS) and its newest
         messages (with an event_time from min_event_time on, when given) in seq order, at most
         max_messages of them and max_bytes of their size (but at least one), all from one
-        snapshot."""
+        snapshot. The window is shared with other callers that asked the same: never change
+        it."""
+        return await self._cache.read(
+            (scope.tenant, session_id),
+            ("window", max_messages, max_bytes, min_event_time),
+            functools.partial(
+                self._context_window,
+                scope,
+                session_id,
+                max_messages,
+                max_bytes=max_bytes,
+                min_event_time=min_event_time,
+            ),
+        )
+
+    async def _context_window(
+        self,
+        scope: Scope,
+        session_id: str,
+        max_messages: int,
+        *,
+        max_bytes: int,
+        min_event_time: datetime | None,
+    ) -> Computed[ContextWindow]:
         values = {
             "tenant": scope.tenant,
             "session_id": session_id,
@@ -600,11 +626,29 @@ class MessageStore:
         if not session_rows:
             raise NotFound.resource("session", session_id)
         fitting = fit(message_rows, limit=max_messages, max_bytes=max_bytes)
-        return ContextWindow(
-            session=to_session(session_rows[0]),
+        session = to_session(session_rows[0])
+        window = ContextWindow(
+            session=session,
             contexts=[to_context(row) for row in context_rows],
             messages=await self._stored(scope, session_id, message_rows[:fitting][::-1]),
             has_earlier_messages=len(message_rows) > fitting,
+        )
+        return Computed(
+            window,
+            memory_of(message_rows[:fitting])
+            + sum(_CONTEXT_OVERHEAD_BYTES + len(row["content"]) for row in context_rows)
+            + _SESSION_OVERHEAD_BYTES
+            + 2
+            * len(
+                json.dumps(
+                    [session.metadata, session.state, session.user_state, session.app_state],
+                    default=str,
+                )
+            ),
+            shows=(
+                app_state_key(scope.tenant, session.app),
+                user_state_key(scope.tenant, session.app, session.user_id),
+            ),
         )
 
     async def history_step(

@@ -17,6 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import ScopedStateDelta, StateDelta, UserState
 from parley_server.errors import FailedPrecondition
+from parley_server.store.changes import app_state_key, user_state_key
+from parley_server.store.database import announce
 from parley_server.store.tables import app_states, sessions, user_states
 
 
@@ -45,10 +47,12 @@ async def apply_state_delta(
             )
         key = {"tenant_id": tenant, "app": target["app"], "user_id": target["user_id"]}
         await _apply_shared(session, user_states, key, delta.user, now)
+        await announce(session, [user_state_key(tenant, target["app"], target["user_id"])])
     if delta.app:
         await _apply_shared(
             session, app_states, {"tenant_id": tenant, "app": target["app"]}, delta.app, now
         )
+        await announce(session, [app_state_key(tenant, target["app"])])
 
 
 async def _apply_shared(
