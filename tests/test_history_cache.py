@@ -25,16 +25,17 @@ from parley_server.store.history_cache import ENTRY_OVERHEAD_BYTES, Computed, Hi
 from tests.factories import a_session, a_user, some_messages
 
 
-def count_queries(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """A one-item list holding how many history queries the store has run since."""
+def count_calls(store: Store, monkeypatch: pytest.MonkeyPatch, read: str) -> list[int]:
+    """A one-item list holding how many times the store's database has run `read` (fetch: a
+    history page; fetch_snapshot: a context window) since."""
     counted = [0]
-    fetch = store.db.fetch
+    reader = getattr(store.db, read)
 
     async def counting(*args: Any, **kwargs: Any) -> Any:
         counted[0] += 1
-        return await fetch(*args, **kwargs)
+        return await reader(*args, **kwargs)
 
-    monkeypatch.setattr(store.db, "fetch", counting)
+    monkeypatch.setattr(store.db, read, counting)
     return counted
 
 
@@ -55,7 +56,7 @@ async def test_a_page_read_again_costs_no_query(
     await until_caught_up(store.db.changes)
     _, session = await a_session(client)
     await some_messages(client, session.id, 3)
-    queries = count_queries(store, monkeypatch)
+    queries = count_calls(store, monkeypatch, "fetch")
     first = await newest(client, session.id)
     assert queries[0] == 1
     assert await newest(client, session.id) == first
@@ -63,6 +64,20 @@ async def test_a_page_read_again_costs_no_query(
     # Another question about the same session is answered by the database.
     await client.list_messages(session.id, page_size=2)
     assert queries[0] == 2
+
+
+async def test_a_stream_is_never_kept(
+    client: ParleyClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream reads a whole history, once: kept, it would push out the tails that readers
+    come back to, and grow the server by the history's size."""
+    await until_caught_up(store.db.changes)
+    _, session = await a_session(client)
+    await some_messages(client, session.id, 3)
+    queries = count_calls(store, monkeypatch, "fetch")
+    for streams in (1, 2):
+        assert len([m async for m in client.stream_messages(session.id)]) == 3
+        assert queries[0] == streams
 
 
 async def _append(client: ParleyClient, session_id: str) -> None:
@@ -139,19 +154,6 @@ async def test_a_deleted_session_is_not_found_after_it_was_read(
         await newest(client, session.id)
 
 
-def count_windows(store: Store, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """A one-item list holding how many snapshot reads (context windows) the store has run."""
-    counted = [0]
-    fetch_snapshot = store.db.fetch_snapshot
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        counted[0] += 1
-        return await fetch_snapshot(*args, **kwargs)
-
-    monkeypatch.setattr(store.db, "fetch_snapshot", counting)
-    return counted
-
-
 @dataclass
 class _Shared:
     """A session of an app and a user, and another session of both, which shares their state."""
@@ -224,7 +226,7 @@ async def test_every_change_a_context_window_shows_reaches_its_next_reader(
     share with other sessions: a change of any of them, however made, is seen next."""
     await until_caught_up(store.db.changes)
     shared = await _shared(client)
-    windows = count_windows(store, monkeypatch)
+    windows = count_calls(store, monkeypatch, "fetch_snapshot")
     before = [await client.get_context_window(shared.session, max_messages=10) for _ in range(2)]
     assert before[0] == before[1]
     assert windows[0] == 1  # the second was kept
@@ -340,7 +342,7 @@ async def test_a_kept_page_waits_for_the_listener_to_confirm_it_is_caught_up(
         ) as (other, other_store):
             for _ in range(2):
                 assert len((await newest(other, session.id)).messages) == 2
-            queries = count_queries(other_store, monkeypatch)
+            queries = count_calls(other_store, monkeypatch, "fetch")
             relay.replies.clear()  # its listener hears nothing more for now
             await client.append_message(session.id, role="user", content="acknowledged")
             page = await newest(other, session.id)

@@ -182,6 +182,9 @@ class MessageService:
                     limit=STREAM_BATCH,
                     max_bytes=self._budget,
                     count_total=False,
+                    # A whole history, read once: kept, it would push out every session's
+                    # tail that readers come back to, and grow the server by its size.
+                    cached=False,
                 )
             )
             if page.items:

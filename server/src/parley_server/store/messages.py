@@ -37,6 +37,7 @@ from parley_server.domain import (
     NewMessage,
     Page,
     Scope,
+    Session,
     StateDelta,
     StoredMessage,
     repeats,
@@ -277,12 +278,43 @@ _STEP_DELETIONS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class _PageAsked:
+    """The question a page of history answers (its cache key)."""
+
+    where: MessageFilter
+    position: int
+    limit: int
+    max_bytes: int
+    newest_first: bool
+    count_total: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _WindowAsked:
+    """The question a context window answers (its cache key)."""
+
+    max_messages: int
+    max_bytes: int
+    min_event_time: datetime | None
+
+
 def memory_of(rows: Sequence[Mapping[str, Any]]) -> int:
     """About what the messages of history rows take in memory once read."""
     return sum(
         _MESSAGE_OVERHEAD_BYTES
         + (len(row["encoded"]) if row["encoded"] is not None else 2 * row["size_bytes"])
         for row in rows
+    )
+
+
+def _memory_of_the_rest(session: Session, context_rows: Sequence[Mapping[str, Any]]) -> int:
+    """About what a context window's session and contexts take in memory."""
+    shown = [session.metadata, session.state, session.user_state, session.app_state]
+    return (
+        _SESSION_OVERHEAD_BYTES
+        + 2 * len(json.dumps(shown, default=str))
+        + sum(_CONTEXT_OVERHEAD_BYTES + len(row["content"]) for row in context_rows)
     )
 
 
@@ -515,57 +547,43 @@ class MessageStore:
         max_bytes: int,
         newest_first: bool = False,
         count_total: bool = True,
+        cached: bool = True,
     ) -> Page[StoredMessage]:
         """Messages matching `where` after keyset `position` (a seq; 0 to start): in seq order, or
         newest first; at most `limit` of them and `max_bytes` of their size (but at least one).
-        With count_total, the page says how many match in all. The page is shared with other
-        callers that asked the same: never change it."""
-        return await self._cache.read(
-            (scope.tenant, session_id),
-            ("list", where, position, limit, max_bytes, newest_first, count_total),
-            functools.partial(
-                self._list,
-                scope,
-                session_id,
-                where,
-                position=position,
-                limit=limit,
-                max_bytes=max_bytes,
-                newest_first=newest_first,
-                count_total=count_total,
-            ),
-        )
+        With count_total, the page says how many match in all. With cached, the page may come
+        from the history cache and go into it: then it is shared, and never to be changed."""
+        asked = _PageAsked(where, position, limit, max_bytes, newest_first, count_total)
+        read = functools.partial(self._page, scope, session_id, asked)
+        if not cached:
+            return (await read()).answer
+        return await self._cache.read((scope.tenant, session_id), asked, read)
 
-    async def _list(
-        self,
-        scope: Scope,
-        session_id: str,
-        where: MessageFilter,
-        *,
-        position: int,
-        limit: int,
-        max_bytes: int,
-        newest_first: bool,
-        count_total: bool,
+    async def _page(
+        self, scope: Scope, session_id: str, asked: _PageAsked
     ) -> Computed[Page[StoredMessage]]:
-        shape = _Shape.of(where, newest_first=newest_first, after_position=position > 0)
+        shape = _Shape.of(
+            asked.where, newest_first=asked.newest_first, after_position=asked.position > 0
+        )
         filtered = shape.filtered
         # Unfiltered, the session's own counter is the total: no scan, and no second round trip.
-        total_inline = count_total and not filtered
-        values = _page_values(scope, session_id, where, position, limit, max_bytes)
+        total_inline = asked.count_total and not filtered
+        values = _page_values(
+            scope, session_id, asked.where, asked.position, asked.limit, asked.max_bytes
+        )
         rows = await self._db.fetch(_page_query(shape, total_inline), values)
         total: int | None = rows[0]["total"] if rows and total_inline else None
-        if not rows or (count_total and filtered):
+        if not rows or (asked.count_total and filtered):
             found = await self._db.fetch(_MESSAGE_COUNT, values)
             if not found:
                 raise NotFound.resource("session", session_id)
-            if count_total:
+            if asked.count_total:
                 total = (
                     (await self._db.fetch(_count_query(shape), values))[0]["count"]
                     if filtered
                     else found[0]["message_count"]
                 )
-        fitting = fit(rows, limit=limit, max_bytes=max_bytes)
+        fitting = fit(rows, limit=asked.limit, max_bytes=asked.max_bytes)
         page = Page(
             await self._stored(scope, session_id, rows[:fitting]),
             has_more=len(rows) > fitting,
@@ -587,45 +605,33 @@ class MessageStore:
         max_messages of them and max_bytes of their size (but at least one), all from one
         snapshot. The window is shared with other callers that asked the same: never change
         it."""
+        asked = _WindowAsked(max_messages, max_bytes, min_event_time)
         return await self._cache.read(
             (scope.tenant, session_id),
-            ("window", max_messages, max_bytes, min_event_time),
-            functools.partial(
-                self._context_window,
-                scope,
-                session_id,
-                max_messages,
-                max_bytes=max_bytes,
-                min_event_time=min_event_time,
-            ),
+            asked,
+            functools.partial(self._context_window, scope, session_id, asked),
         )
 
     async def _context_window(
-        self,
-        scope: Scope,
-        session_id: str,
-        max_messages: int,
-        *,
-        max_bytes: int,
-        min_event_time: datetime | None,
+        self, scope: Scope, session_id: str, asked: _WindowAsked
     ) -> Computed[ContextWindow]:
         values = {
             "tenant": scope.tenant,
             "session_id": session_id,
-            "limit": max_messages + 1,
-            "budget": max_bytes,
-            "min_event_time": min_event_time,
+            "limit": asked.max_messages + 1,
+            "budget": asked.max_bytes,
+            "min_event_time": asked.min_event_time,
         }
         session_rows, context_rows, message_rows = await self._db.fetch_snapshot(
             [
                 (_WINDOW_SESSION, values),
                 (_WINDOW_CONTEXTS, values),
-                (_window_messages(min_event_time is not None), values),
+                (_window_messages(asked.min_event_time is not None), values),
             ]
         )
         if not session_rows:
             raise NotFound.resource("session", session_id)
-        fitting = fit(message_rows, limit=max_messages, max_bytes=max_bytes)
+        fitting = fit(message_rows, limit=asked.max_messages, max_bytes=asked.max_bytes)
         session = to_session(session_rows[0])
         window = ContextWindow(
             session=session,
@@ -635,16 +641,7 @@ class MessageStore:
         )
         return Computed(
             window,
-            memory_of(message_rows[:fitting])
-            + sum(_CONTEXT_OVERHEAD_BYTES + len(row["content"]) for row in context_rows)
-            + _SESSION_OVERHEAD_BYTES
-            + 2
-            * len(
-                json.dumps(
-                    [session.metadata, session.state, session.user_state, session.app_state],
-                    default=str,
-                )
-            ),
+            memory_of(message_rows[:fitting]) + _memory_of_the_rest(session, context_rows),
             shows=(
                 app_state_key(scope.tenant, session.app),
                 user_state_key(scope.tenant, session.app, session.user_id),
