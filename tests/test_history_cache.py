@@ -23,27 +23,7 @@ from parley_server.store.changes import ChangeHub, PostgresListener, user_state_
 from parley_server.store.database import create_engine
 from parley_server.store.history_cache import ENTRY_OVERHEAD_BYTES, Computed, HistoryCache
 from tests.factories import a_session, a_user, some_messages
-
-
-def count_calls(store: Store, monkeypatch: pytest.MonkeyPatch, read: str) -> list[int]:
-    """A one-item list holding how many times the store's database has run `read` (fetch: a
-    history page; fetch_snapshot: a context window) since."""
-    counted = [0]
-    reader = getattr(store.db, read)
-
-    async def counting(*args: Any, **kwargs: Any) -> Any:
-        counted[0] += 1
-        return await reader(*args, **kwargs)
-
-    monkeypatch.setattr(store.db, read, counting)
-    return counted
-
-
-async def until_caught_up(hub: ChangeHub) -> None:
-    """PostgreSQL: until the server's listener has connected (SQLite's hub always is)."""
-    async with asyncio.timeout(10):
-        while not await hub.caught_up():  # noqa: ASYNC110  # the listener connects in its own task
-            await asyncio.sleep(0.01)
+from tests.probes import count_calls, until_caught_up
 
 
 def newest(client: ParleyClient, session_id: str) -> Awaitable[Any]:
@@ -53,9 +33,9 @@ def newest(client: ParleyClient, session_id: str) -> Awaitable[Any]:
 async def test_a_page_read_again_costs_no_query(
     client: ParleyClient, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await until_caught_up(store.db.changes)
     _, session = await a_session(client)
     await some_messages(client, session.id, 3)
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
     queries = count_calls(store, monkeypatch, "fetch")
     first = await newest(client, session.id)
     assert queries[0] == 1
@@ -71,9 +51,9 @@ async def test_a_stream_is_never_kept(
 ) -> None:
     """A stream reads a whole history, once: kept, it would push out the tails that readers
     come back to, and grow the server by the history's size."""
-    await until_caught_up(store.db.changes)
     _, session = await a_session(client)
     await some_messages(client, session.id, 3)
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
     queries = count_calls(store, monkeypatch, "fetch")
     for streams in (1, 2):
         assert len([m async for m in client.stream_messages(session.id)]) == 3
@@ -122,17 +102,22 @@ async def _update_title(client: ParleyClient, session_id: str) -> None:
     [_append, _append_batch, _delete_oldest, _pop, _clear, _delete_the_author, _update_title],
 )
 async def test_every_change_of_a_session_reaches_its_next_reader(
-    client: ParleyClient, store: Store, change: Callable[[ParleyClient, str], Awaitable[None]]
+    client: ParleyClient,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[ParleyClient, str], Awaitable[None]],
 ) -> None:
-    await until_caught_up(store.db.changes)
     _, session = await a_session(client)
     author = await a_user(client, display_name="guest")
     await some_messages(client, session.id, 3)
     await client.append_message(session.id, role="user", content="by the guest", user_id=author.id)
-    for _ in range(2):  # kept, and answered once from what was kept
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
+    queries = count_calls(store, monkeypatch, "fetch")
+    for _ in range(2):
         await newest(client, session.id)
-    for reader_order in (True, False):
-        await client.list_messages(session.id, page_size=50, newest_first=reader_order)
+    for _ in range(2):
+        await client.list_messages(session.id, page_size=50)
+    assert queries[0] == 2  # each kept, and answered once from what was kept
     await change(client, session.id)
     after = await newest(client, session.id)
     # What the database says now: a question never asked before, so never kept.
@@ -142,13 +127,15 @@ async def test_every_change_of_a_session_reaches_its_next_reader(
 
 
 async def test_a_deleted_session_is_not_found_after_it_was_read(
-    client: ParleyClient, store: Store
+    client: ParleyClient, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await until_caught_up(store.db.changes)
     _, session = await a_session(client)
     await some_messages(client, session.id, 2)
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
+    queries = count_calls(store, monkeypatch, "fetch")
     for _ in range(2):
         await newest(client, session.id)
+    assert queries[0] == 1
     await client.delete_session(session.id)
     with pytest.raises(NotFoundError):
         await newest(client, session.id)
@@ -204,18 +191,17 @@ async def _window_append(client: ParleyClient, shared: _Shared) -> None:
     await client.append_message(shared.session, role="assistant", content="new")
 
 
-@pytest.mark.parametrize(
-    "change",
-    [
-        _state_through_the_sibling,
-        _app_state_through_the_sibling,
-        _app_state_through_another_user,
-        _own_state,
-        _new_context,
-        _context_deleted,
-        _window_append,
-    ],
-)
+# What a session shows changes with these; a context window's, with these and its contexts.
+SESSION_CHANGES = [
+    _state_through_the_sibling,
+    _app_state_through_the_sibling,
+    _app_state_through_another_user,
+    _own_state,
+    _window_append,
+]
+
+
+@pytest.mark.parametrize("change", [*SESSION_CHANGES, _new_context, _context_deleted])
 async def test_every_change_a_context_window_shows_reaches_its_next_reader(
     client: ParleyClient,
     store: Store,
@@ -224,8 +210,8 @@ async def test_every_change_a_context_window_shows_reaches_its_next_reader(
 ) -> None:
     """A window shows its session's messages and contexts, and the state its user and its app
     share with other sessions: a change of any of them, however made, is seen next."""
-    await until_caught_up(store.db.changes)
     shared = await _shared(client)
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
     windows = count_calls(store, monkeypatch, "fetch_snapshot")
     before = [await client.get_context_window(shared.session, max_messages=10) for _ in range(2)]
     assert before[0] == before[1]
@@ -237,6 +223,25 @@ async def test_every_change_a_context_window_shows_reaches_its_next_reader(
     assert list(after.contexts) == list(fresh.contexts)
     assert list(after.messages) == list(fresh.messages)
     assert after != before[0]
+
+
+@pytest.mark.parametrize("change", SESSION_CHANGES)
+async def test_every_change_a_session_shows_reaches_its_next_reader(
+    client: ParleyClient,
+    store: Store,
+    monkeypatch: pytest.MonkeyPatch,
+    change: Callable[[ParleyClient, _Shared], Awaitable[None]],
+) -> None:
+    """GetSession, alone: what it keeps shows the state the session shares, too."""
+    shared = await _shared(client)
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
+    queries = count_calls(store, monkeypatch, "fetch")
+    before = [await client.get_session(shared.session) for _ in range(2)]
+    assert queries[0] == 1
+    await change(client, shared)
+    after = await client.get_session(shared.session)
+    fresh = await client.get_context_window(shared.session, max_messages=9)  # never kept
+    assert after == fresh.session != before[0]
 
 
 # --- another server process over the same PostgreSQL database ------------------------------------

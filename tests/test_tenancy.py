@@ -43,6 +43,7 @@ from parley_server.domain import NewUser, Scope
 from parley_server.identity import Role
 from parley_server.server import RunningServer
 from parley_server.store import Store
+from tests.probes import count_calls, until_caught_up
 from tests.rpcs import METHODS, STREAMING, World, a_world, rpc, valid_requests
 
 
@@ -230,6 +231,9 @@ async def test_a_user_key_sees_only_its_user(secured: str, keys: Keys) -> None:
         own = await user.create_session()  # acts for itself
         assert own.user_id == me.id
         await user.append_message(mine.id, role="user", content="hi")
+        for _ in range(2):  # what the service reads is kept: never an answer to the user
+            await service.get_session(theirs.id)
+            await service.list_messages(theirs.id)
         for attempt in (
             user.get_session(theirs.id),
             user.append_message(theirs.id, role="user", content="x"),
@@ -242,6 +246,20 @@ async def test_a_user_key_sees_only_its_user(secured: str, keys: Keys) -> None:
                 await attempt
         with pytest.raises(PermissionDeniedError):
             await user.create_user(display_name="nope")
+
+
+async def test_a_user_principal_reading_again_costs_no_query(
+    secured: str, keys: Keys, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its ownership check before the read is answered from the history cache too."""
+    async with ParleyClient(secured, metadata=dict(_auth(keys.a_user))) as user:
+        session = await user.create_session()
+        await user.append_message(session.id, role="user", content="hi")
+        await until_caught_up(store.db.changes)  # the append heard of
+        queries = count_calls(store, monkeypatch, "fetch")
+        for _ in range(3):
+            assert len((await user.list_messages(session.id)).messages) == 1
+        assert queries[0] == 2  # the first: its ownership check, then its page
 
 
 async def test_only_a_service_changes_the_state_every_user_of_an_app_shares(

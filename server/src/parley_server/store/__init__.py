@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from parley_server.domain import EncodeAssigned
 from parley_server.store.contexts import ContextStore
 from parley_server.store.database import Database
+from parley_server.store.history_cache import HistoryCache
 from parley_server.store.keys import KeyStore
 from parley_server.store.messages import MessageStore
 from parley_server.store.ratings import RatingStore
@@ -37,15 +38,13 @@ class Store:
         encode_assigned: EncodeAssigned,
         history_cache_bytes: int,
     ) -> Store:
+        cache = HistoryCache(db.changes, capacity_bytes=history_cache_bytes)
         return cls(
             db=db,
             users=UserStore(db),
-            sessions=SessionStore(db),
+            sessions=SessionStore(db, cache=cache),
             messages=MessageStore(
-                db,
-                write_lanes=write_lanes,
-                encode_assigned=encode_assigned,
-                history_cache_bytes=history_cache_bytes,
+                db, write_lanes=write_lanes, encode_assigned=encode_assigned, cache=cache
             ),
             contexts=ContextStore(db),
             ratings=RatingStore(db),

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import builtins
 import functools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +36,6 @@ from parley_server.domain import (
     NewMessage,
     Page,
     Scope,
-    Session,
     StateDelta,
     StoredMessage,
     repeats,
@@ -56,6 +54,9 @@ from parley_server.store.history_cache import Computed, HistoryCache
 from parley_server.store.rows import (
     attachments_json,
     citations_json,
+    memory_of_contexts,
+    memory_of_messages,
+    memory_of_session,
     to_context,
     to_message,
     to_session,
@@ -299,31 +300,6 @@ class _WindowAsked:
     min_event_time: datetime | None
 
 
-def memory_of(rows: Sequence[Mapping[str, Any]]) -> int:
-    """About what the messages of history rows take in memory once read."""
-    return sum(
-        _MESSAGE_OVERHEAD_BYTES
-        + (len(row["encoded"]) if row["encoded"] is not None else 2 * row["size_bytes"])
-        for row in rows
-    )
-
-
-def _memory_of_the_rest(session: Session, context_rows: Sequence[Mapping[str, Any]]) -> int:
-    """About what a context window's session and contexts take in memory."""
-    shown = [session.metadata, session.state, session.user_state, session.app_state]
-    return (
-        _SESSION_OVERHEAD_BYTES
-        + 2 * len(json.dumps(shown, default=str))
-        + sum(_CONTEXT_OVERHEAD_BYTES + len(row["content"]) for row in context_rows)
-    )
-
-
-# A read message's objects beyond its encoding: the object, its id strings and its time.
-_MESSAGE_OVERHEAD_BYTES = 400
-_CONTEXT_OVERHEAD_BYTES = 600  # a context's object, strings and metadata beyond its content
-_SESSION_OVERHEAD_BYTES = 2048  # a session's object beyond its metadata and states
-
-
 class MessageStore:
     def __init__(
         self,
@@ -331,10 +307,10 @@ class MessageStore:
         *,
         write_lanes: int = 1,
         encode_assigned: EncodeAssigned,
-        history_cache_bytes: int,
+        cache: HistoryCache,
     ) -> None:
         self._db = db
-        self._cache = HistoryCache(db.changes, capacity_bytes=history_cache_bytes)
+        self._cache = cache
         self._encode_assigned = encode_assigned
         self._appender = appender_for(db, write_lanes=write_lanes, encode_assigned=encode_assigned)
 
@@ -589,7 +565,7 @@ class MessageStore:
             has_more=len(rows) > fitting,
             total_size=total,
         )
-        return Computed(page, memory_of(rows[:fitting]))
+        return Computed(page, memory_of_messages(rows[:fitting]))
 
     async def context_window(
         self,
@@ -641,7 +617,9 @@ class MessageStore:
         )
         return Computed(
             window,
-            memory_of(message_rows[:fitting]) + _memory_of_the_rest(session, context_rows),
+            memory_of_messages(message_rows[:fitting])
+            + memory_of_session(session)
+            + memory_of_contexts(context_rows),
             shows=(
                 app_state_key(scope.tenant, session.app),
                 user_state_key(scope.tenant, session.app, session.user_id),

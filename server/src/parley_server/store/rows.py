@@ -1,5 +1,5 @@
 """Rows -> domain objects, and the JSON columns of messages: the one place that knows both the
-tables' columns and the domain's fields.
+tables' columns and the domain's fields (and about what the objects read take in memory).
 
 Every mapper takes any mapping by column name: SQLAlchemy's RowMapping, asyncpg's Record (whose
 ids are UUID objects, hence the str()), or a dict of inserted values.
@@ -7,6 +7,7 @@ ids are UUID objects, hence the str()), or a dict of inserted values.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -188,3 +189,26 @@ def to_api_key(row: Row) -> ApiKey:
         last_used_time=row["last_used_time"],
         revoke_time=row["revoke_time"],
     )
+
+
+# What read rows take in memory, about: for the history cache's capacity.
+_MESSAGE_OVERHEAD_BYTES = 400  # a message's object, its id strings and its time
+_CONTEXT_OVERHEAD_BYTES = 600  # a context's object, strings and metadata beyond its content
+_SESSION_OVERHEAD_BYTES = 2048  # a session's object beyond its metadata and states
+
+
+def memory_of_messages(rows: Sequence[Row]) -> int:
+    return sum(
+        _MESSAGE_OVERHEAD_BYTES
+        + (len(row["encoded"]) if row["encoded"] is not None else 2 * row["size_bytes"])
+        for row in rows
+    )
+
+
+def memory_of_contexts(rows: Sequence[Row]) -> int:
+    return sum(_CONTEXT_OVERHEAD_BYTES + len(row["content"]) for row in rows)
+
+
+def memory_of_session(session: Session) -> int:
+    shown = [session.metadata, session.state, session.user_state, session.app_state]
+    return _SESSION_OVERHEAD_BYTES + 2 * len(json.dumps(shown, default=str))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, bindparam, delete, exists, func, insert, select, update
@@ -19,8 +21,10 @@ from parley_server.domain import (
     repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, NotFound
+from parley_server.store.changes import app_state_key, user_state_key
 from parley_server.store.database import Database
-from parley_server.store.rows import to_session
+from parley_server.store.history_cache import Computed, HistoryCache
+from parley_server.store.rows import memory_of_session, to_session
 from parley_server.store.states import apply_state_delta, read_user_state
 from parley_server.store.tables import (
     after_cursor,
@@ -77,9 +81,17 @@ async def _reread(session: AsyncSession, scope: Scope, session_id: str) -> Sessi
     return to_session((await session.execute(*_select_one(scope, session_id))).one()._mapping)
 
 
+@dataclass(frozen=True, slots=True)
+class _SessionAsked:
+    """The question a session read answers (its cache key): the session as `owner` sees it."""
+
+    owner: str | None
+
+
 class SessionStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, cache: HistoryCache) -> None:
         self._db = db
+        self._cache = cache
 
     async def create(
         self, scope: Scope, new: NewSession, delta: StateDelta = NO_STATE_DELTA
@@ -107,10 +119,26 @@ class SessionStore:
         return created
 
     async def get(self, scope: Scope, session_id: str) -> Session:
+        """The session, from the history cache when it is unchanged (before every read by a user
+        principal, this is its ownership check): shared, never to be changed."""
+        return await self._cache.read(
+            (scope.tenant, session_id),
+            _SessionAsked(scope.owner),
+            functools.partial(self._read, scope, session_id),
+        )
+
+    async def _read(self, scope: Scope, session_id: str) -> Computed[Session]:
         found = await self._find(scope, session_id)
         if found is None:
             raise NotFound.resource("session", session_id)
-        return found
+        return Computed(
+            found,
+            memory_of_session(found),
+            shows=(
+                app_state_key(scope.tenant, found.app),
+                user_state_key(scope.tenant, found.app, found.user_id),
+            ),
+        )
 
     async def _find(self, scope: Scope, session_id: str) -> Session | None:
         # One statement on the driver connection, not a transaction through SQLAlchemy: this is
