@@ -40,6 +40,11 @@ def user_state_key(tenant: str, app: str, user_id: str) -> ChangeKey:
     return ("user state", tenant, app, user_id)
 
 
+def states_shown(tenant: str, app: str, user_id: str) -> tuple[ChangeKey, ...]:
+    """The shared state a session of `app` owned by `user_id` shows besides its own row."""
+    return (app_state_key(tenant, app), user_state_key(tenant, app, user_id))
+
+
 def is_session_key(key: ChangeKey) -> bool:
     return len(key) == 2
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import Select, event, exc, func, select
+from sqlalchemy import ARRAY, Select, Text, bindparam, event, exc, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -286,15 +286,26 @@ class Database:
         await self.engine.dispose()
 
 
+_NOTIFY_EACH = text("SELECT pg_notify(:channel, payload) FROM unnest(:payloads) AS payload")
+
+
 async def announce(session: AsyncSession, changed: Sequence[ChangeKey]) -> None:
     """Announce, when this write transaction commits, changes that the sessions trigger does not
-    see (shared state, a session's contexts) to the ChangeHub of every process."""
+    see (shared state, a session's contexts, messages that lost their author) to the ChangeHub
+    of every process."""
+    if not changed:
+        return
     connection = await session.connection()
     if connection.dialect.name == "sqlite":
         connection.info[_SQLITE_CHANGED].extend(changed)
         return
-    for key in changed:
-        await session.execute(select(func.pg_notify(CHANNEL, notification(key))))
+    await session.execute(
+        _NOTIFY_EACH.bindparams(
+            bindparam("payloads", type_=ARRAY(Text)),
+            channel=CHANNEL,
+            payloads=[notification(key) for key in changed],
+        )
+    )
 
 
 @asynccontextmanager

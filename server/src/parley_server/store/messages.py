@@ -47,7 +47,7 @@ from parley_server.store.appenders import (
     reserve_seqs,
     stored_rows,
 )
-from parley_server.store.changes import app_state_key, user_state_key
+from parley_server.store.changes import states_shown
 from parley_server.store.contexts import session_closed
 from parley_server.store.database import Database, translated_errors
 from parley_server.store.history_cache import Computed, HistoryCache
@@ -620,10 +620,7 @@ class MessageStore:
             memory_of_messages(message_rows[:fitting])
             + memory_of_session(session)
             + memory_of_contexts(context_rows),
-            shows=(
-                app_state_key(scope.tenant, session.app),
-                user_state_key(scope.tenant, session.app, session.user_id),
-            ),
+            shows=states_shown(scope.tenant, session.app, session.user_id),
         )
 
     async def history_step(

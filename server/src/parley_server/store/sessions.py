@@ -21,7 +21,7 @@ from parley_server.domain import (
     repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, NotFound
-from parley_server.store.changes import app_state_key, user_state_key
+from parley_server.store.changes import states_shown
 from parley_server.store.database import Database
 from parley_server.store.history_cache import Computed, HistoryCache
 from parley_server.store.rows import memory_of_session, to_session
@@ -134,10 +134,7 @@ class SessionStore:
         return Computed(
             found,
             memory_of_session(found),
-            shows=(
-                app_state_key(scope.tenant, found.app),
-                user_state_key(scope.tenant, found.app, found.user_id),
-            ),
+            shows=states_shown(scope.tenant, found.app, found.user_id),
         )
 
     async def _find(self, scope: Scope, session_id: str) -> Session | None:

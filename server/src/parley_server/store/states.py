@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import ScopedStateDelta, StateDelta, UserState
 from parley_server.errors import FailedPrecondition
-from parley_server.store.changes import app_state_key, user_state_key
+from parley_server.store.changes import ChangeKey, app_state_key, user_state_key
 from parley_server.store.database import announce
 from parley_server.store.tables import app_states, sessions, user_states
 
@@ -31,6 +31,7 @@ async def apply_state_delta(
 ) -> None:
     """Apply delta for the session `target` (its id, app, user_id and state), whose row this
     transaction has locked."""
+    changed: list[ChangeKey] = []  # the shared state, which the sessions trigger does not see
     if delta.session:
         await session.execute(
             update(sessions)
@@ -47,12 +48,13 @@ async def apply_state_delta(
             )
         key = {"tenant_id": tenant, "app": target["app"], "user_id": target["user_id"]}
         await _apply_shared(session, user_states, key, delta.user, now)
-        await announce(session, [user_state_key(tenant, target["app"], target["user_id"])])
+        changed.append(user_state_key(tenant, target["app"], target["user_id"]))
     if delta.app:
         await _apply_shared(
             session, app_states, {"tenant_id": tenant, "app": target["app"]}, delta.app, now
         )
-        await announce(session, [app_state_key(tenant, target["app"])])
+        changed.append(app_state_key(tenant, target["app"]))
+    await announce(session, changed)
 
 
 async def _apply_shared(

@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 
 from parley_server.domain import NewUser, Page, Scope, TimeCursor, User, UserPatch, repeats
 from parley_server.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
-from parley_server.store.database import Database
+from parley_server.store.database import Database, announce
 from parley_server.store.rows import to_user
 from parley_server.store.tables import (
     after_cursor,
@@ -140,19 +140,15 @@ class UserStore:
                     reason="USER_HAS_SESSIONS",
                     metadata={"userId": user_id},
                 )
-            # Messages they wrote in other users' sessions stay, without an author. Those
-            # sessions are touched (changing nothing), so that their change is announced to
-            # watchers and caches as every change of history is: by the sessions trigger.
-            written = (messages.c.tenant_id == tenant) & (messages.c.user_id == user_id)
-            await session.execute(
-                update(sessions)
-                .where(
-                    sessions.c.tenant_id == tenant,
-                    sessions.c.id.in_(select(messages.c.session_id).where(written)),
-                )
-                .values(update_time=sessions.c.update_time)
+            # Messages they wrote in other users' sessions stay, without an author: a change of
+            # those sessions' history that no session row shows, so it is announced.
+            unauthored = await session.scalars(
+                update(messages)
+                .where(messages.c.tenant_id == tenant, messages.c.user_id == user_id)
+                .values(user_id=None)
+                .returning(messages.c.session_id)
             )
-            await session.execute(update(messages).where(written).values(user_id=None))
+            await announce(session, [(tenant, str(id_)) for id_ in set(unauthored)])
             # The database cascades to their sessions (with messages, contexts and ratings) and
             # to their ratings.
             await session.execute(
