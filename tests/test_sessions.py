@@ -181,6 +181,19 @@ async def test_get_or_create_open_session(client: ParleyClient) -> None:
     assert replacement.session.id != first.session.id
 
 
+async def test_get_or_create_with_a_template_id_already_taken(
+    client: ParleyClient, raw: RawCall
+) -> None:
+    """The template names a session id another session has: ALREADY_EXISTS, not INTERNAL."""
+    _, taken = await a_session(client)
+    user = await a_user(client)  # no open session yet, so one is to be made
+    request = pb.GetOrCreateOpenSessionRequest(
+        user_id=user.id, session_template=session_pb2.Session(id=taken.id)
+    )
+    with pytest.raises(AlreadyExistsError):
+        await raw("GetOrCreateOpenSession", request)
+
+
 async def test_get_or_create_is_race_free(client: ParleyClient) -> None:
     user = await a_user(client)
     results = await asyncio.gather(*(client.get_or_create_open_session(user.id) for _ in range(20)))

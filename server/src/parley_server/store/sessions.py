@@ -265,33 +265,36 @@ class SessionStore:
         self, scope: Scope, user_id: str, template: NewSession
     ) -> tuple[Session, bool]:
         """The user's most recently active open session, or a new one; True when created."""
-        async with self._db.write() as session:
-            # Concurrent callers for one user queue on this row lock (SQLite: on the write lock), so
-            # exactly one of them creates and the others find its session.
-            locked = await session.scalar(
-                select(users.c.id)
-                .where(*visible(users, scope), users.c.id == user_id)
-                .with_for_update(key_share=True)
-            )
-            if locked is None:
-                raise NotFound.resource("user", user_id)
-            row = (
-                await session.execute(
-                    select_sessions()
-                    .where(
-                        sessions.c.tenant_id == scope.tenant,
-                        sessions.c.user_id == user_id,
-                        sessions.c.end_time.is_(None),
-                    )
-                    .order_by(sessions.c.update_time.desc(), sessions.c.id.desc())
-                    .limit(1)
+        values = _new_session_values(scope, template, user_id)
+        try:
+            async with self._db.write() as session:
+                # Concurrent callers for one user queue on this row lock (SQLite: on the write
+                # lock), so exactly one of them creates and the others find its session.
+                locked = await session.scalar(
+                    select(users.c.id)
+                    .where(*visible(users, scope), users.c.id == user_id)
+                    .with_for_update(key_share=True)
                 )
-            ).first()
-            if row is not None:
-                return to_session(row._mapping), False
-            values = _new_session_values(scope, template, user_id)
-            await session.execute(insert(sessions).values(values))
-            return await _reread(session, scope, values["id"]), True
+                if locked is None:
+                    raise NotFound.resource("user", user_id)
+                row = (
+                    await session.execute(
+                        select_sessions()
+                        .where(
+                            sessions.c.tenant_id == scope.tenant,
+                            sessions.c.user_id == user_id,
+                            sessions.c.end_time.is_(None),
+                        )
+                        .order_by(sessions.c.update_time.desc(), sessions.c.id.desc())
+                        .limit(1)
+                    )
+                ).first()
+                if row is not None:
+                    return to_session(row._mapping), False
+                await session.execute(insert(sessions).values(values))
+                return await _reread(session, scope, values["id"]), True
+        except IntegrityError as error:  # the template's id is another session's
+            raise await self._conflict(scope, values["id"], user_id) from error
 
     async def latest(self, scope: Scope, user_id: str) -> Session:
         """The user's session with the latest update_time, open or closed."""
