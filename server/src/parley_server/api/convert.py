@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.field_mask_pb2 import FieldMask
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -159,14 +160,72 @@ def message_pb(message: domain.StoredMessage) -> message_pb2.Message:
     return result
 
 
-def add_messages(
-    target: RepeatedCompositeFieldContainer[message_pb2.Message],
-    messages: Iterable[domain.StoredMessage],
-) -> None:
-    """Build each message in place in a response's repeated field: adding one built apart copies
-    it."""
+ResponseT = TypeVar("ResponseT", bound=ProtoMessage)
+
+
+def with_messages(head: ResponseT, messages: Iterable[domain.StoredMessage]) -> ResponseT:
+    """The encoding of response `head` with `messages` in its repeated field `messages`, typed
+    as the response it stands for: the server's response serializer passes bytes through
+    (api.interceptors). A stored encoding goes out as it was kept, with seq and user_id encoded
+    after it (protobuf merges concatenated encodings): never parsed into objects and serialized
+    again, which costs several times as much."""
+    encoded = _encoded_messages(_messages_tag(head.DESCRIPTOR), messages)
+    return cast(ResponseT, head.SerializeToString() + encoded)
+
+
+def _encoded_messages(tag: bytes, messages: Iterable[domain.StoredMessage]) -> bytes:
+    """`messages` as entries of the repeated field whose tag is `tag`."""
+    parts: list[bytes] = []
+    add = parts.extend
     for message in messages:
-        _fill_message(target.add(), message)
+        if isinstance(message, domain.EncodedMessage) and message.encoded.startswith(_ID_TAG):
+            seq = _SEQ_TAG + _varint(message.seq)
+            user = _user_id_field(message.user_id) if message.user_id else b""
+            size = len(message.encoded) + len(seq) + len(user)
+            add((tag, _varint(size), message.encoded, seq, user))
+        else:  # stored without an encoding, or without its assigned fields: built field by field
+            encoded = message_pb(message).SerializeToString()
+            add((tag, _varint(len(encoded)), encoded))
+    return b"".join(parts)
+
+
+@functools.cache
+def _messages_tag(response: Descriptor) -> bytes:
+    return _field_tag(response.fields_by_name["messages"].number, _LENGTH_DELIMITED)
+
+
+_VARINT_TYPE, _LENGTH_DELIMITED = 0, 2
+
+
+def _field_tag(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _varint(value: int) -> bytes:
+    if value < len(_SMALL_VARINTS):
+        return _SMALL_VARINTS[value]
+    return _encode_varint(value)
+
+
+def _encode_varint(value: int) -> bytes:
+    """A non-negative integer as protobuf's base-128 varint."""
+    encoded = bytearray()
+    while value > 0x7F:
+        encoded.append(value & 0x7F | 0x80)
+        value >>= 7
+    encoded.append(value)
+    return bytes(encoded)
+
+
+_SMALL_VARINTS = [_encode_varint(value) for value in range(1 << 14)]  # every 1- and 2-byte one
+_MESSAGE_FIELDS = message_pb2.Message.DESCRIPTOR.fields_by_name
+_SEQ_TAG = _field_tag(_MESSAGE_FIELDS["seq"].number, _VARINT_TYPE)
+_USER_ID_TAG = _field_tag(_MESSAGE_FIELDS["user_id"].number, _LENGTH_DELIMITED)
+
+
+def _user_id_field(user_id: str) -> bytes:
+    data = user_id.encode()
+    return _USER_ID_TAG + _varint(len(data)) + data
 
 
 def _fill_message(result: message_pb2.Message, message: domain.StoredMessage) -> None:
@@ -192,7 +251,7 @@ def _fill_assigned(result: message_pb2.Message, message: domain.StoredMessage) -
 
 # An encoding of the assigned fields starts with the id's (the lowest field number, and never
 # empty); the rest of a message's encoding has none of them.
-_ID_TAG = bytes([message_pb2.Message.DESCRIPTOR.fields_by_name["id"].number << 3 | 2])
+_ID_TAG = _field_tag(_MESSAGE_FIELDS["id"].number, _LENGTH_DELIMITED)
 
 
 def encoded_assigned(message_id: str, session_id: str, create_time: datetime) -> bytes:
@@ -293,8 +352,10 @@ def watch_event_pb(event: domain.WatchEvent) -> parley_service_pb2.WatchSessionR
         last_seq=event.last_seq, last_deletion=event.last_deletion
     )
     if event.messages:
-        add_messages(result.messages.messages, event.messages)
-    elif event.session is not None:
+        batch = _encoded_messages(_WATCHED_MESSAGES_TAG, event.messages)
+        encoded = result.SerializeToString() + _WATCHED_TAG + _varint(len(batch)) + batch
+        return cast(parley_service_pb2.WatchSessionResponse, encoded)  # as with_messages
+    if event.session is not None:
         result.session.CopyFrom(session_pb(event.session))
     elif event.deletion is not None:
         gone = result.deleted_message
@@ -307,6 +368,9 @@ def watch_event_pb(event: domain.WatchEvent) -> parley_service_pb2.WatchSessionR
         result.heartbeat.SetInParent()
     return result
 
+
+_WATCHED_TAG = _messages_tag(parley_service_pb2.WatchSessionResponse.DESCRIPTOR)
+_WATCHED_MESSAGES_TAG = _messages_tag(parley_service_pb2.WatchedMessages.DESCRIPTOR)
 
 _KEY_ROLE_TO_PB = {
     Role.ADMIN: admin_service_pb2.ApiKey.ROLE_ADMIN,

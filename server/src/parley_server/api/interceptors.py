@@ -40,6 +40,7 @@ log = logging.getLogger("parley.rpc")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Deserializer = Callable[[bytes], Any]
+Serializer = Callable[[Any], bytes]
 
 
 @dataclass(slots=True)
@@ -74,30 +75,16 @@ class CallInterceptor:
         self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         """`handler`, of `method`, inside this concern."""
-        deserializer = self.request_deserializer(method, handler.request_deserializer)
-        serializer = handler.response_serializer
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(method, handler.unary_unary, streamed_request=False),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(method, handler.stream_unary, streamed_request=True),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(method, handler.unary_stream, streamed_request=False),
-                request_deserializer=deserializer,
-                response_serializer=serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream(method, handler.stream_stream, streamed_request=True),
-            request_deserializer=deserializer,
-            response_serializer=serializer,
+        streamed_request = handler.request_streaming
+        if handler.response_streaming:
+            behavior = self._stream(method, _behavior(handler), streamed_request=streamed_request)
+        else:
+            behavior = self._unary(method, _behavior(handler), streamed_request=streamed_request)
+        return _handler_like(
+            handler,
+            behavior,
+            deserializer=self.request_deserializer(method, handler.request_deserializer),
+            serializer=handler.response_serializer,
         )
 
     def _unary(self, method: str, behavior: Any, *, streamed_request: bool) -> Any:
@@ -116,6 +103,50 @@ class CallInterceptor:
                     yield response
 
         return stream
+
+
+def _behavior(handler: grpc.RpcMethodHandler[Any, Any]) -> Any:
+    return (
+        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    )
+
+
+def _handler_like(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    behavior: Any,
+    *,
+    deserializer: Deserializer | None,
+    serializer: Serializer | None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of `handler`'s kind that runs `behavior`."""
+    if handler.response_streaming:
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_stream_rpc_method_handler
+        )
+    else:
+        make = (
+            grpc.stream_unary_rpc_method_handler
+            if handler.request_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+    return make(behavior, request_deserializer=deserializer, response_serializer=serializer)
+
+
+def _passing_encoded(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with a response serializer that passes bytes through: a response the servicer
+    encoded itself (convert.with_messages) goes out as it is."""
+    inner = handler.response_serializer
+    if inner is None:
+        return handler
+
+    def serialize(response: Any) -> bytes:
+        return response if type(response) is bytes else inner(response)
+
+    return _handler_like(
+        handler, _behavior(handler), deserializer=handler.request_deserializer, serializer=serialize
+    )
 
 
 class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in stubs
@@ -139,7 +170,7 @@ class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  #
             handler = await continuation(handler_call_details)
             if handler is None:  # an unknown method: grpc answers UNIMPLEMENTED
                 return handler
-            wrapped = handler
+            wrapped = _passing_encoded(handler)
             for interceptor in reversed(self._interceptors):
                 wrapped = interceptor.wrap(method, wrapped)
             self._wrapped[method] = wrapped

@@ -230,9 +230,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         messages = await self._services.messages.append_batch(
             caller(), session_id, news, expected_last_seq=expected, state_delta=delta
         )
-        response = pb.BatchAppendMessagesResponse()
-        convert.add_messages(response.messages, messages)
-        return response
+        return convert.with_messages(pb.BatchAppendMessagesResponse(), messages)
 
     async def GetMessage(
         self, request: pb.GetMessageRequest, context: Context
@@ -261,11 +259,12 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
             limit=size,
             newest_first=newest_first,
         )
-        response = pb.ListMessagesResponse(
-            next_page_token=keyset.next_after_seq(page), total_size=page.total_size or 0
+        return convert.with_messages(
+            pb.ListMessagesResponse(
+                next_page_token=keyset.next_after_seq(page), total_size=page.total_size or 0
+            ),
+            page.items,
         )
-        convert.add_messages(response.messages, page.items)
-        return response
 
     async def StreamMessages(
         self, request: pb.StreamMessagesRequest, context: Context
@@ -275,9 +274,7 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         where = _message_filter(request, v)
         v.raise_if_any()
         async for batch in self._services.messages.stream(caller(), session_id, where):
-            response = pb.StreamMessagesResponse()
-            convert.add_messages(response.messages, batch)
-            yield response
+            yield convert.with_messages(pb.StreamMessagesResponse(), batch)
 
     async def WatchSession(
         self, request: pb.WatchSessionRequest, context: Context
@@ -309,13 +306,14 @@ class ParleyServicer(parley_service_pb2_grpc.ParleyServiceServicer):
         window = await self._services.messages.context_window(
             caller(), session_id, max_messages, min_event_time=min_event_time
         )
-        response = pb.GetContextWindowResponse(
-            session=convert.session_pb(window.session),
-            contexts=[convert.context_pb(c) for c in window.contexts],
-            has_earlier_messages=window.has_earlier_messages,
+        return convert.with_messages(
+            pb.GetContextWindowResponse(
+                session=convert.session_pb(window.session),
+                contexts=[convert.context_pb(c) for c in window.contexts],
+                has_earlier_messages=window.has_earlier_messages,
+            ),
+            window.messages,
         )
-        convert.add_messages(response.messages, window.messages)
-        return response
 
     async def DeleteMessage(self, request: pb.DeleteMessageRequest, context: Context) -> Empty:
         await self._services.messages.delete(

@@ -55,7 +55,7 @@ from parley_server.store.rows import (
     attachments_json,
     citations_json,
     memory_of_contexts,
-    memory_of_messages,
+    memory_of_history,
     memory_of_session,
     to_context,
     to_message,
@@ -168,7 +168,7 @@ def _within_budget(query: Select[Any], order: Any, *extra: Any) -> Select[Any]:
     position = func.row_number().over(order_by=order(page.c.seq)).label("position")
     sized = select(page, running, position).subquery("sized")
     return (
-        select(*(sized.c[column.key] for column in _HISTORY_COLUMNS), *extra)
+        select(*(sized.c[column.key] for column in _HISTORY_COLUMNS), sized.c.running, *extra)
         .where(
             or_(sized.c.running - sized.c.size_bytes < bindparam("budget"), sized.c.position <= 2)
         )
@@ -221,14 +221,14 @@ def _page_values(
 
 
 def fit(rows: Sequence[Mapping[str, Any]], *, limit: int, max_bytes: int) -> int:
-    """How many of `rows` (in order) a response carries: at most `limit`, and no more than
-    `max_bytes` of size_bytes, but always the first."""
-    total = 0
-    for count, row in enumerate(rows[:limit]):
-        total += row["size_bytes"]
-        if total > max_bytes and count > 0:
-            return count
-    return min(len(rows), limit)
+    """How many of a _within_budget query's `rows` (in order) a response carries: at most
+    `limit`, and no more than `max_bytes` (its budget) of size_bytes, but always the first. The
+    query left out every row after the first to pass the budget, so only the last row kept can
+    be one too many."""
+    count = min(len(rows), limit)
+    if count > 1 and rows[count - 1]["running"] > max_bytes:
+        count -= 1
+    return count
 
 
 @functools.cache
@@ -565,7 +565,7 @@ class MessageStore:
             has_more=len(rows) > fitting,
             total_size=total,
         )
-        return Computed(page, memory_of_messages(rows[:fitting]))
+        return Computed(page, memory_of_history(rows[:fitting]))
 
     async def context_window(
         self,
@@ -617,7 +617,7 @@ class MessageStore:
         )
         return Computed(
             window,
-            memory_of_messages(message_rows[:fitting])
+            memory_of_history(message_rows[:fitting])
             + memory_of_session(session)
             + memory_of_contexts(context_rows),
             shows=states_shown(scope.tenant, session.app, session.user_id),

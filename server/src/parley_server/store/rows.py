@@ -197,12 +197,10 @@ _CONTEXT_OVERHEAD_BYTES = 600  # a context's object, strings and metadata beyond
 _SESSION_OVERHEAD_BYTES = 2048  # a session's object beyond its metadata and states
 
 
-def memory_of_messages(rows: Sequence[Row]) -> int:
-    return sum(
-        _MESSAGE_OVERHEAD_BYTES
-        + (len(row["encoded"]) if row["encoded"] is not None else 2 * row["size_bytes"])
-        for row in rows
-    )
+def memory_of_history(rows: Sequence[Row]) -> int:
+    """Of a history read's rows, in order, with the running total of their size_bytes (which
+    count their encoding)."""
+    return _MESSAGE_OVERHEAD_BYTES * len(rows) + rows[-1]["running"] if rows else 0
 
 
 def memory_of_contexts(rows: Sequence[Row]) -> int:
