@@ -7,8 +7,8 @@ parse the same replies. Each method runs the database work that the parley workl
 for cannot avoid, on parley's own tables and rows, and answers with bytes encoded beforehand:
 replies that parley itself gave to the same requests, so they are of the same size.
 
-  ListMessages      the keyset query for the newest 50 messages (stored encodings and the columns
-                    outside them)
+  ListMessages      the keyset query for the newest 50 messages (their stored encodings, seq and
+                    user_id: the least a reply built from stored bytes needs)
   GetContextWindow  the session, its contexts and that keyset query, in one read-only snapshot
   StreamMessages    per batch parley sent, the keyset query for that batch's rows, then the batch
   AppendMessage     one INSERT of a message row, autocommit (no coalescing)
@@ -34,7 +34,7 @@ import grpc
 import uvloop
 
 SERVICE = "parley.v1.ParleyService"
-_HISTORY = "SELECT id, session_id, seq, user_id, create_time, size_bytes, encoded FROM messages"
+_HISTORY = "SELECT seq, user_id, encoded FROM messages"
 _NEWEST = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 ORDER BY seq DESC LIMIT $3"
 _AFTER = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
 _SESSION = "SELECT * FROM sessions WHERE tenant_id = $1 AND id = $2"

@@ -74,6 +74,7 @@ def open_store(settings: Settings, database: Database) -> Store:
         database,
         write_lanes=settings.write_lanes,
         encode_assigned=convert.encoded_assigned,
+        holds_assigned=convert.holds_assigned,
         history_cache_bytes=settings.history_cache_bytes,
     )
 

@@ -228,6 +228,9 @@ class NewMessage:
 # create_time), which the store keeps before NewMessage.encoded: together they hold every field
 # of the message but seq and user_id (which DeleteUser clears).
 EncodeAssigned = Callable[[str, str, datetime], bytes]
+# Whether a stored encoding starts with EncodeAssigned's: those stored by a server from before it
+# hold the rest alone.
+HoldsAssigned = Callable[[bytes], bool]
 
 
 @dataclass(slots=True, kw_only=True)
@@ -257,14 +260,10 @@ class Message:
 @dataclass(slots=True)
 class EncodedMessage:
     """A stored message as a read returns it when its fields were encoded at append: `encoded`
-    holds all but seq and user_id, or (stored by a server from before EncodeAssigned) all but
-    those and id, session_id and create_time."""
+    holds every field but seq and user_id."""
 
-    id: str
-    session_id: str
     seq: int
     user_id: str
-    create_time: datetime
     encoded: bytes
 
 

@@ -177,13 +177,16 @@ def _encoded_messages(tag: bytes, messages: Iterable[domain.StoredMessage]) -> b
     """`messages` as entries of the repeated field whose tag is `tag`."""
     parts: list[bytes] = []
     add = parts.extend
+    user_fields = {"": b""}  # a history has few authors
     for message in messages:
-        if isinstance(message, domain.EncodedMessage) and message.encoded.startswith(_ID_TAG):
+        if isinstance(message, domain.EncodedMessage):
             seq = _SEQ_TAG + _varint(message.seq)
-            user = _user_id_field(message.user_id) if message.user_id else b""
+            user = user_fields.get(message.user_id)
+            if user is None:
+                user = user_fields[message.user_id] = _user_id_field(message.user_id)
             size = len(message.encoded) + len(seq) + len(user)
             add((tag, _varint(size), message.encoded, seq, user))
-        else:  # stored without an encoding, or without its assigned fields: built field by field
+        else:  # stored without an encoding: built field by field
             encoded = message_pb(message).SerializeToString()
             add((tag, _varint(len(encoded)), encoded))
     return b"".join(parts)
@@ -233,25 +236,24 @@ def _fill_message(result: message_pb2.Message, message: domain.StoredMessage) ->
     # assignment one by one.
     if isinstance(message, domain.EncodedMessage):
         result.MergeFromString(message.encoded)
-        if not message.encoded.startswith(_ID_TAG):  # stored without the assigned fields
-            _fill_assigned(result, message)
     else:
         _fill_body(result, message)
-        _fill_assigned(result, message)
+        result.id = message.id
+        result.session_id = message.session_id
+        _set_time(result.create_time, message.create_time)
     result.seq = message.seq
     if message.user_id:
         result.user_id = message.user_id
 
 
-def _fill_assigned(result: message_pb2.Message, message: domain.StoredMessage) -> None:
-    result.id = message.id
-    result.session_id = message.session_id
-    _set_time(result.create_time, message.create_time)
-
-
 # An encoding of the assigned fields starts with the id's (the lowest field number, and never
 # empty); the rest of a message's encoding has none of them.
 _ID_TAG = _field_tag(_MESSAGE_FIELDS["id"].number, _LENGTH_DELIMITED)
+
+
+def holds_assigned(encoded: bytes) -> bool:
+    """domain.HoldsAssigned."""
+    return encoded.startswith(_ID_TAG)
 
 
 def encoded_assigned(message_id: str, session_id: str, create_time: datetime) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parley_server.domain import EncodeAssigned
+from parley_server.domain import EncodeAssigned, HoldsAssigned
 from parley_server.store.contexts import ContextStore
 from parley_server.store.database import Database
 from parley_server.store.history_cache import HistoryCache
@@ -36,6 +36,7 @@ class Store:
         *,
         write_lanes: int = 1,
         encode_assigned: EncodeAssigned,
+        holds_assigned: HoldsAssigned,
         history_cache_bytes: int,
     ) -> Store:
         cache = HistoryCache(db.changes, capacity_bytes=history_cache_bytes)
@@ -44,7 +45,11 @@ class Store:
             users=UserStore(db),
             sessions=SessionStore(db, cache=cache),
             messages=MessageStore(
-                db, write_lanes=write_lanes, encode_assigned=encode_assigned, cache=cache
+                db,
+                write_lanes=write_lanes,
+                encode_assigned=encode_assigned,
+                holds_assigned=holds_assigned,
+                cache=cache,
             ),
             contexts=ContextStore(db),
             ratings=RatingStore(db),

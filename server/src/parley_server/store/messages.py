@@ -29,7 +29,9 @@ from parley_server.domain import (
     NO_STATE_DELTA,
     ContextWindow,
     EncodeAssigned,
+    EncodedMessage,
     HistoryStep,
+    HoldsAssigned,
     Message,
     MessageDeletion,
     MessageFilter,
@@ -52,6 +54,7 @@ from parley_server.store.contexts import session_closed
 from parley_server.store.database import Database, translated_errors
 from parley_server.store.history_cache import Computed, HistoryCache
 from parley_server.store.rows import (
+    Row,
     attachments_json,
     citations_json,
     memory_of_contexts,
@@ -60,7 +63,6 @@ from parley_server.store.rows import (
     to_context,
     to_message,
     to_session,
-    to_stored_message,
     tool_calls_json,
 )
 from parley_server.store.states import apply_state_delta
@@ -119,13 +121,12 @@ class _Shape:
 
 
 # What a history read selects: a row's encoding and the columns outside it. A page with rows
-# without an encoding (from before migration 0008, or from below the API) is read again with
-# every column (_PAGE_RANGE): rare, and cheaper than selecting the other columns, NULL, for every
-# row. Encoded or not by then (encode-history may have run meanwhile): either is read.
-_HISTORY_COLUMNS = [
-    messages.c[key]
-    for key in ("id", "session_id", "seq", "user_id", "create_time", "size_bytes", "encoded")
-]
+# whose encoding is missing (from before migration 0008, or from below the API) or lacks the
+# assigned fields (from a server before EncodeAssigned) is read again with every column
+# (_PAGE_RANGE): rare, and cheaper than selecting the other columns for every row, whose decoding
+# (a uuid, a time) costs more than the rest of the row's. Encoded or not by then (encode-history
+# may have run meanwhile): either is read.
+_HISTORY_COLUMNS = [messages.c[key] for key in ("seq", "user_id", "size_bytes", "encoded")]
 _EVERY_COLUMN = [column for column in messages.c if column.key != "tenant_id"]
 _PAGE_RANGE = select(*_EVERY_COLUMN).where(
     messages.c.tenant_id == bindparam("tenant"),
@@ -307,11 +308,13 @@ class MessageStore:
         *,
         write_lanes: int = 1,
         encode_assigned: EncodeAssigned,
+        holds_assigned: HoldsAssigned,
         cache: HistoryCache,
     ) -> None:
         self._db = db
         self._cache = cache
         self._encode_assigned = encode_assigned
+        self._holds_assigned = holds_assigned
         self._appender = appender_for(db, write_lanes=write_lanes, encode_assigned=encode_assigned)
 
     async def append(
@@ -510,7 +513,7 @@ class MessageStore:
             ).first()
         if row is None:
             raise NotFound.resource("message", message_id)
-        return to_stored_message(row._mapping)
+        return self._stored_one(row._mapping)
 
     async def list(
         self,
@@ -678,9 +681,17 @@ class MessageStore:
         self, scope: Scope, session_id: str, rows: Sequence[Mapping[str, Any]]
     ) -> builtins.list[StoredMessage]:
         """The messages of history rows (of one session, in seq order either way), those without
-        an encoding read again with every column. One deleted meanwhile is left out."""
-        if all(row["encoded"] is not None for row in rows):
-            return [to_stored_message(row) for row in rows]
+        a whole encoding read again with every column. One deleted meanwhile is left out."""
+        holds_assigned = self._holds_assigned
+        stored: builtins.list[StoredMessage] = []
+        for row in rows:
+            encoded = row["encoded"]
+            if encoded is None or not holds_assigned(encoded):
+                break
+            # Positional: cheaper than keywords, and history is read by the thousand.
+            stored.append(EncodedMessage(row["seq"], row["user_id"] or "", encoded))
+        else:
+            return stored
         seqs = [row["seq"] for row in rows]
         found = await self._db.fetch(
             _PAGE_RANGE,
@@ -692,11 +703,19 @@ class MessageStore:
             },
         )
         reread = {row["seq"]: row for row in found}
-        return [
-            to_stored_message(row if row["encoded"] is not None else reread[row["seq"]])
-            for row in rows
-            if row["encoded"] is not None or row["seq"] in reread
-        ]
+        return [self._stored_one(reread[row["seq"]]) for row in rows if row["seq"] in reread]
+
+    def _stored_one(self, row: Row) -> StoredMessage:
+        """The message of a row with every column: encoded when the append stored its encoding
+        (completed with the assigned fields if a server from before EncodeAssigned stored it),
+        else field by field."""
+        encoded: bytes | None = row["encoded"]
+        if encoded is None:
+            return to_message(row)
+        if not self._holds_assigned(encoded):
+            assigned = self._encode_assigned(str(row["id"]), row["session_id"], row["create_time"])
+            encoded = assigned + encoded
+        return EncodedMessage(row["seq"], row["user_id"] or "", encoded)
 
     async def delete(self, scope: Scope, message_id: str, *, allow_missing: bool) -> None:
         """Delete the message (its ratings cascade); its seq is never handed out again."""

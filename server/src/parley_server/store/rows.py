@@ -16,12 +16,10 @@ from parley_server.domain import (
     Citation,
     ClientInfo,
     Context,
-    EncodedMessage,
     Message,
     Rating,
     Role,
     Session,
-    StoredMessage,
     ToolCall,
     User,
     UserProfile,
@@ -106,23 +104,6 @@ def to_message(row: Row) -> Message:
     )
 
 
-def to_stored_message(row: Row) -> StoredMessage:
-    """A message row: encoded when the append stored its encoding, else field by field (from a
-    row with every column)."""
-    encoded = row["encoded"]
-    if encoded is None:
-        return to_message(row)
-    # Positional: several times cheaper than keywords, and history is read by the thousand.
-    return EncodedMessage(
-        str(row["id"]),
-        row["session_id"],
-        row["seq"],
-        row["user_id"] or "",
-        row["create_time"],
-        encoded,
-    )
-
-
 def to_context(row: Row) -> Context:
     return Context(
         id=str(row["id"]),
@@ -192,7 +173,7 @@ def to_api_key(row: Row) -> ApiKey:
 
 
 # What read rows take in memory, about: for the history cache's capacity.
-_MESSAGE_OVERHEAD_BYTES = 400  # a message's object, its id strings and its time
+_MESSAGE_OVERHEAD_BYTES = 250  # a message's object and its user id
 _CONTEXT_OVERHEAD_BYTES = 600  # a context's object, strings and metadata beyond its content
 _SESSION_OVERHEAD_BYTES = 2048  # a session's object beyond its metadata and states
 
