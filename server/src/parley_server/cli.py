@@ -103,7 +103,7 @@ async def _encode_history(settings: Settings, batch: int) -> int:
     """Stores the encoding of every message stored without one (appended before migration 0008),
     which reads then hand out as they do a new message's; returns how many. Safe beside serving
     servers, and to interrupt and run again."""
-    from parley_server.api.convert import stored_encoding
+    from parley_server.api.convert import encoded_message
     from parley_server.app import open_database, open_store
 
     database = await open_database(settings)
@@ -113,7 +113,7 @@ async def _encode_history(settings: Settings, batch: int) -> int:
         after: tuple[str, str] | None = None
         while found := await history.unencoded(after, batch):
             await history.store_encodings(
-                [(tenant, message.id, stored_encoding(message)) for tenant, message in found]
+                [(tenant, message.id, encoded_message(message)) for tenant, message in found]
             )
             encoded += len(found)
             after = (found[-1][0], found[-1][1].id)

@@ -169,11 +169,11 @@ def with_messages(head: ResponseT, messages: Iterable[domain.StoredMessage]) -> 
     (api.interceptors). A stored encoding goes out as it was kept, with seq and user_id encoded
     after it (protobuf merges concatenated encodings): never parsed into objects and serialized
     again, which costs several times as much."""
-    encoded = _encoded_messages(_messages_tag(head.DESCRIPTOR), messages)
+    encoded = _message_entries(_messages_tag(head.DESCRIPTOR), messages)
     return cast(ResponseT, head.SerializeToString() + encoded)
 
 
-def _encoded_messages(tag: bytes, messages: Iterable[domain.StoredMessage]) -> bytes:
+def _message_entries(tag: bytes, messages: Iterable[domain.StoredMessage]) -> bytes:
     """`messages` as entries of the repeated field whose tag is `tag`."""
     parts: list[bytes] = []
     add = parts.extend
@@ -270,8 +270,9 @@ def encoded_body(message: domain.NewMessage | domain.Message) -> bytes:
     return result.SerializeToString()
 
 
-def stored_encoding(message: domain.Message) -> bytes:
-    """The encoding a stored message keeps, as an append of it would have stored it."""
+def encoded_message(message: domain.Message) -> bytes:
+    """The encoding a stored message keeps (all but its seq and user_id), as an append of it
+    would have stored it: what encode-history gives rows stored without one."""
     return encoded_assigned(message.id, message.session_id, message.create_time) + encoded_body(
         message
     )
@@ -354,7 +355,7 @@ def watch_event_pb(event: domain.WatchEvent) -> parley_service_pb2.WatchSessionR
         last_seq=event.last_seq, last_deletion=event.last_deletion
     )
     if event.messages:
-        batch = _encoded_messages(_WATCHED_MESSAGES_TAG, event.messages)
+        batch = _message_entries(_WATCHED_MESSAGES_TAG, event.messages)
         encoded = result.SerializeToString() + _WATCHED_TAG + _varint(len(batch)) + batch
         return cast(parley_service_pb2.WatchSessionResponse, encoded)  # as with_messages
     if event.session is not None:
