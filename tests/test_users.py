@@ -241,8 +241,17 @@ async def test_deleting_an_author_keeps_their_messages_elsewhere(client: ParleyC
     rated = await client.append_message(session.id, role="assistant", content="answer")
     await client.rate_message(rated.id, user_id=author.id, value=4)
 
+    async def authors_as_read() -> list[list[str]]:
+        """The messages' user_id through every read of history (each sends stored encodings)."""
+        listed = (await client.list_messages(session.id)).messages
+        streamed = [m async for m in client.stream_messages(session.id)]
+        window = (await client.get_context_window(session.id)).messages
+        return [[m.user_id for m in read] for read in (listed, streamed, window)]
+
+    assert await authors_as_read() == [[author.id, ""]] * 3
     await client.delete_user(author.id)
 
     kept = await client.get_message(message.id)
     assert (kept.content, kept.user_id) == ("from a guest", "")
+    assert await authors_as_read() == [["", ""]] * 3
     assert (await client.get_rating_summary(message_id=rated.id)).count == 0
