@@ -138,6 +138,8 @@ def _scoped_state_delta(
 
 
 def state_delta(delta: session_pb2.StateDelta, prefix: str, v: Violations) -> domain.StateDelta:
+    if not delta.ByteSize():  # as on most appends; converting an empty one is not free
+        return domain.NO_STATE_DELTA
     return domain.StateDelta(
         session=_scoped_state_delta(delta.session, f"{prefix}.session", v),
         user=_scoped_state_delta(delta.user, f"{prefix}.user", v),
@@ -423,6 +425,8 @@ def new_api_key(key: admin_service_pb2.ApiKey, prefix: str, v: Violations) -> Ne
 
 
 def struct_dict(struct: Struct) -> dict[str, Any]:
+    if not struct.fields:  # as most are: MessageToDict costs microseconds even then
+        return {}
     return json_format.MessageToDict(struct)
 
 
