@@ -11,6 +11,8 @@ replies that parley itself gave to the same requests, so they are of the same si
                     user_id: the least a reply built from stored bytes needs)
   GetContextWindow  the session, its contexts and that keyset query, in one read-only snapshot
   StreamMessages    per batch parley sent, the keyset query for that batch's rows, then the batch
+                    (with a stream_budget: parley's query, under that byte budget, and a batch
+                    built from the rows it read, each encoding followed by its seq and user_id)
   AppendMessage     one INSERT of a message row, autocommit (no coalescing)
 
 Run by bench/run.py: python bench/ceiling_server.py SETTINGS.json (see CeilingSettings).
@@ -37,6 +39,14 @@ SERVICE = "parley.v1.ParleyService"
 _HISTORY = "SELECT seq, user_id, encoded FROM messages"
 _NEWEST = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 ORDER BY seq DESC LIMIT $3"
 _AFTER = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
+# Parley's own query for a stream's batch: its rows up to the byte budget (and at least two).
+_WITHIN_BUDGET = (
+    "SELECT seq, user_id, encoded FROM (SELECT *, sum(size_bytes::int) OVER (ORDER BY seq) AS"
+    " running, row_number() OVER (ORDER BY seq) AS position FROM (SELECT seq, user_id,"
+    " size_bytes, encoded FROM messages WHERE tenant_id = $1 AND session_id = $2 AND seq > $3"
+    " ORDER BY seq LIMIT $4) AS page) AS sized WHERE running - size_bytes < $5 OR position <= 2"
+    " ORDER BY seq"
+)
 _SESSION = "SELECT * FROM sessions WHERE tenant_id = $1 AND id = $2"
 _CONTEXTS = (
     "SELECT * FROM contexts WHERE tenant_id = $1 AND session_id = $2"
@@ -67,6 +77,9 @@ class CeilingSettings:
     stream_batch_sizes: list[int]  # messages in each
     append_reply: str
     append_encoded: str  # what parley stores for the appended message
+    # Above 0: streams build their batches from the rows they read, under this byte budget
+    # (parley's), instead of sending parley's.
+    stream_budget: int = 0
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -82,6 +95,7 @@ async def serve(settings: CeilingSettings) -> None:
     list_reply, window_reply = _bytes(settings.list_reply), _bytes(settings.window_reply)
     stream_replies = [_bytes(reply) for reply in settings.stream_replies]
     append_reply, append_encoded = _bytes(settings.append_reply), _bytes(settings.append_encoded)
+    budget = settings.stream_budget
     next_seq = itertools.count(10_000_000_000)
     sessions = itertools.cycle(settings.append_sessions)
 
@@ -102,9 +116,15 @@ async def serve(settings: CeilingSettings) -> None:
     async def stream_messages(_request: bytes, _context: Any) -> AsyncIterator[bytes]:
         position = 0
         for reply, size in zip(stream_replies, settings.stream_batch_sizes, strict=True):
-            await pool.fetch(_AFTER, tenant, settings.stream_session, position, size + 1)
+            if budget:
+                rows = await pool.fetch(
+                    _WITHIN_BUDGET, tenant, settings.stream_session, position, size + 1, budget
+                )
+                yield _batch(rows[:size])
+            else:
+                await pool.fetch(_AFTER, tenant, settings.stream_session, position, size + 1)
+                yield reply
             position += size
-            yield reply
 
     async def append_message(_request: bytes, _context: Any) -> bytes:
         await pool.execute(
@@ -133,6 +153,29 @@ async def serve(settings: CeilingSettings) -> None:
     server.add_insecure_port(settings.address)
     await server.start()
     await server.wait_for_termination()
+
+
+def _batch(rows: list[asyncpg.Record]) -> bytes:
+    """A StreamMessagesResponse of rows: each message's stored encoding, then its seq and user_id
+    fields (protobuf merges concatenated encodings), as an entry of field 1."""
+    parts: list[bytes] = []
+    for row in rows:
+        encoded, user_id = row["encoded"], row["user_id"]
+        tail = b"\x18" + _varint(row["seq"])  # seq: field 3, a varint
+        if user_id:
+            user = user_id.encode()
+            tail += b"\x82\x01" + _varint(len(user)) + user  # user_id: field 16, bytes
+        parts += (b"\x0a", _varint(len(encoded) + len(tail)), encoded, tail)
+    return b"".join(parts)
+
+
+def _varint(value: int) -> bytes:
+    encoded = bytearray()
+    while value > 0x7F:
+        encoded.append(value & 0x7F | 0x80)
+        value >>= 7
+    encoded.append(value)
+    return bytes(encoded)
 
 
 if __name__ == "__main__":

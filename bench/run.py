@@ -11,7 +11,10 @@ at the same concurrencies, so every figure reads as a ratio, not as a machine-de
              through the same interceptor and options;
   ceiling_read_list, ceiling_read_window, ceiling_stream, ceiling_append (PostgreSQL): a minimal
              gRPC server doing only the database work of each workload, with replies encoded
-             beforehand (bench/ceiling_server.py).
+             beforehand (bench/ceiling_server.py);
+  ceiling_stream_from_rows (PostgreSQL; no target's): the same server building each stream batch
+             from the rows it reads, under parley's byte budget: how much of the stream ceiling
+             any server that answers from its rows can reach.
 
 A read's "fraction of ceiling" is its operations per second over its own ceiling's; an append's,
 over the smaller of ceilings 1 and 2. Each cell runs in rounds (--rounds), each beside its ceilings,
@@ -446,10 +449,17 @@ FITTING_CEILING = {
     "stream_1000": "ceiling_stream",
     "append": "ceiling_append",
 }
+STREAM_FROM_ROWS = "ceiling_stream_from_rows"
+RESPONSE_BUDGET_BYTES = 3 * 1024 * 1024  # parley's default
 
 
 async def ceiling_settings(
-    client: ParleyClient, fixtures: Fixtures, database_url: str, address: str
+    client: ParleyClient,
+    fixtures: Fixtures,
+    database_url: str,
+    address: str,
+    *,
+    stream_budget: int = 0,
 ) -> CeilingSettings:
     """The ceiling server's settings: parley's own replies to the workloads' requests."""
 
@@ -487,17 +497,27 @@ async def ceiling_settings(
         stream_batch_sizes=[len(batch.messages) for batch in batches],
         append_reply=encoded(appended),
         append_encoded=encoded(body),
+        stream_budget=stream_budget,
     )
 
 
 @asynccontextmanager
 async def ceiling_server(
-    client: ParleyClient, fixtures: Fixtures, database_url: str, channels: int, clients: int
+    client: ParleyClient,
+    fixtures: Fixtures,
+    database_url: str,
+    channels: int,
+    clients: int,
+    *,
+    stream_budget: int = 0,
 ) -> AsyncIterator[tuple[list[ParleyClient], int]]:
     """The ceiling server over parley's database, its pid, and `clients` clients of it sharing
-    `channels` connections, as parley's do."""
+    `channels` connections, as parley's do. With stream_budget, its streams build their batches
+    from the rows they read under that byte budget, instead of sending parley's."""
     address = f"127.0.0.1:{_free_port()}"
-    settings = await ceiling_settings(client, fixtures, database_url, address)
+    settings = await ceiling_settings(
+        client, fixtures, database_url, address, stream_budget=stream_budget
+    )
     with tempfile.TemporaryDirectory(prefix="parley-ceiling-") as directory:
         settings_path = Path(directory) / "settings.json"
         settings.write(settings_path)
@@ -978,6 +998,24 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
                 ceiling_server(clients[0], fixtures, url, len(channels), max_clients)
             )
             ceiling_operations = workloads(ceiling_clients, fixtures)
+        # Not a target's ceiling: how far the stream ceiling is from any server that builds its
+        # batches from the rows it reads, under parley's byte budget.
+        from_rows: Operation | None = None
+        from_rows_pid = 0
+        if ceiling_operations and (not args.workloads or "stream_1000" in args.workloads):
+            from_rows_clients, from_rows_pid = await stack.enter_async_context(
+                ceiling_server(
+                    clients[0],
+                    fixtures,
+                    url,
+                    len(channels),
+                    max_clients,
+                    stream_budget=int(
+                        extra_env.get("PARLEY_RESPONSE_BUDGET_BYTES", RESPONSE_BUDGET_BYTES)
+                    ),
+                )
+            )
+            from_rows = workloads(from_rows_clients, fixtures)["stream_1000"]
         wanted = [name for name in operations if not args.workloads or name in args.workloads]
         for count in args.clients:
             rounds: list[tuple[dict[str, Cell], dict[str, Cell]]] = []  # (ceilings, parley's)
@@ -998,6 +1036,16 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
                                 backend,
                                 ceiling_name,
                                 ceiling_operations[name],
+                                count,
+                                args.seconds,
+                                args.warmup,
+                            )
+                    if name == "stream_1000" and from_rows is not None:
+                        with _server_cpu(from_rows_pid):
+                            ceilings[STREAM_FROM_ROWS] = await closed_loop(
+                                backend,
+                                STREAM_FROM_ROWS,
+                                from_rows,
                                 count,
                                 args.seconds,
                                 args.warmup,
@@ -1333,12 +1381,20 @@ def checks(results: list[BackendResult]) -> list[Check]:
                     continue
                 fitting = ceiling(FITTING_CEILING[workload], clients)
                 assert fitting is not None
+                beside = ""
+                if workload == "stream_1000" and (rows := ceiling(STREAM_FROM_ROWS, clients)):
+                    beside = (
+                        f"; {read.ops_per_second / rows.ops_per_second:.0%} of a minimal server"
+                        f" that builds its batches from the rows it reads under the byte budget"
+                        f" ({rows.ops_per_second:,.0f} ops/s, itself"
+                        f" {rows.ops_per_second / fitting.ops_per_second:.0%} of the ceiling)"
+                    )
                 found.append(
                     Check(
                         f"PostgreSQL {workload} at {clients} clients >= 80% of its ceiling"
                         f" ({FITTING_CEILING[workload]})",
                         f"{read.fraction_of_ceiling:.0%} ({read.ops_per_second:,.0f} against"
-                        f" {fitting.ops_per_second:,.0f} ops/s)",
+                        f" {fitting.ops_per_second:,.0f} ops/s){beside}",
                         read.fraction_of_ceiling >= 0.80,
                     )
                 )
@@ -1426,6 +1482,7 @@ CHART_COLORS = {
     "ceiling_read_window": "C2",
     "stream_1000": "C3",
     "ceiling_stream": "C3",
+    STREAM_FROM_ROWS: "C6",
     "batch_append_10": "C4",
     "ceiling_1_database": "C7",
     "ceiling_2_grpc": "C5",

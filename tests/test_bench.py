@@ -98,6 +98,7 @@ def test_the_postgres_benchmark_measures_every_ceiling(
                 "ceiling_read_list",
                 "ceiling_read_window",
                 "ceiling_stream",
+                "ceiling_stream_from_rows",
                 "ceiling_append",
             ),
             (1, 2),
@@ -114,6 +115,11 @@ def test_the_postgres_benchmark_measures_every_ceiling(
             assert cell["errors"] == 0, cell
             assert cell["operations"] > 0, cell
     assert "list_last_50 at 1 clients >= 80% of its ceiling" in output
+    (stream_check,) = [c for c in results["checks"] if c["target"].startswith("PostgreSQL stream")]
+    assert (
+        "of a minimal server that builds its batches from the rows it reads"
+        in (stream_check["measured"])
+    )
 
 
 @pytest.mark.postgres
