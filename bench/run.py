@@ -16,15 +16,17 @@ at the same concurrencies, so every figure reads as a ratio, not as a machine-de
              from the rows it reads, under parley's byte budget: how much of the stream ceiling
              any server that answers from its rows can reach.
 
-A read's "fraction of ceiling" is its operations per second over its own ceiling's; an append's,
-over the smaller of ceilings 1 and 2. Each cell runs in rounds (--rounds), each beside its ceilings,
-and the fraction is the median of the rounds'. Open loop: appends and list-last-50 sent at Poisson
-times at half the closed loop's capacity, each timed from when it was due. Growth: append and
-list-last-50 latency at session sizes of 1k, 10k and 100k messages, and the server's memory while
-streaming the largest. Live history: commit-to-delivery latency of WatchSession with 1, 10 and 100
-watchers on a session that a writer appends to, and what 1,000 idle watchers cost the server (its
-memory, its database connections, and appends beside them, against appends without them in the
-same run). Frameworks: each adapter's append and read against the framework's own PostgreSQL store
+Workloads: append, batch_append_10, list_last_50, stream_1000, context_window, and agent_turn (an
+append, then the context window of the session just written to: an agent's turn, with no ceiling). A
+read's "fraction of ceiling" is its operations per second over its own ceiling's; an append's, over
+the smaller of ceilings 1 and 2. Each cell runs in rounds (--rounds), each beside its ceilings, and
+the fraction is the median of the rounds'. Open loop: appends and list-last-50 sent at Poisson times
+at half the closed loop's capacity, each timed from when it was due. Growth: append and list-last-50
+latency at session sizes of 1k, 10k and 100k messages, and the server's memory while streaming the
+largest. Live history: commit-to-delivery latency of WatchSession with 1, 10 and 100 watchers on a
+session that a writer appends to, and what 1,000 idle watchers cost the server (its memory, its
+database connections, and appends beside them, against appends without them in the same run).
+Frameworks: each adapter's append and read against the framework's own PostgreSQL store
 (bench/frameworks.py). Results go to bench/results/*.json and bench/results/chart.png.
 """
 
@@ -349,12 +351,22 @@ def workloads(clients: list[ParleyClient], fixtures: Fixtures) -> dict[str, Oper
         window = await clients[i].get_context_window(fixtures.window_session, max_messages=50)
         assert len(window.messages) == 50
 
+    async def agent_turn(i: int) -> None:
+        # An agent's turn: it appends what was said, then rebuilds its window from the session it
+        # just wrote to, so the read is never one the history cache has kept.
+        said = await clients[i].append_message(
+            fixtures.append_sessions[i], role="user", content=CONTENT
+        )
+        window = await clients[i].get_context_window(fixtures.append_sessions[i], max_messages=50)
+        assert window.messages[-1].id == said.id
+
     return {
         "append": append,
         "batch_append_10": batch_append,
         "list_last_50": list_last_50,
         "stream_1000": stream_1000,
         "context_window": context_window,
+        "agent_turn": agent_turn,
     }
 
 
@@ -1484,6 +1496,7 @@ CHART_COLORS = {
     "ceiling_stream": "C3",
     STREAM_FROM_ROWS: "C6",
     "batch_append_10": "C4",
+    "agent_turn": "C8",
     "ceiling_1_database": "C7",
     "ceiling_2_grpc": "C5",
 }
