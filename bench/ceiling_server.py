@@ -90,7 +90,11 @@ def _bytes(text: str) -> bytes:
 
 
 async def serve(settings: CeilingSettings) -> None:
-    pool = await asyncpg.create_pool(settings.dsn, min_size=4, max_size=16)
+    # Idle connections close soon: two ceiling servers, parley and the database ceiling's 64
+    # connections must fit the database's limit (100 by default) side by side.
+    pool = await asyncpg.create_pool(
+        settings.dsn, min_size=0, max_size=16, max_inactive_connection_lifetime=2.0
+    )
     tenant = settings.tenant
     list_reply, window_reply = _bytes(settings.list_reply), _bytes(settings.window_reply)
     stream_replies = [_bytes(reply) for reply in settings.stream_replies]
