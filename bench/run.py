@@ -145,15 +145,24 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 CPU_WATCH: dict[str, Callable[[], list[int]]] = {}  # name -> pids whose CPU time to report
 
 
-def _cpu_seconds(pids: list[int]) -> float:
-    total = 0
+def _cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """Each living process's CPU time so far."""
+    used: dict[int, float] = {}
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / _TICKS
+        used[pid] = (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+    return used
+
+
+def _cpu_used(before: dict[int, float], pids: list[int]) -> float:
+    """CPU time `pids` used since `before`: by each process alive at both ends, and all of it by
+    those started since (a database backend whose connection closed meanwhile takes its time with
+    it, rather than counting negative)."""
+    now = _cpu_seconds(pids)
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in now.items())
 
 
 def _postgres_pids() -> list[int]:
@@ -175,7 +184,7 @@ async def closed_loop(
     backend: str, workload: str, operation: Operation, clients: int, seconds: float, warmup: float
 ) -> Cell:
     """`clients` workers, each repeating operation(worker) back to back; latencies after warmup."""
-    cpu_before: dict[str, float] = {}
+    cpu_before: dict[str, dict[int, float]] = {}
 
     async def start_cpu_clock() -> None:
         await asyncio.sleep(warmup)
@@ -207,7 +216,7 @@ async def closed_loop(
 
     await asyncio.gather(*(worker(i) for i in range(clients)))
     await clock
-    used = {name: _cpu_seconds(pids()) - cpu_before[name] for name, pids in CPU_WATCH.items()}
+    used = {name: _cpu_used(cpu_before[name], pids()) for name, pids in CPU_WATCH.items()}
     if errors:
         console.print(f"[red]{workload}@{clients}: {len(errors)} errors, e.g. {errors[0]!r}")
     elapsed = max(finished_at - measure_from, 1e-9)
