@@ -35,6 +35,8 @@ import asyncpg
 import grpc
 import uvloop
 
+from parley_server.api.convert import encode_varint
+
 SERVICE = "parley.v1.ParleyService"
 _HISTORY = "SELECT seq, user_id, encoded FROM messages"
 _NEWEST = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 ORDER BY seq DESC LIMIT $3"
@@ -165,21 +167,12 @@ def _batch(rows: list[asyncpg.Record]) -> bytes:
     parts: list[bytes] = []
     for row in rows:
         encoded, user_id = row["encoded"], row["user_id"]
-        tail = b"\x18" + _varint(row["seq"])  # seq: field 3, a varint
+        tail = b"\x18" + encode_varint(row["seq"])  # seq: field 3, a varint
         if user_id:
             user = user_id.encode()
-            tail += b"\x82\x01" + _varint(len(user)) + user  # user_id: field 16, bytes
-        parts += (b"\x0a", _varint(len(encoded) + len(tail)), encoded, tail)
+            tail += b"\x82\x01" + encode_varint(len(user)) + user  # user_id: field 16, bytes
+        parts += (b"\x0a", encode_varint(len(encoded) + len(tail)), encoded, tail)
     return b"".join(parts)
-
-
-def _varint(value: int) -> bytes:
-    encoded = bytearray()
-    while value > 0x7F:
-        encoded.append(value & 0x7F | 0x80)
-        value >>= 7
-    encoded.append(value)
-    return bytes(encoded)
 
 
 if __name__ == "__main__":
