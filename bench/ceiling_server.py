@@ -12,7 +12,7 @@ replies that parley itself gave to the same requests, so they are of the same si
   GetContextWindow  the session, its contexts and that keyset query, in one read-only snapshot
   StreamMessages    per batch parley sent, the keyset query for that batch's rows, then the batch
                     (with a stream_budget: parley's query, under that byte budget, and a batch
-                    built from the rows it read, each encoding followed by its seq and user_id)
+                    built from the rows it read, framed by parley's own convert.with_messages)
   AppendMessage     one INSERT of a message row, autocommit (no coalescing)
 
 Run by bench/run.py: python bench/ceiling_server.py SETTINGS.json (see CeilingSettings).
@@ -29,13 +29,15 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import grpc
 import uvloop
 
-from parley_server.api.convert import encode_varint
+from parley_client._gen.parley.v1 import parley_service_pb2
+from parley_server.api.convert import with_messages
+from parley_server.domain import EncodedMessage
 
 SERVICE = "parley.v1.ParleyService"
 _HISTORY = "SELECT seq, user_id, encoded FROM messages"
@@ -162,17 +164,10 @@ async def serve(settings: CeilingSettings) -> None:
 
 
 def _batch(rows: list[asyncpg.Record]) -> bytes:
-    """A StreamMessagesResponse of rows: each message's stored encoding, then its seq and user_id
-    fields (protobuf merges concatenated encodings), as an entry of field 1."""
-    parts: list[bytes] = []
-    for row in rows:
-        encoded, user_id = row["encoded"], row["user_id"]
-        tail = b"\x18" + encode_varint(row["seq"])  # seq: field 3, a varint
-        if user_id:
-            user = user_id.encode()
-            tail += b"\x82\x01" + encode_varint(len(user)) + user  # user_id: field 16, bytes
-        parts += (b"\x0a", encode_varint(len(encoded) + len(tail)), encoded, tail)
-    return b"".join(parts)
+    """A StreamMessagesResponse of rows, framed as parley frames its own (convert.with_messages):
+    each stored encoding, then its seq and user_id fields."""
+    messages = [EncodedMessage(row["seq"], row["user_id"] or "", row["encoded"]) for row in rows]
+    return cast(bytes, with_messages(parley_service_pb2.StreamMessagesResponse(), messages))
 
 
 if __name__ == "__main__":

@@ -209,10 +209,10 @@ def _field_tag(number: int, wire_type: int) -> bytes:
 def _varint(value: int) -> bytes:
     if value < len(_SMALL_VARINTS):
         return _SMALL_VARINTS[value]
-    return encode_varint(value)
+    return _encode_varint(value)
 
 
-def encode_varint(value: int) -> bytes:
+def _encode_varint(value: int) -> bytes:
     """A non-negative integer as protobuf's base-128 varint."""
     encoded = bytearray()
     while value > 0x7F:
@@ -222,7 +222,7 @@ def encode_varint(value: int) -> bytes:
     return bytes(encoded)
 
 
-_SMALL_VARINTS = [encode_varint(value) for value in range(1 << 14)]  # every 1- and 2-byte one
+_SMALL_VARINTS = [_encode_varint(value) for value in range(1 << 14)]  # every 1- and 2-byte one
 _MESSAGE_FIELDS = message_pb2.Message.DESCRIPTOR.fields_by_name
 _SEQ_TAG = _field_tag(_MESSAGE_FIELDS["seq"].number, _VARINT_TYPE)
 _USER_ID_TAG = _field_tag(_MESSAGE_FIELDS["user_id"].number, _LENGTH_DELIMITED)
