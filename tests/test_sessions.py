@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
+from sqlalchemy import text, update
 
 from parley_client import (
     AlreadyExistsError,
@@ -18,6 +20,8 @@ from parley_client import (
 )
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
 from parley_client._gen.parley.v1 import session_pb2
+from parley_server.store.database import Database
+from parley_server.store.tables import sessions
 from tests.conftest import RawCall
 from tests.factories import a_session, a_user, new_id
 
@@ -216,6 +220,64 @@ async def test_latest_session_is_the_most_recently_active(client: ParleyClient) 
     assert (await client.get_latest_session(user.id)).id == newer.id
     await client.append_message(older.id, role="user", content="back to this one")
     assert (await client.get_latest_session(user.id)).id == older.id
+
+
+async def test_latest_session_orders_by_the_exact_update_time_across_and_within_minutes(
+    client: ParleyClient, database: Database
+) -> None:
+    user = await a_user(client)
+    first = (await client.create_session(user_id=user.id)).id
+    second = (await client.create_session(user_id=user.id)).id
+
+    async def updated_at(session_id: str, time: datetime) -> None:
+        async with database.write() as session:
+            await session.execute(
+                update(sessions).where(sessions.c.id == session_id).values(update_time=time)
+            )
+
+    minute = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+    await updated_at(first, minute + timedelta(seconds=59, microseconds=999_999))
+    await updated_at(second, minute + timedelta(minutes=1))
+    assert (await client.get_latest_session(user.id)).id == second
+    await updated_at(first, minute + timedelta(minutes=1, microseconds=1))
+    assert (await client.get_latest_session(user.id)).id == first
+
+
+async def test_appends_update_their_session_row_in_place(
+    client: ParleyClient, backend: str, database: Database
+) -> None:
+    """Every append updates its session's row (last_seq, message_count, update_time, ...).
+    PostgreSQL writes the new version beside the old one without touching the table's indexes (a
+    HOT update) only if no indexed column changes; otherwise each append adds an entry to every
+    index of sessions, which bloats them and costs the database CPU on every append."""
+    if backend != "postgres":
+        pytest.skip("HOT updates are PostgreSQL's")
+    _, session = await a_session(client)
+    appends = 20
+    for turn in range(appends):
+        await client.append_message(session.id, role="user", content=f"turn {turn}")
+    updated, in_place = await _session_updates(database, at_least=appends)
+    # A minute boundary crossed between two appends changes the indexed minute once.
+    assert in_place >= updated - 1, f"{updated - in_place} of {updated} updates rewrote indexes"
+
+
+async def _session_updates(database: Database, *, at_least: int) -> tuple[int, int]:
+    """(updates, of which HOT) of sessions, once the server's connections have reported at least
+    `at_least` updates (each reports within about a second of going idle)."""
+    async with asyncio.timeout(15):
+        while True:
+            async with database.read() as session:
+                updated, in_place = (
+                    await session.execute(
+                        text(
+                            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+                            " WHERE relname = 'sessions'"
+                        )
+                    )
+                ).one()
+            if updated >= at_least:
+                return int(updated), int(in_place)
+            await asyncio.sleep(0.1)  # another process's statistics: poll them
 
 
 async def test_latest_session_of_a_user_without_any(client: ParleyClient) -> None:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Computed,
     DateTime,
     Dialect,
     ForeignKey,
@@ -26,7 +27,10 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 # Longest free-form label (chapter, thread id, tool name, ...): keeps index entries small on both
 # backends, far below PostgreSQL's btree row limit.
@@ -53,6 +57,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class MinuteOf(FunctionElement[datetime]):
+    """The minute of a UTC time column (its seconds cut off), as a naive UTC time."""
+
+    type = DateTime()
+    inherit_cache = True
+
+
+@compiles(MinuteOf, "postgresql")
+def _minute_of_postgresql(element: MinuteOf, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"date_trunc('minute', {compiler.process(element.clauses, **kw)} AT TIME ZONE 'UTC')"
+
+
+@compiles(MinuteOf, "sqlite")
+def _minute_of_sqlite(element: MinuteOf, compiler: SQLCompiler, **kw: Any) -> str:
+    # Naive UTC text, 'YYYY-MM-DD HH:MM:SS.ffffff', cut to its minute and read as a time.
+    return f"datetime(substr({compiler.process(element.clauses, **kw)}, 1, 16))"
 
 
 # JSONB on PostgreSQL (indexable, compact), JSON text on SQLite. SQL NULL for Python None.
@@ -164,6 +186,13 @@ class SessionRow(Base):
     state: Mapped[dict[str, Any]] = mapped_column(Json, server_default=text("'{}'"))
     # The client's time of the newest event appended with one (an agent framework's clock).
     last_event_time: Mapped[datetime | None]
+    # What the most-recent-session index holds instead of update_time, which every append
+    # changes: an update that changes no indexed column leaves every index alone (PostgreSQL's
+    # HOT update), and this changes at most once a minute. Stored on PostgreSQL (virtual on
+    # SQLite, which cannot add a stored one to a table).
+    update_minute: Mapped[datetime] = mapped_column(
+        DateTime(), Computed(MinuteOf(text("update_time")), persisted=True)
+    )
 
     __table_args__ = (
         ForeignKeyConstraint(
@@ -172,8 +201,9 @@ class SessionRow(Base):
         # ListSessions(user_id), newest first
         Index(None, "tenant_id", "user_id", "create_time", "id"),
         Index(None, "tenant_id", "create_time", "id"),  # ListSessions(), newest first
-        # GetLatestSession, GetOrCreateOpenSession
-        Index(None, "tenant_id", "user_id", "update_time"),
+        # GetLatestSession, GetOrCreateOpenSession: ordered by update_minute, then update_time
+        # within the newest minute.
+        Index(None, "tenant_id", "user_id", "update_minute"),
         # ListSessions(app[, user_id]), newest first
         Index(None, "tenant_id", "app", "create_time", "id"),
         Index(None, "tenant_id", "app", "user_id", "create_time", "id"),

@@ -67,6 +67,14 @@ _SESSION = select_sessions().where(
 )
 _OWNED_SESSION = _SESSION.where(sessions.c.user_id == bindparam("owner"))
 
+# The most recently active first, as the index on update_minute finds them: the newest minute's
+# sessions, then by the exact time among those.
+_MOST_RECENT_FIRST = (
+    sessions.c.update_minute.desc(),
+    sessions.c.update_time.desc(),
+    sessions.c.id.desc(),
+)
+
 
 def _select_one(scope: Scope, session_id: str) -> tuple[Select[Any], dict[str, str]]:
     """The statement that finds the session within scope, and its parameters."""
@@ -285,7 +293,7 @@ class SessionStore:
                             sessions.c.user_id == user_id,
                             sessions.c.end_time.is_(None),
                         )
-                        .order_by(sessions.c.update_time.desc(), sessions.c.id.desc())
+                        .order_by(*_MOST_RECENT_FIRST)
                         .limit(1)
                     )
                 ).first()
@@ -304,7 +312,7 @@ class SessionStore:
                 await session.execute(
                     select_sessions()
                     .where(sessions.c.tenant_id == scope.tenant, sessions.c.user_id == user_id)
-                    .order_by(sessions.c.update_time.desc(), sessions.c.id.desc())
+                    .order_by(*_MOST_RECENT_FIRST)
                     .limit(1)
                 )
             ).first()
