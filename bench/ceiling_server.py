@@ -13,7 +13,9 @@ replies that parley itself gave to the same requests, so they are of the same si
   StreamMessages    per batch parley sent, the keyset query for that batch's rows, then the batch
                     (with a stream_budget: parley's query, under that byte budget, and a batch
                     built from the rows it read, framed by parley's own convert.with_messages)
-  AppendMessage     one INSERT of a message row, autocommit (no coalescing)
+  AppendMessage     one INSERT of a message row, autocommit (no coalescing); with
+                    coalesce_appends, the rows of the appends that queued meanwhile in one
+                    INSERT, through parley's own group commit
 
 Run by bench/run.py: python bench/ceiling_server.py SETTINGS.json (see CeilingSettings).
 """
@@ -26,10 +28,11 @@ import json
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeAlias, cast
 
 import asyncpg
 import grpc
@@ -38,8 +41,10 @@ import uvloop
 from parley_client._gen.parley.v1 import parley_service_pb2
 from parley_server.api.convert import with_messages
 from parley_server.domain import EncodedMessage
+from parley_server.store.group_commit import GroupCommit, Row
 
 SERVICE = "parley.v1.ParleyService"
+Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 _HISTORY = "SELECT seq, user_id, encoded FROM messages"
 _NEWEST = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 ORDER BY seq DESC LIMIT $3"
 _AFTER = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
@@ -60,6 +65,12 @@ _INSERT = (
     "INSERT INTO messages (tenant_id, id, session_id, seq, role, content, create_time, name,"
     " tool_call_id, invocation_id, thread_id, chapter, payload_type, size_bytes, encoded)"
     " VALUES ($1, $2, $3, $4, 'user', $5, $6, '', '', '', '', '', '', $7, $8)"
+)
+_INSERT_MANY = (
+    "INSERT INTO messages (tenant_id, id, session_id, seq, role, content, create_time, name,"
+    " tool_call_id, invocation_id, thread_id, chapter, payload_type, size_bytes, encoded)"
+    " SELECT $1, id, session_id, seq, 'user', $2, $3, '', '', '', '', '', '', $4, $5"
+    " FROM unnest($6::uuid[], $7::text[], $8::bigint[]) AS appended(id, session_id, seq)"
 )
 
 
@@ -84,6 +95,9 @@ class CeilingSettings:
     # Above 0: streams build their batches from the rows they read, under this byte budget
     # (parley's), instead of sending parley's.
     stream_budget: int = 0
+    # Appends go through parley's group commit: one INSERT for the appends that queued while the
+    # one before ran, instead of one each.
+    coalesce_appends: bool = False
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -104,7 +118,9 @@ async def serve(settings: CeilingSettings) -> None:
     stream_replies = [_bytes(reply) for reply in settings.stream_replies]
     append_reply, append_encoded = _bytes(settings.append_reply), _bytes(settings.append_encoded)
     budget = settings.stream_budget
-    next_seq = itertools.count(10_000_000_000)
+    # Far above what parley and ceiling 1 assign these sessions, and apart from the other
+    # ceiling server's, which appends to them too.
+    next_seq = itertools.count((2 if settings.coalesce_appends else 1) * 10_000_000_000)
     sessions = itertools.cycle(settings.append_sessions)
 
     async def list_messages(_request: bytes, _context: Any) -> bytes:
@@ -134,6 +150,35 @@ async def serve(settings: CeilingSettings) -> None:
                 yield reply
             position += size
 
+    async def insert_many(connection: Connection, rows: list[Row]) -> dict[Any, int]:
+        await connection.execute(
+            _INSERT_MANY,
+            tenant,
+            settings.content,
+            datetime.now(UTC),
+            len(append_encoded) + 128,
+            append_encoded,
+            [row["id"] for row in rows],
+            [row["session_id"] for row in rows],
+            [row["seq"] for row in rows],
+        )
+        return {(row["tenant_id"], row["id"]): row["seq"] for row in rows}
+
+    @asynccontextmanager
+    async def writer() -> AsyncIterator[Connection]:
+        async with pool.acquire() as connection:
+            yield connection
+
+    group_commit: GroupCommit[Connection] = GroupCommit(
+        writer, insert_many, lanes=1, wrote_nothing=lambda _error: False
+    )
+
+    async def append_coalesced(_request: bytes, _context: Any) -> bytes:
+        session = next(sessions)
+        row = {"tenant_id": tenant, "id": str(uuid.uuid4()), "session_id": session}
+        await group_commit.append(session, [{**row, "seq": next(next_seq)}])
+        return append_reply
+
     async def append_message(_request: bytes, _context: Any) -> bytes:
         await pool.execute(
             _INSERT,
@@ -154,7 +199,9 @@ async def serve(settings: CeilingSettings) -> None:
             "ListMessages": grpc.unary_unary_rpc_method_handler(list_messages),
             "GetContextWindow": grpc.unary_unary_rpc_method_handler(get_context_window),
             "StreamMessages": grpc.unary_stream_rpc_method_handler(stream_messages),
-            "AppendMessage": grpc.unary_unary_rpc_method_handler(append_message),
+            "AppendMessage": grpc.unary_unary_rpc_method_handler(
+                append_coalesced if settings.coalesce_appends else append_message
+            ),
         },
     )
     server = grpc.aio.server(handlers=[handlers])

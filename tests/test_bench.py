@@ -101,6 +101,7 @@ def test_the_postgres_benchmark_measures_every_ceiling(
                 "ceiling_stream",
                 "ceiling_stream_from_rows",
                 "ceiling_append",
+                "ceiling_append_coalesced",
             ),
             (1, 2),
         )
@@ -124,6 +125,8 @@ def test_the_postgres_benchmark_measures_every_ceiling(
         "of a minimal server that builds its batches from the rows it reads"
         in (stream_check["measured"])
     )
+    (append_check,) = [c for c in results["checks"] if c["target"].startswith("PostgreSQL appends")]
+    assert "of a minimal server that coalesces its INSERTs" in append_check["measured"]
 
 
 @pytest.mark.postgres
