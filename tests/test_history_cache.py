@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
 from parley_client import NotFoundError, ParleyClient, new_message, state_delta
@@ -22,6 +24,7 @@ from parley_server.store import changes as changes_module
 from parley_server.store.changes import ChangeHub, PostgresListener, user_state_key
 from parley_server.store.database import create_engine
 from parley_server.store.history_cache import ENTRY_OVERHEAD_BYTES, Computed, HistoryCache
+from tests.conftest import property_settings
 from tests.factories import a_session, a_user, some_messages
 from tests.probes import count_calls, until_caught_up
 
@@ -386,6 +389,66 @@ async def test_the_cache_keeps_within_its_capacity_and_nothing_of_failed_reads()
     assert await cache.read(("t", "s99"), "q", lambda: page(-1)) == "page 99"
     hub.publish([("t", "s99")])
     assert await cache.read(("t", "s99"), "q", lambda: page(-1)) == "page -1"
+
+
+async def test_a_tenant_reading_a_lot_does_not_push_out_another_tenants_pages() -> None:
+    """Once the cache is full, the tenant holding the most of it gives way first: another
+    tenant's few pages stay however many sessions one tenant reads, and one tenant alone has all
+    of it."""
+    hub = ChangeHub(in_process=True)
+    page_bytes = ENTRY_OVERHEAD_BYTES + 1000
+    cache = HistoryCache(hub, capacity_bytes=10 * page_bytes)
+
+    async def page(label: str) -> Computed[str]:
+        return Computed(label, 1000)
+
+    for n in range(3):
+        await cache.read(("quiet", f"s{n}"), "q", functools.partial(page, f"quiet {n}"))
+    for n in range(100):
+        await cache.read(("busy", f"s{n}"), "q", functools.partial(page, f"busy {n}"))
+        assert cache.size_bytes <= 10 * page_bytes
+    for n in range(3):
+        kept = await cache.read(("quiet", f"s{n}"), "q", functools.partial(page, "read again"))
+        assert kept == f"quiet {n}"
+    # The busy tenant's most recent pages fill the rest.
+    assert await cache.read(("busy", "s99"), "q", functools.partial(page, "again")) == "busy 99"
+    assert await cache.read(("busy", "s93"), "q", functools.partial(page, "again")) == "busy 93"
+    assert await cache.read(("busy", "s92"), "q", functools.partial(page, "again")) == "again"
+
+
+# Reads (tenant, session, answer size) and changes (tenant, session) in any order.
+_CACHE_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("read"), st.sampled_from("abc"), st.integers(0, 9), st.integers(0, 8000)),
+        st.tuples(st.just("change"), st.sampled_from("abc"), st.integers(0, 9)),
+    ),
+    max_size=60,
+)
+
+
+@property_settings(200)
+@given(_CACHE_STEPS)
+def test_the_cache_accounts_for_every_byte_it_keeps(steps: list[tuple[Any, ...]]) -> None:
+    """Within capacity after every step, and back to nothing once every session changed."""
+
+    async def run() -> None:
+        hub = ChangeHub(in_process=True)
+        capacity = 4 * (ENTRY_OVERHEAD_BYTES + 1000)
+        cache = HistoryCache(hub, capacity_bytes=capacity)
+        for kind, tenant, number, *size in steps:
+            if kind == "read":
+                await cache.read((tenant, f"s{number}"), "q", functools.partial(_sized, *size))
+            else:
+                hub.publish([(tenant, f"s{number}")])
+            assert 0 <= cache.size_bytes <= capacity
+        hub.publish([(tenant, f"s{number}") for tenant in "abc" for number in range(10)])
+        assert cache.size_bytes == 0
+
+    asyncio.run(run())
+
+
+async def _sized(size: int) -> Computed[str]:
+    return Computed("answer", size)
 
 
 async def test_a_read_computed_while_its_session_changed_is_not_kept() -> None:

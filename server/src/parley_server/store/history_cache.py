@@ -7,6 +7,10 @@ changed, costs no query. Reads are kept per session, each under the exact questi
 snapshot; everything kept of a session goes when the ChangeHub reports the session changed, or
 the shared state its answers show (its app's, its user's).
 
+Fair between tenants: once the cache is full, the least recently used session of the tenant that
+holds the most of it goes first, so a tenant that reads many sessions pushes out its own pages,
+not another tenant's few. A tenant alone has all of it.
+
 Correct across processes: a kept answer is given only after the hub confirms that every change
 committed before the question has reached it (on PostgreSQL, one query on the listener's
 connection, shared by the questions waiting for it); when the hub cannot confirm it (its feed is
@@ -17,6 +21,7 @@ shows shared state is kept only if no shared state changed meanwhile.
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -49,14 +54,29 @@ class _Entry:
         self.size = ENTRY_OVERHEAD_BYTES
 
 
+class _Tenant:
+    """A tenant's kept sessions, least recently used first, and their size."""
+
+    __slots__ = ("entries", "size")
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[SessionKey, _Entry] = OrderedDict()
+        self.size = 0
+
+
 class HistoryCache:
-    """Least recently used sessions go first once the answers kept pass capacity_bytes (as
-    estimated by the readers); a capacity of 0 keeps nothing."""
+    """Once the answers kept pass capacity_bytes (as estimated by the readers), the least
+    recently used session of the tenant holding the most goes first; a capacity of 0 keeps
+    nothing."""
 
     def __init__(self, hub: ChangeHub, *, capacity_bytes: int) -> None:
         self._hub = hub
         self._capacity = capacity_bytes
-        self._entries: OrderedDict[SessionKey, _Entry] = OrderedDict()
+        self._entries: dict[SessionKey, _Entry] = {}
+        self._tenants: dict[str, _Tenant] = {}
+        # (-size, tenant) pushed at every change of a tenant's size: the largest is the first
+        # entry that still tells a kept tenant's size (the others are dropped as they surface).
+        self._largest: list[tuple[int, str]] = []
         self._shown_by: dict[ChangeKey, set[SessionKey]] = {}  # shared state -> sessions
         # What a transaction of this process is committing changes to (SQLite).
         self._unsettled: Counter[ChangeKey] = Counter()
@@ -83,13 +103,16 @@ class HistoryCache:
         if entry is not None and question in entry.answers:
             # Any change committed before this read removes the entry once the hub has it.
             if await self._hub.caught_up() and self._entries.get(session) is entry:
-                self._entries.move_to_end(session)
+                self._tenants[session[0]].entries.move_to_end(session)
                 return entry.answers[question]  # type: ignore[no-any-return]
             entry = self._entries.get(session)
         if entry is None:
             entry = self._entries[session] = _Entry()
-            self._size += entry.size
-            self._evict()
+            tenant = self._tenants.get(session[0])
+            if tenant is None:
+                tenant = self._tenants[session[0]] = _Tenant()
+            tenant.entries[session] = entry
+            self._grown(session, entry.size)
         shared_changes = self._shared_changes
         try:
             computed = await compute()
@@ -104,26 +127,49 @@ class HistoryCache:
         if unchanged and question not in entry.answers:
             entry.answers[question] = computed.answer
             entry.size += computed.size
-            self._size += computed.size
             for key in computed.shows:
                 entry.shows.add(key)
                 self._shown_by.setdefault(key, set()).add(session)
-            self._entries.move_to_end(session)
-            self._evict()
+            self._tenants[session[0]].entries.move_to_end(session)
+            self._grown(session, computed.size)
         return computed.answer
 
     def _unsettled_shared(self) -> bool:
         return any(not is_session_key(key) for key in self._unsettled)
 
-    def _evict(self) -> None:
-        while self._size > self._capacity and self._entries:
-            self._forget(next(iter(self._entries)))
+    def _grown(self, session: SessionKey, size: int) -> None:
+        """Count `size` more bytes kept for `session`, and make room for them."""
+        self._resized(session[0], size)
+        while self._size > self._capacity and self._tenants:
+            self._forget(next(iter(self._largest_tenant().entries)))
+
+    def _resized(self, name: str, change: int) -> None:
+        tenant = self._tenants[name]
+        tenant.size += change
+        self._size += change
+        if len(self._largest) > 2 * len(self._tenants) + 64:
+            self._largest = [(-kept.size, kept_name) for kept_name, kept in self._tenants.items()]
+            heapq.heapify(self._largest)
+        else:
+            heapq.heappush(self._largest, (-tenant.size, name))
+
+    def _largest_tenant(self) -> _Tenant:
+        while True:
+            negative_size, name = self._largest[0]
+            tenant = self._tenants.get(name)
+            if tenant is not None and tenant.size == -negative_size:
+                return tenant
+            heapq.heappop(self._largest)
 
     def _forget(self, session: SessionKey) -> None:
         entry = self._entries.pop(session, None)
         if entry is None:
             return
-        self._size -= entry.size
+        tenant = self._tenants[session[0]]
+        del tenant.entries[session]
+        self._resized(session[0], -entry.size)
+        if not tenant.entries:
+            del self._tenants[session[0]]
         for key in entry.shows:
             sessions = self._shown_by.get(key)
             if sessions is not None:
@@ -154,6 +200,8 @@ class HistoryCache:
 
     def reset(self) -> None:
         self._entries.clear()
+        self._tenants.clear()
+        self._largest.clear()
         self._shown_by.clear()
         self._shared_changes += 1
         self._size = 0
