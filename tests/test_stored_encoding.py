@@ -287,7 +287,7 @@ async def test_encode_history_stores_the_encodings_older_rows_lack(
 
 
 async def test_a_row_encoded_between_a_page_and_its_second_read_is_kept(
-    client: ParleyClient, store: Store, database: Database
+    client: ParleyClient, store: Store, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A page's rows without an encoding are read again with every column; if encode-history
     stored their encoding in between, they are still in the page."""
@@ -301,20 +301,22 @@ async def test_a_row_encoded_between_a_page_and_its_second_read_is_kept(
             await transaction.execute(select(messages.c.id, messages.c.encoded).where(this_session))
         ).all()
         await transaction.execute(update(messages).where(this_session).values(encoded=None))
-    page = await database.fetch(
-        select(messages.c.id, messages.c.session_id, messages.c.seq, messages.c.user_id)
-        .add_columns(messages.c.create_time, messages.c.size_bytes, messages.c.encoded)
-        .where(this_session)
-        .order_by(messages.c.seq),
-        {},
-    )
-    assert all(row["encoded"] is None for row in page)
-    async with database.write() as transaction:  # as encode-history would, meanwhile
-        await transaction.execute(
-            update(messages)
-            .where(messages.c.id == bindparam("message_id"))
-            .values(encoded=bindparam("encoding")),
-            [{"message_id": row.id, "encoding": row.encoded} for row in encodings],
-        )
-    read = await store.messages._stored(Scope(tenant="default"), session.id, page)
-    assert [m.seq for m in read] == [m.seq for m in appended]
+    fetch = store.db.fetch
+
+    async def encoded_right_after_the_page(*args: Any, **kwargs: Any) -> Any:
+        page = await fetch(*args, **kwargs)
+        monkeypatch.setattr(store.db, "fetch", fetch)
+        assert all(row["encoded"] is None for row in page)
+        async with database.write() as transaction:  # as encode-history would, meanwhile
+            await transaction.execute(
+                update(messages)
+                .where(messages.c.id == bindparam("message_id"))
+                .values(encoded=bindparam("encoding")),
+                [{"message_id": row.id, "encoding": row.encoded} for row in encodings],
+            )
+        return page
+
+    monkeypatch.setattr(store.db, "fetch", encoded_right_after_the_page)
+    listed = await client.list_messages(session.id, page_size=10)
+    assert store.db.fetch == fetch  # the page was read, and encoded meanwhile
+    assert [m.seq for m in listed.messages] == [m.seq for m in appended]
