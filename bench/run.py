@@ -51,7 +51,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -483,9 +483,6 @@ async def ceiling_settings(
     fixtures: Fixtures,
     database_url: str,
     address: str,
-    *,
-    stream_budget: int = 0,
-    coalesce_appends: bool = False,
 ) -> CeilingSettings:
     """The ceiling server's settings: parley's own replies to the workloads' requests."""
 
@@ -523,8 +520,6 @@ async def ceiling_settings(
         stream_batch_sizes=[len(batch.messages) for batch in batches],
         append_reply=encoded(appended),
         append_encoded=encoded(body),
-        stream_budget=stream_budget,
-        coalesce_appends=coalesce_appends,
     )
 
 
@@ -544,11 +539,8 @@ async def ceiling_server(
     from the rows they read under that byte budget, instead of sending parley's; with
     coalesce_appends, its appends go through parley's group commit."""
     address = f"127.0.0.1:{_free_port()}"
-    settings = await ceiling_settings(
-        client,
-        fixtures,
-        database_url,
-        address,
+    settings = replace(
+        await ceiling_settings(client, fixtures, database_url, address),
         stream_budget=stream_budget,
         coalesce_appends=coalesce_appends,
     )
@@ -1067,26 +1059,20 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
                         backend, clients, count, args.seconds, args.warmup
                     )
                 for name in wanted:
-                    if (ceiling_name := FITTING_CEILING.get(name)) and ceiling_operations:
-                        with _server_cpu(ceiling_pid):
-                            ceilings[ceiling_name] = await closed_loop(
-                                backend,
-                                ceiling_name,
-                                ceiling_operations[name],
-                                count,
-                                args.seconds,
-                                args.warmup,
-                            )
-                    if (minimal_name := MINIMAL_SERVER.get(name)) and minimal:
-                        with _server_cpu(minimal_pid):
-                            ceilings[minimal_name] = await closed_loop(
-                                backend,
-                                minimal_name,
-                                minimal[name],
-                                count,
-                                args.seconds,
-                                args.warmup,
-                            )
+                    for names, served, pid in (
+                        (FITTING_CEILING, ceiling_operations, ceiling_pid),
+                        (MINIMAL_SERVER, minimal, minimal_pid),
+                    ):
+                        if (ceiling_name := names.get(name)) and served:
+                            with _server_cpu(pid):
+                                ceilings[ceiling_name] = await closed_loop(
+                                    backend,
+                                    ceiling_name,
+                                    served[name],
+                                    count,
+                                    args.seconds,
+                                    args.warmup,
+                                )
                     measuring = closed_loop(
                         backend, name, operations[name], count, args.seconds, args.warmup
                     )
@@ -1149,17 +1135,21 @@ def fraction_of_fitting_ceiling(cell: Cell, ceilings: dict[str, Cell]) -> float 
     ceiling is for its latency, p50_over_ceiling); a read against the ceiling server doing the
     same reads."""
     if cell.workload in APPENDS:
-        if "ceiling_1_database" not in ceilings:
-            return None
-        smaller = min(
-            ceilings["ceiling_1_database"].ops_per_second,
-            ceilings["ceiling_2_grpc"].ops_per_second,
-        )
-        return cell.ops_per_second / smaller
+        smaller = smaller_append_ceiling(ceilings)
+        return None if smaller is None else cell.ops_per_second / smaller
     fitting = FITTING_CEILING.get(cell.workload)
     if fitting not in ceilings:
         return None
     return cell.ops_per_second / ceilings[fitting].ops_per_second
+
+
+def smaller_append_ceiling(ceilings: dict[str, Cell]) -> float | None:
+    """The ops/s of the smaller of ceilings 1 and 2 (the database alone, gRPC alone)."""
+    if "ceiling_1_database" not in ceilings:
+        return None
+    return min(
+        ceilings["ceiling_1_database"].ops_per_second, ceilings["ceiling_2_grpc"].ops_per_second
+    )
 
 
 @contextlib.contextmanager
@@ -1449,22 +1439,15 @@ def checks(results: list[BackendResult]) -> list[Check]:
         most = max((c.clients for c in result.cells if c.workload == "append"), default=0)
         if (appends := cell("append", most)) is not None and appends.fraction_of_ceiling:
             beside = ""
-            smaller = min(
-                (
-                    c
-                    for name in ("ceiling_1_database", "ceiling_2_grpc")
-                    if (c := ceiling(name, most))
-                ),
-                key=lambda c: c.ops_per_second,
-                default=None,
+            smaller = smaller_append_ceiling(
+                {c.workload: c for c in result.ceilings if c.clients == most}
             )
             if smaller is not None and (coalesced := ceiling(APPEND_COALESCED, most)):
                 beside = (
                     f"; {appends.ops_per_second / coalesced.ops_per_second:.0%} of a minimal"
                     f" server that coalesces its INSERTs through parley's group commit"
                     f" ({coalesced.ops_per_second:,.0f} ops/s, itself"
-                    f" {coalesced.ops_per_second / smaller.ops_per_second:.0%} of the smaller"
-                    " ceiling)"
+                    f" {coalesced.ops_per_second / smaller:.0%} of the smaller ceiling)"
                 )
             found.append(
                 Check(
