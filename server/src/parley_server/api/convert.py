@@ -357,7 +357,7 @@ def watch_event_pb(event: domain.WatchEvent) -> parley_service_pb2.WatchSessionR
         last_seq=event.last_seq, last_deletion=event.last_deletion
     )
     if event.messages:
-        batch = _message_entries(_WATCHED_MESSAGES_TAG, event.messages)
+        batch = cast(bytes, with_messages(parley_service_pb2.WatchedMessages(), event.messages))
         encoded = result.SerializeToString() + _WATCHED_TAG + _varint(len(batch)) + batch
         return cast(parley_service_pb2.WatchSessionResponse, encoded)  # as with_messages
     if event.session is not None:
@@ -375,7 +375,6 @@ def watch_event_pb(event: domain.WatchEvent) -> parley_service_pb2.WatchSessionR
 
 
 _WATCHED_TAG = _messages_tag(parley_service_pb2.WatchSessionResponse.DESCRIPTOR)
-_WATCHED_MESSAGES_TAG = _messages_tag(parley_service_pb2.WatchedMessages.DESCRIPTOR)
 
 _KEY_ROLE_TO_PB = {
     Role.ADMIN: admin_service_pb2.ApiKey.ROLE_ADMIN,
