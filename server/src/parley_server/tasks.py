@@ -8,6 +8,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# The tasks run_to_end started, until they end: the event loop holds tasks only weakly.
+_running: set[asyncio.Task[None]] = set()
+
 
 def run_to_end(
     work: Coroutine[Any, Any, T],
@@ -17,15 +20,33 @@ def run_to_end(
     """`work`'s result, to await. If the awaiting caller is cancelled, `work` still runs to its
     end and only its result is dropped: an await cut short inside a transaction can leave the
     connection (and on SQLite the write lock) held. `finished(error, abandoned)` is called when
-    it ends; the error is retrieved either way, so an abandoned failure is never reported as
-    unretrieved."""
-    task = asyncio.ensure_future(work)
-    answer = asyncio.shield(task)
+    it ends; an abandoned failure is passed to it, never left unretrieved."""
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[T] = loop.create_future()
 
-    def done(ended: asyncio.Future[T]) -> None:
-        error = None if ended.cancelled() else ended.exception()
-        if finished is not None:
-            finished(error, answer.cancelled())
+    async def run() -> None:
+        # The task sets the answer itself, rather than a callback once it is done (as
+        # asyncio.shield would): the caller wakes one turn of the event loop sooner.
+        error: BaseException | None = None
+        try:
+            result = await work
+        except asyncio.CancelledError:  # the task itself was cancelled, as at shutdown
+            answer.cancel()
+            raise
+        except BaseException as failure:
+            error = failure
+            if not answer.done():
+                answer.set_exception(failure)
+            if not isinstance(failure, Exception):
+                raise
+        else:
+            if not answer.done():
+                answer.set_result(result)
+        finally:
+            _running.discard(task)
+            if finished is not None:
+                finished(error, answer.cancelled())
 
-    task.add_done_callback(done)
+    task = loop.create_task(run())
+    _running.add(task)
     return answer
