@@ -16,6 +16,7 @@ import base64
 import contextlib
 import os
 import random
+import struct
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -24,12 +25,16 @@ import grpc
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message as ProtoMessage
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Struct, Value
 from hypothesis import given
 from hypothesis import strategies as st
 
 from parley_client import ParleyClient, new_message
+from parley_client._gen.parley.v1 import message_pb2
+from parley_client._gen.parley.v1 import parley_service_pb2 as pb
+from parley_server.api.interceptors import ErrorInterceptor, Refused
 from parley_server.api.pagination import PageToken, PageTokens
+from parley_server.api.validate import find_unstorable
 from tests.conftest import property_settings
 from tests.factories import a_session
 from tests.rpcs import (
@@ -323,3 +328,42 @@ async def test_generated_requests_never_get_a_server_error(
     assert sum(seen.values()) >= EXAMPLES
     assert await _read(client, canary_id) == canary_before
     assert uuid.UUID(canary_id)
+
+
+def _unstorable_prone_text() -> st.SearchStrategy[str]:
+    # Mostly ordinary text, with NUL, DEL and characters whose UTF-8 holds 0xFF-free high bytes.
+    return st.text(st.sampled_from(["a", "é", "\x00", "\x7f", "\u07ff", "\U0001f600"]), max_size=6)
+
+
+def _unstorable_prone_value() -> st.SearchStrategy[Value]:
+    numbers = st.floats(allow_nan=True, allow_infinity=True).map(lambda x: Value(number_value=x))
+    texts = _unstorable_prone_text().map(lambda text: Value(string_value=text))
+    return st.one_of(numbers, texts)
+
+
+@property_settings(300)
+@given(
+    content=_unstorable_prone_text(),
+    keys=st.lists(_unstorable_prone_text(), max_size=3),
+    values=st.lists(_unstorable_prone_value(), max_size=3),
+    nan_payload=st.binary(min_size=6, max_size=6),
+)
+def test_screening_refuses_exactly_the_requests_that_hold_an_unstorable_value(
+    content: str, keys: list[str], values: list[Value], nan_payload: bytes
+) -> None:
+    """The screen skips its walk of a request whose bytes cannot hold a NUL character or a NaN or
+    infinite number: it must still refuse every request that holds one, and only those."""
+    message = message_pb2.Message(role=message_pb2.ROLE_USER, content=content)
+    for key, value in zip(keys, values, strict=False):
+        message.metadata.fields[key].CopyFrom(value)
+    # A NaN of either sign whose other bytes are anything (Python's own NaN has zero bytes).
+    sign = b"\xff" if nan_payload[1] % 2 else b"\x7f"
+    odd_nan = struct.unpack("<d", nan_payload + b"\xf8" + sign)[0]
+    message.metadata.fields["odd"].number_value = odd_nan if nan_payload[0] % 2 else 1.5
+    request = pb.AppendMessageRequest(session_id=str(uuid.uuid4()), message=message)
+    deserialize = ErrorInterceptor().request_deserializer(
+        "/parley.v1.ParleyService/AppendMessage", pb.AppendMessageRequest.FromString
+    )
+    assert deserialize is not None
+    screened = deserialize(request.SerializeToString())
+    assert isinstance(screened, Refused) == bool(find_unstorable(request))

@@ -17,6 +17,7 @@ every call as a grpc interceptor per concern would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import traceback
@@ -26,7 +27,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from google.protobuf.message import Message as ProtoMessage
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -49,6 +49,11 @@ class Call:
 
     method: str
     context: Context
+
+
+# What a concern with nothing to do around a call runs it inside (reusable, and cheaper than a
+# generator-based context manager, since every call passes through every concern).
+NOTHING_AROUND = contextlib.nullcontext()
 
 
 class CallInterceptor:
@@ -183,11 +188,11 @@ class InterceptorChain(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  #
 class LoggingInterceptor(CallInterceptor):
     """One INFO line per call, without request data: method, status, duration and peer."""
 
+    def around(self, call: Call, request: Any) -> Any:
+        return self._logged(call) if log.isEnabledFor(logging.INFO) else NOTHING_AROUND
+
     @asynccontextmanager
-    async def around(self, call: Call, request: Any) -> AsyncIterator[None]:
-        if not log.isEnabledFor(logging.INFO):
-            yield
-            return
+    async def _logged(self, call: Call) -> AsyncIterator[None]:
         # Read while the call is alive: grpc's peer() on a call that has ended (a client that
         # cancelled, a deadline) dereferences freed memory and crashes the process.
         peer = call.context.peer()
@@ -213,12 +218,12 @@ class LoggingInterceptor(CallInterceptor):
 
 
 @dataclass(frozen=True, slots=True)
-class Undecodable:
-    """Stands in for a request whose bytes did not parse, so the call can answer
-    INVALID_ARGUMENT instead of grpc's UNKNOWN."""
+class Refused:
+    """Stands in for a request that failed screening (its bytes did not parse, or it holds a
+    value no backend can store), so the call answers INVALID_ARGUMENT instead of grpc's
+    UNKNOWN."""
 
-    type_name: str
-    problem: str
+    error: InvalidArgument
 
 
 _INTERNAL = status_pb2.Status(
@@ -235,16 +240,20 @@ class ErrorInterceptor(CallInterceptor):
 
         def deserialize(data: bytes) -> Any:
             try:
-                return inner(data)
+                request = inner(data)
             except Exception as error:  # DecodeError: corrupt bytes, bad UTF-8, nesting too deep
-                return Undecodable(_request_type(inner), _decode_problem(error))
+                return Refused(_undecodable(_request_type(inner), _decode_problem(error)))
+            if _may_hold_unstorable(data) and (unstorable := find_unstorable(request)):
+                return Refused(InvalidArgument(unstorable))
+            return request
 
         return deserialize
 
     @asynccontextmanager
     async def around(self, call: Call, request: Any) -> AsyncIterator[None]:
         try:
-            _screen(request)
+            if type(request) is Refused:
+                raise request.error
             yield
         except ParleyError as error:
             await _abort(call.context, to_status(error))
@@ -260,17 +269,19 @@ class ErrorInterceptor(CallInterceptor):
             await _abort(call.context, rpc_status.to_status(_INTERNAL))
 
 
-def _screen(request: Any) -> None:
-    if isinstance(request, Undecodable):
-        raise InvalidArgument.field(
-            "(request)",
-            f"could not be decoded as {request.type_name}: {request.problem}. Build it from the"
-            " parley.v1 protos; strings must be valid UTF-8 and nesting at most 100 levels deep",
-        )
-    if isinstance(request, ProtoMessage):
-        unstorable = find_unstorable(request)
-        if unstorable:
-            raise InvalidArgument(unstorable)
+def _undecodable(type_name: str, problem: str) -> InvalidArgument:
+    return InvalidArgument.field(
+        "(request)",
+        f"could not be decoded as {type_name}: {problem}. Build it from the parley.v1 protos;"
+        " strings must be valid UTF-8 and nesting at most 100 levels deep",
+    )
+
+
+def _may_hold_unstorable(data: bytes) -> bool:
+    """Whether a request's bytes can hold what find_unstorable looks for. A NUL character is a
+    0x00 byte in its string's encoding, and a NaN or infinite double has every exponent bit set,
+    so its last byte is 0x7F or 0xFF: bytes without any of these need no walk of the message."""
+    return b"\x00" in data or b"\x7f" in data or b"\xff" in data
 
 
 def _request_type(deserializer: Deserializer) -> str:
@@ -332,12 +343,11 @@ class LifecycleInterceptor(CallInterceptor):
                 return
             await asyncio.sleep(max(quiet - silent_for, 0.0))
 
-    @asynccontextmanager
-    async def around(self, call: Call, request: Any) -> AsyncIterator[None]:
+    def around(self, call: Call, request: Any) -> Any:
         self._last_arrival = time.monotonic()
         if self._draining:
             raise _shutting_down()
-        yield
+        return NOTHING_AROUND
 
     def complete(self, call: Call, work: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
         # A unary handler runs to its end even when its caller cancels (see run_to_end), and
