@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections import Counter
 from datetime import datetime
@@ -120,6 +121,39 @@ async def test_server_processes_appending_to_the_same_sessions_never_deadlock(
         assert (await stores[0].sessions.get(SCOPE, session_id)).last_seq == appended[session_id]
     for store in stores:
         await store.db.dispose()
+
+
+async def test_coalesced_appends_leave_the_pools_connections_planning_as_before(
+    store: Store, backend: str
+) -> None:
+    """The appender has PostgreSQL plan its many-row statement generically on the connection it
+    holds; a connection it hands back to the pool must plan every other statement as before."""
+    if backend != "postgres":
+        pytest.skip("plan_cache_mode is PostgreSQL's")
+    sessions = [(await store.sessions.create(SCOPE, NewSession(id=None))).id for _ in range(8)]
+    # Queued before the first statement runs, most of them go into one statement together.
+    appended = await asyncio.gather(
+        *(
+            store.messages.append(SCOPE, sessions[i % 8], [NewMessage(id=None, role=Role.USER)])
+            for i in range(40)
+        )
+    )
+    assert len(appended) == 40
+    pool = store.db.engine.pool
+    async with asyncio.timeout(10):
+        # The writer gives its connection back after answering, and the pool has no event for
+        # that: poll it.
+        while True:
+            if not pool.checkedout():  # type: ignore[attr-defined]
+                break
+            await asyncio.sleep(0.01)
+    async with contextlib.AsyncExitStack() as held:
+        connections = [
+            await held.enter_async_context(store.db.driver())
+            for _ in range(pool.checkedin())  # type: ignore[attr-defined]
+        ]
+        modes = {await connection.fetchval("SHOW plan_cache_mode") for connection in connections}
+    assert modes == {"auto"}
 
 
 async def test_an_append_that_raced_the_sessions_creation_lands(
