@@ -258,6 +258,22 @@ async def fresh_database(backend: str) -> AsyncIterator[str]:
         await connection.close()
 
 
+async def analyze(database_url: str) -> None:
+    """Statistics for the rows just written, as autovacuum keeps them on a production database
+    (the CI machine's PostgreSQL runs without it). Without them the planner sizes the tables from
+    how they were when their indexes were made, empty, and may scan every session of a tenant to
+    find one."""
+    if make_url(database_url).get_backend_name() != "postgresql":
+        return
+    connection = await asyncpg.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    )
+    try:
+        await connection.execute("ANALYZE")
+    finally:
+        await connection.close()
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -581,7 +597,12 @@ class GrowthPoint:
 
 
 async def growth(
-    backend: str, client: ParleyClient, sizes: list[int], seconds: float, rounds: int = 8
+    backend: str,
+    database_url: str,
+    client: ParleyClient,
+    sizes: list[int],
+    seconds: float,
+    rounds: int = 8,
 ) -> tuple[list[GrowthPoint], dict[int, str]]:
     """Append and list-last-50 latency (one client) in sessions of each size, over many short
     rounds; each round measures every size back to back, in alternating order. Also returns the
@@ -591,6 +612,7 @@ async def growth(
     for size in sizes:
         sessions[size] = (await client.create_session(user_id=user.id)).id
         await _fill(client, sessions[size], size)
+    await analyze(database_url)
     workloads = ("append", "list_last_50")
     p50s: dict[tuple[int, str], list[float]] = {(size, w): [] for size in sizes for w in workloads}
     for round_number in range(rounds):
@@ -1016,6 +1038,7 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
         ]
         clients = [channels[i % len(channels)] for i in range(max_clients)]
         fixtures = await prepare(clients[0], max_clients)
+        await analyze(url)
         operations = workloads(clients, fixtures)
         ceiling_operations: dict[str, Operation] = {}
         ceiling_pid = 0
@@ -1119,7 +1142,7 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> BackendResult
         await stack.aclose()
         if args.growth:
             result.growth, sized = await growth(
-                backend, clients[0], args.growth, args.growth_seconds
+                backend, url, clients[0], args.growth, args.growth_seconds
             )
             largest = max(sized)
             result.stream_memory = await stream_memory(clients[0], server.pid, sized[largest])
