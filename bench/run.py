@@ -239,13 +239,18 @@ async def closed_loop(
 # --- databases and the server -----------------------------------------------------------------
 
 
+def _asyncpg_dsn(database_url: str) -> str:
+    """The asyncpg DSN of a SQLAlchemy PostgreSQL URL."""
+    return make_url(database_url).set(drivername="postgresql").render_as_string(False)
+
+
 @asynccontextmanager
 async def fresh_database(backend: str) -> AsyncIterator[str]:
     if backend == "sqlite":
         with tempfile.TemporaryDirectory(prefix="parley-bench-") as directory:
             yield f"sqlite+aiosqlite:///{directory}/parley.db"
         return
-    admin = make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(False)
+    admin = _asyncpg_dsn(POSTGRES_URL)
     name = f"parley_bench_{uuid.uuid4().hex[:12]}"
     connection = await asyncpg.connect(admin)
     await connection.execute(f'CREATE DATABASE "{name}"')
@@ -265,9 +270,7 @@ async def analyze(database_url: str) -> None:
     find one."""
     if make_url(database_url).get_backend_name() != "postgresql":
         return
-    connection = await asyncpg.connect(
-        make_url(database_url).set(drivername="postgresql").render_as_string(False)
-    )
+    connection = await asyncpg.connect(_asyncpg_dsn(database_url))
     try:
         await connection.execute("ANALYZE")
     finally:
@@ -421,8 +424,9 @@ async def database_ceiling(
 ) -> Cell:
     """Ceiling 1: the same rows into the same table, one autocommit INSERT each, no gRPC."""
     if make_url(database_url).get_backend_name() == "postgresql":
-        dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
-        pool = await asyncpg.create_pool(dsn, min_size=clients, max_size=clients)
+        pool = await asyncpg.create_pool(
+            _asyncpg_dsn(database_url), min_size=clients, max_size=clients
+        )
         sql = (
             f"INSERT INTO messages ({_INSERT_COLUMNS})"
             " VALUES ('default', $1, $2, $3, $4, $5, $6, '', '', '', '', '')"
@@ -522,7 +526,7 @@ async def ceiling_settings(
     for server_field in ("id", "session_id", "seq", "user_id", "create_time"):
         body.ClearField(server_field)
     return CeilingSettings(
-        dsn=make_url(database_url).set(drivername="postgresql").render_as_string(False),
+        dsn=_asyncpg_dsn(database_url),
         address=address,
         tenant="default",
         list_session=fixtures.list_session,
@@ -881,12 +885,11 @@ def _rss_mb(pid: int) -> float:
 async def _db_connections(database_url: str) -> int | None:
     if not database_url.startswith("postgresql"):
         return None
-    url = make_url(database_url)
-    connection = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+    connection = await asyncpg.connect(_asyncpg_dsn(database_url))
     try:
         count: int = await connection.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-            url.database,
+            make_url(database_url).database,
         )
         return count
     finally:
