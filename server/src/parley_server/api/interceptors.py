@@ -53,7 +53,7 @@ class Call:
 
 # What a concern with nothing to do around a call runs it inside (reusable, and cheaper than a
 # generator-based context manager, since every call passes through every concern).
-NOTHING_AROUND = contextlib.nullcontext()
+_NOTHING_AROUND = contextlib.nullcontext()
 
 
 class CallInterceptor:
@@ -189,7 +189,7 @@ class LoggingInterceptor(CallInterceptor):
     """One INFO line per call, without request data: method, status, duration and peer."""
 
     def around(self, call: Call, request: Any) -> Any:
-        return self._logged(call) if log.isEnabledFor(logging.INFO) else NOTHING_AROUND
+        return self._logged(call) if log.isEnabledFor(logging.INFO) else _NOTHING_AROUND
 
     @asynccontextmanager
     async def _logged(self, call: Call) -> AsyncIterator[None]:
@@ -347,7 +347,7 @@ class LifecycleInterceptor(CallInterceptor):
         self._last_arrival = time.monotonic()
         if self._draining:
             raise _shutting_down()
-        return NOTHING_AROUND
+        return _NOTHING_AROUND
 
     def complete(self, call: Call, work: Coroutine[Any, Any, Any]) -> Awaitable[Any]:
         # A unary handler runs to its end even when its caller cancels (see run_to_end), and
