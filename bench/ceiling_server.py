@@ -165,7 +165,7 @@ async def serve(settings: CeilingSettings) -> None:
         return {(row["tenant_id"], row["id"]): row["seq"] for row in rows}
 
     @asynccontextmanager
-    async def writer() -> AsyncIterator[Connection]:
+    async def writer(_lane: int) -> AsyncIterator[Connection]:
         async with pool.acquire() as connection:
             yield connection
 

@@ -869,7 +869,8 @@ class IdleWatchers:
     kib_per_watcher: float
     db_connections_before: int | None  # PostgreSQL: parley's connections to its database
     db_connections_after: int | None
-    db_connections_ceiling: int  # the pool's size and overflow, and the history listener
+    # The pool's size and overflow, the write lanes' own connections and the history listener.
+    db_connections_ceiling: int
     append_without: list[Cell]  # rounds without watchers, alternating with those with them
     append_with: list[Cell]
     append_ratio: float  # mean ops per second with them / without them
@@ -966,6 +967,7 @@ async def idle_watchers(
     server_env = dict(args.server_env)
     pool = int(server_env.get("PARLEY_DB_POOL_SIZE", 16))
     overflow = int(server_env.get("PARLEY_DB_MAX_OVERFLOW", 0))
+    lanes = int(server_env.get("PARLEY_WRITE_LANES", 1))
 
     def mean(cells: list[Cell]) -> float:
         return sum(cell.ops_per_second for cell in cells) / len(cells)
@@ -979,7 +981,7 @@ async def idle_watchers(
         ),
         db_connections_before=measured["connections_before"],
         db_connections_after=measured["connections_after"],
-        db_connections_ceiling=pool + overflow + 1,
+        db_connections_ceiling=pool + overflow + lanes + 1,
         append_without=without,
         append_with=with_them,
         append_ratio=round(mean(with_them) / mean(without), 3),
@@ -1019,7 +1021,8 @@ async def bench_watch(
             f"  {backend:<8} {idle.watchers // 10} -> {idle.watchers} idle watchers: server RSS"
             f" {idle.rss_before_mb} -> {idle.rss_after_mb} MB ({idle.kib_per_watcher} KiB each);"
             f" database connections {idle.db_connections_before} ->"
-            f" {idle.db_connections_after} (pool and listener: {idle.db_connections_ceiling});"
+            f" {idle.db_connections_after} (pool, write lanes and listener:"
+            f" {idle.db_connections_ceiling});"
             f" appends at {idle.append_with[0].clients} clients {with_them} ops/s with them,"
             f" {without} without ({idle.append_ratio:.0%})"
         )
@@ -1392,7 +1395,7 @@ def watch_checks(result: BackendResult) -> list[Check]:
         found.append(
             Check(
                 f"{result.backend}: {idle.watchers} idle watchers hold no database connection"
-                " (at most the pool's, and the listener)",
+                " (at most the pool's, the write lanes' and the listener)",
                 f"{idle.db_connections_before} -> {idle.db_connections_after} connections from"
                 f" {idle.watchers // 10} to {idle.watchers} watchers (ceiling"
                 f" {idle.db_connections_ceiling}); server RSS"

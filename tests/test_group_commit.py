@@ -33,7 +33,7 @@ class FakeDatabase:
         self.break_next = False
 
     @asynccontextmanager
-    async def writer(self) -> AsyncIterator[str]:
+    async def writer(self, _lane: int) -> AsyncIterator[str]:
         self.writers_opened += 1
         try:
             yield f"connection-{self.writers_opened}"

@@ -9,9 +9,10 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from parley_client import ParleyClient
 from parley_server import app
@@ -126,8 +127,8 @@ async def test_server_processes_appending_to_the_same_sessions_never_deadlock(
 async def test_coalesced_appends_leave_the_pools_connections_planning_as_before(
     store: Store, backend: str
 ) -> None:
-    """The appender has PostgreSQL plan its many-row statement generically on the connection it
-    holds; a connection it hands back to the pool must plan every other statement as before."""
+    """The appender has PostgreSQL plan its many-row statement generically on the connections it
+    writes on; the pool's connections must plan every other statement as before."""
     if backend != "postgres":
         pytest.skip("plan_cache_mode is PostgreSQL's")
     sessions = [(await store.sessions.create(SCOPE, NewSession(id=None))).id for _ in range(8)]
@@ -141,8 +142,8 @@ async def test_coalesced_appends_leave_the_pools_connections_planning_as_before(
     assert len(appended) == 40
     pool = store.db.engine.pool
     async with asyncio.timeout(10):
-        # The writer gives its connection back after answering, and the pool has no event for
-        # that: poll it.
+        # Whatever the appender checked out of the pool goes back after it answered, and the
+        # pool has no event for that: poll it.
         while True:
             if not pool.checkedout():  # type: ignore[attr-defined]
                 break
@@ -154,6 +155,49 @@ async def test_coalesced_appends_leave_the_pools_connections_planning_as_before(
         ]
         modes = {await connection.fetchval("SHOW plan_cache_mode") for connection in connections}
     assert modes == {"auto"}
+
+
+async def test_appends_need_no_connection_of_the_pool(store: Store, backend: str) -> None:
+    """The appender writes on connections of its own: readers holding every pooled connection (a
+    burst of slow reads) do not hold up appends, which would wait for the pool's timeout and
+    fail UNAVAILABLE."""
+    if backend != "postgres":
+        pytest.skip("SQLite opens a connection per use")
+    session = await store.sessions.create(SCOPE, NewSession(id=None))
+    pool = store.db.engine.pool
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(pool.size()):  # type: ignore[attr-defined]
+            await held.enter_async_context(store.db.driver())
+        async with asyncio.timeout(5):  # the pool would make it wait 10 s
+            (message,) = await store.messages.append(
+                SCOPE, session.id, [NewMessage(id=None, role=Role.USER)]
+            )
+    assert message.seq == 1
+
+
+async def test_disposing_the_database_closes_the_appenders_connections(
+    store: Store, backend: str
+) -> None:
+    """The appender's connections live outside the pool, so disposing of the pool alone would
+    leave them open (one per write lane, in every stopped server process)."""
+    if backend != "postgres":
+        pytest.skip("SQLite opens a connection per use")
+    session = await store.sessions.create(SCOPE, NewSession(id=None))
+    await store.messages.append(SCOPE, session.id, [NewMessage(id=None, role=Role.USER)])
+    database = store.db.engine.url.database
+    await store.db.dispose()
+    observer = await asyncpg.connect(_asyncpg_dsn(store.db.engine.url.set(database="postgres")))
+    try:
+        left = await observer.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = $1", database
+        )
+    finally:
+        await observer.close()
+    assert left == 0
+
+
+def _asyncpg_dsn(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def test_an_append_that_raced_the_sessions_creation_lands(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
+from sqlalchemy.pool import ConnectionPoolEntry, NullPool, PoolProxiedConnection
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from parley_server.errors import Aborted, Unavailable
@@ -178,6 +179,8 @@ class Database:
         self._writer = async_sessionmaker(
             engine.execution_options(**{_WRITE_OPTION: True}), expire_on_commit=False
         )
+        self._dedicated: list[DedicatedConnection] = []
+        self._unpooled: AsyncEngine | None = None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -239,6 +242,20 @@ class Database:
                 else:
                     await asyncio.shield(greenlet_spawn(_discard, pooled))
 
+    def dedicated(self, *, setup: Sequence[str] = ()) -> DedicatedConnection:
+        """PostgreSQL only: a driver connection of its own, outside the pool (see
+        DedicatedConnection); closed when the database is disposed of."""
+        if self._unpooled is None:
+            # Made as the pool makes its connections (URL, hooks), but never waiting for a free
+            # place in it, also when readers hold every pooled connection.
+            self._unpooled = create_async_engine(
+                self.engine.url, poolclass=NullPool, hide_parameters=True
+            )
+            _configure_postgresql(self._unpooled)
+        connection = DedicatedConnection(self._unpooled, setup=setup)
+        self._dedicated.append(connection)
+        return connection
+
     async def fetch(
         self, statement: Select[Any], values: Mapping[str, Any]
     ) -> Sequence[Mapping[str, Any]]:
@@ -283,7 +300,67 @@ class Database:
         return query
 
     async def dispose(self) -> None:
+        for connection in self._dedicated:
+            await connection.close()
+        if self._unpooled is not None:
+            await self._unpooled.dispose()
         await self.engine.dispose()
+
+
+class DedicatedConnection:
+    """A driver connection for one steady user (a write lane), outside the pool: its user checks
+    nothing out of the pool for a run of statements, never waits for readers to give a connection
+    back, and may change session settings (`setup`, run once per connection) that no other user
+    sees. A connection that broke, was cut off mid-statement or was left inside a transaction is
+    closed, and another made at the next use."""
+
+    def __init__(self, engine: AsyncEngine, *, setup: Sequence[str]) -> None:
+        self._engine = engine
+        self._setup = tuple(setup)
+        self._connection: asyncpg.Connection | None = None
+
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[asyncpg.Connection]:
+        """The connection, for one user at a time."""
+        async with translated_errors():
+            connection = await self._open()
+            try:
+                yield connection
+            except BaseException as error:
+                if not isinstance(error, Exception) or is_outage(error):
+                    self._discard()
+                raise
+            finally:
+                if connection.is_in_transaction():
+                    self._discard()
+
+    async def _open(self) -> asyncpg.Connection:
+        if self._connection is not None and not self._connection.is_closed():
+            return self._connection
+        # A connection the database closed (a restart) is known closed once asyncpg saw its EOF.
+        self._discard()
+        pooled = await greenlet_spawn(self._engine.sync_engine.raw_connection)
+        connection = cast(asyncpg.Connection, pooled.driver_connection)
+        pooled.detach()
+        try:
+            for statement in self._setup:
+                await connection.execute(statement)
+        except BaseException:
+            connection.terminate()
+            raise
+        self._connection = connection
+        return connection
+
+    def _discard(self) -> None:
+        if self._connection is not None:
+            self._connection.terminate()
+            self._connection = None
+
+    async def close(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed():
+            with contextlib.suppress(Exception):  # a broken connection: close() terminated it
+                await connection.close(timeout=5)
 
 
 _NOTIFY_EACH = text("SELECT pg_notify(:channel, payload) FROM unnest(:payloads) AS payload")

@@ -45,13 +45,13 @@ class _Append:
 class GroupCommit(Generic[W]):
     def __init__(
         self,
-        open_writer: Callable[[], AbstractAsyncContextManager[W]],
+        open_writer: Callable[[int], AbstractAsyncContextManager[W]],
         write_batch: WriteBatch[W],
         *,
         lanes: int,
         wrote_nothing: Callable[[Exception], bool],
     ) -> None:
-        """open_writer: a connection for a run of statements (one checkout while a lane is busy).
+        """open_writer: the lane's connection for a run of statements (while the lane is busy).
         wrote_nothing: whether a statement that raised this wrote nothing (and can be split up)."""
         self._open_writer = open_writer
         self._write_batch = write_batch
@@ -76,7 +76,7 @@ class GroupCommit(Generic[W]):
             while queue:
                 batch = _next_batch(queue)
                 try:
-                    async with self._open_writer() as writer:
+                    async with self._open_writer(lane) as writer:
                         while batch:
                             await self._write(writer, batch)
                             batch = _next_batch(queue)

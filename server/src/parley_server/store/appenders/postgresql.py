@@ -1,12 +1,9 @@
 """Appends on PostgreSQL: the rows of several appends (to several sessions) in one statement on
-the pool's driver connection, through group commit."""
+a write lane's own driver connection, through group commit."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -105,22 +102,21 @@ RETURNING tenant_id, id, seq
 """
 
 
-@dataclass(slots=True)
-class _Writer:
-    """A lane's connection for a run of statements, and whether it plans them generically."""
-
-    connection: asyncpg.Connection
-    generic_plans: bool = False
+# Set once on each lane's connection: while a batch statement's arrays are short, PostgreSQL
+# would plan it anew for each execution (a custom plan looks cheaper), which costs more than
+# running it; one generic plan serves every batch. The pool's connections plan as before.
+_LANE_SETUP = ("SET plan_cache_mode = force_generic_plan",)
 
 
 class PostgresAppender:
     def __init__(self, db: Database, *, lanes: int, encode_assigned: EncodeAssigned) -> None:
-        self._db = db
         self._encode_assigned = encode_assigned
-        # A driver connection is held while a lane is busy; a statement that failed without
+        # Each lane writes on a connection of its own, so a run of statements checks nothing out
+        # of the pool (nor waits for readers to give one back). A statement that failed without
         # losing its connection wrote nothing (it is atomic on its own) and can be split.
-        self._group_commit: GroupCommit[_Writer] = GroupCommit(
-            self._writer,
+        self._connections = [db.dedicated(setup=_LANE_SETUP) for _ in range(lanes)]
+        self._group_commit: GroupCommit[asyncpg.Connection] = GroupCommit(
+            lambda lane: self._connections[lane].use(),
             self._write_batch,
             lanes=lanes,
             wrote_nothing=lambda error: not is_outage(error),
@@ -129,22 +125,11 @@ class PostgresAppender:
     async def append(self, session_id: str, rows: list[dict[str, Any]]) -> list[int] | None:
         return await self._group_commit.append(session_id, rows)
 
-    @asynccontextmanager
-    async def _writer(self) -> AsyncIterator[_Writer]:
-        async with self._db.driver() as connection:
-            writer = _Writer(connection)
-            yield writer
-            # Only an outage or a cancellation leaves a run by an error, and then the driver
-            # discards the connection; otherwise it goes back to the pool as it came.
-            if writer.generic_plans:
-                await connection.execute("RESET plan_cache_mode")
-
     async def _write_batch(
-        self, writer: _Writer, rows: list[dict[str, Any]]
+        self, connection: asyncpg.Connection, rows: list[dict[str, Any]]
     ) -> dict[tuple[str, str], int]:
         """One statement for the rows of several appends (to several sessions): one round trip,
         atomic and durable on its own."""
-        connection = writer.connection
         now = utcnow()
         for row in rows:
             row["create_time"] = now
@@ -157,11 +142,5 @@ class PostgresAppender:
                 _APPEND_ONE_POSTGRESQL, now, *(column[0] for column in columns)
             )
         else:
-            if not writer.generic_plans:
-                # PostgreSQL plans the batch statement anew for each execution while its arrays
-                # are short (a custom plan looks cheaper), which costs more than running it;
-                # one generic plan serves every batch. Set for this run of statements only.
-                await connection.execute("SET plan_cache_mode = force_generic_plan")
-                writer.generic_plans = True
             records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
         return {(record["tenant_id"], str(record["id"])): record["seq"] for record in records}

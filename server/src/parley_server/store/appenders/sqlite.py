@@ -22,7 +22,7 @@ class SqliteAppender:
         # One lane: SQLite has one writer. Each statement is its own transaction, rolled back on
         # any error, so a failed one wrote nothing and can be split.
         self._group_commit: GroupCommit[None] = GroupCommit(
-            nullcontext, self._write_batch, lanes=1, wrote_nothing=lambda error: True
+            lambda _lane: nullcontext(), self._write_batch, lanes=1, wrote_nothing=lambda _: True
         )
 
     async def append(self, session_id: str, rows: list[dict[str, Any]]) -> list[int] | None:
