@@ -196,6 +196,34 @@ async def test_disposing_the_database_closes_the_appenders_connections(
     assert left == 0
 
 
+async def test_a_dedicated_connection_cut_off_mid_statement_is_replaced(
+    database: Database, backend: str
+) -> None:
+    """A lane's connection whose statement was cancelled (a shutdown, say) is still busy with it:
+    the next use gets a new connection, set up as the first was, not one that answers 'another
+    operation is in progress'."""
+    if backend != "postgres":
+        pytest.skip("SQLite has no driver connections")
+    dedicated = database.dedicated(setup=("SET application_name = 'parley-lane'",))
+    async with dedicated.use() as connection:
+        first = connection.get_server_pid()
+    sent = asyncio.Event()
+
+    async def sleep_on_it() -> None:
+        async with dedicated.use() as connection:
+            sent.set()
+            await connection.execute("SELECT pg_sleep(30)")
+
+    sleeping = asyncio.create_task(sleep_on_it())
+    await sent.wait()
+    sleeping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sleeping
+    async with dedicated.use() as connection:
+        assert connection.get_server_pid() != first
+        assert await connection.fetchval("SHOW application_name") == "parley-lane"
+
+
 def _asyncpg_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 

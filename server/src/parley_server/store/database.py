@@ -327,12 +327,15 @@ class DedicatedConnection:
             try:
                 yield connection
             except BaseException as error:
-                if not isinstance(error, Exception) or is_outage(error):
+                if (
+                    not isinstance(error, Exception)  # cut off mid-statement
+                    or is_outage(error)
+                    or connection.is_in_transaction()
+                ):
                     self._discard()
                 raise
-            finally:
-                if connection.is_in_transaction():
-                    self._discard()
+            if connection.is_in_transaction():  # begun, and left for no one to end
+                self._discard()
 
     async def _open(self) -> asyncpg.Connection:
         if self._connection is not None and not self._connection.is_closed():
