@@ -53,7 +53,7 @@ _WITHIN_BUDGET = (
     "SELECT seq, user_id, encoded FROM (SELECT *, sum(size_bytes::int) OVER (ORDER BY seq) AS"
     " running, row_number() OVER (ORDER BY seq) AS position FROM (SELECT seq, user_id,"
     " size_bytes, encoded FROM messages WHERE tenant_id = $1 AND session_id = $2 AND seq > $3"
-    " ORDER BY seq LIMIT $4) AS page) AS sized WHERE running - size_bytes < $5 OR position <= 2"
+    " ORDER BY seq LIMIT $4) AS page) AS sized WHERE running - size_bytes <= $5 OR position <= 2"
     " ORDER BY seq"
 )
 _SESSION = "SELECT * FROM sessions WHERE tenant_id = $1 AND id = $2"

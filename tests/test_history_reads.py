@@ -6,8 +6,13 @@ import pytest
 
 from parley_client import InvalidArgumentError, Message, ParleyClient, new_message
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
+from parley_server.domain import MessageFilter, NewMessage, NewSession, NewUser, Role
+from parley_server.identity import ANONYMOUS
+from parley_server.store import Store
 from tests.conftest import RawCall
-from tests.factories import a_session
+from tests.factories import a_session, new_id
+
+SCOPE = ANONYMOUS.scope
 
 
 async def _history(client: ParleyClient, session_id: str, count: int) -> list[Message]:
@@ -110,3 +115,30 @@ async def test_context_window_of_a_new_session(client: ParleyClient) -> None:
     assert not window.has_earlier_messages
     with pytest.raises(InvalidArgumentError):
         await client.get_context_window(session.id, max_messages=-5)
+
+
+async def test_a_page_that_fills_the_budget_exactly_still_says_more_follow(store: Store) -> None:
+    """A page whose messages' sizes summed to exactly the byte budget said that no more
+    followed (the row after it started at the budget, and only rows starting below it were
+    read): a client listing page by page stopped there and never saw the rest."""
+    user_id = new_id()
+    await store.users.create(SCOPE, NewUser(id=user_id, display_name="u"))
+    session = await store.sessions.create(SCOPE, NewSession(id=None, user_id=user_id))
+    news = [NewMessage(id=None, role=Role.USER, content=str(n), size_bytes=100) for n in range(4)]
+    await store.messages.append(SCOPE, session.id, news)
+    for newest_first in (False, True):
+        page = await store.messages.list(
+            SCOPE,
+            session.id,
+            MessageFilter(),
+            position=0,
+            limit=10,
+            max_bytes=200,
+            newest_first=newest_first,
+            cached=False,
+        )
+        assert [m.seq for m in page.items] == ([4, 3] if newest_first else [1, 2])
+        assert page.has_more
+    window = await store.messages.context_window(SCOPE, session.id, 10, max_bytes=200)
+    assert [m.seq for m in window.messages] == [3, 4]
+    assert window.has_earlier_messages

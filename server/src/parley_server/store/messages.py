@@ -161,7 +161,8 @@ def _within_budget(query: Select[Any], order: Any, *extra: Any) -> Select[Any]:
     """`query`'s rows (a LIMITed select of messages, in `order`) up to the first whose running
     total of size_bytes passes the `budget` parameter, and at least two: the database never
     hands over (nor detoasts) much more than a response can carry, and the row past the budget
-    tells the caller that more follow."""
+    tells the caller that more follow (also the row that starts exactly at the budget, after a
+    page that fills it)."""
     page = query.subquery("page")
     # Summed as integers: a bigint sum is numeric in PostgreSQL, several times slower to add up.
     sizes = cast(page.c.size_bytes, Integer)
@@ -171,7 +172,7 @@ def _within_budget(query: Select[Any], order: Any, *extra: Any) -> Select[Any]:
     return (
         select(*(sized.c[column.key] for column in _HISTORY_COLUMNS), sized.c.running, *extra)
         .where(
-            or_(sized.c.running - sized.c.size_bytes < bindparam("budget"), sized.c.position <= 2)
+            or_(sized.c.running - sized.c.size_bytes <= bindparam("budget"), sized.c.position <= 2)
         )
         .order_by(order(sized.c.seq))
     )
