@@ -5,20 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from sqlalchemy.engine import make_url
 
 from parley_client import NotFoundError, ParleyClient, new_message, state_delta
 from parley_server import app
+from parley_server.api import convert
+from parley_server.api.convert import SERVER_FIELDS_BYTES
 from parley_server.config import Settings
+from parley_server.domain import MessageFilter, NewMessage, Role
 from parley_server.errors import NotFound
+from parley_server.identity import ANONYMOUS
 from parley_server.store import Database, Store
 from parley_server.store import changes as changes_module
 from parley_server.store.changes import ChangeHub, PostgresListener, user_state_key
@@ -247,6 +254,103 @@ async def test_every_change_a_session_shows_reaches_its_next_reader(
     assert after == fresh.session != before[0]
 
 
+# --- brought forward by this process's appends (PostgreSQL's write lanes) ------------------------
+
+
+def _encoded(new: NewMessage) -> NewMessage:
+    """`new` as the API hands it to the store: with its encoding and size."""
+    body = convert.encoded_body(new)
+    return dataclasses.replace(new, encoded=body, size_bytes=len(body) + SERVER_FIELDS_BYTES)
+
+
+def _turn(text: str, *, user_id: str = "", event_time: datetime | None = None) -> NewMessage:
+    return _encoded(
+        NewMessage(id=None, role=Role.USER, content=text, user_id=user_id, event_time=event_time)
+    )
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # on SQLite an append is forgotten, as any write
+async def test_an_agents_window_after_its_own_append_costs_no_query(
+    client: ParleyClient, store: Store, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent appends a turn, then reads its window again: the window (and the session that a
+    user principal's ownership check reads) were forgotten at every append, so every turn cost
+    a query; the append brings them forward now, as the database would answer."""
+    shared = await _shared(client)
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
+    uncached = app.open_store(Settings(history_cache_bytes=0), database)
+    windows = count_calls(store, monkeypatch, "fetch_snapshot")
+    reads = count_calls(store, monkeypatch, "fetch")
+    scope = ANONYMOUS.scope
+    await store.messages.context_window(scope, shared.session, 4, max_bytes=1500)
+    await store.sessions.get(scope, shared.session)
+    for turn in range(8):
+        await store.messages.append(scope, shared.session, [_turn("said " * 40 * (turn % 3))])
+        counted = (windows[0], reads[0])
+        window = await store.messages.context_window(scope, shared.session, 4, max_bytes=1500)
+        session = await store.sessions.get(scope, shared.session)
+        assert (windows[0], reads[0]) == counted  # (those without the cache count too)
+        assert window == await uncached.messages.context_window(
+            scope, shared.session, 4, max_bytes=1500
+        )
+        assert session == await uncached.sessions.get(scope, shared.session) == window.session
+
+
+@pytest.mark.parametrize("backend", ["postgres"])  # on SQLite an append is forgotten, as any write
+@pytest.mark.parametrize("seed", range(3))
+async def test_windows_brought_forward_are_the_databases_own(
+    client: ParleyClient, store: Store, database: Database, seed: int
+) -> None:
+    """Appends of every size (alone, or coalesced with others into one statement), deletions,
+    and windows of every length and budget, in a random order: each window, and each session,
+    is what a server without the cache reads."""
+    rng = random.Random(seed)
+    scope = ANONYMOUS.scope
+    author = await a_user(client, display_name="author")
+    session_ids = [(await a_session(client))[1].id for _ in range(2)]
+    await until_caught_up(store.db.changes)
+    uncached = app.open_store(Settings(history_cache_bytes=0), database)
+    questions = [(rng.randint(1, 6), rng.choice([300, 700, 1500, 1 << 20])) for _ in range(4)]
+    for step in range(60):
+        session_id = rng.choice(session_ids)
+        action = rng.random()
+        if action < 0.5:
+            turns = [
+                [
+                    _turn(
+                        "x" * rng.choice([0, 10, 200, 600]),
+                        user_id=rng.choice(["", author.id]),
+                        event_time=rng.choice([None, datetime(2026, 1, 1, step % 24, tzinfo=UTC)]),
+                    )
+                    for _ in range(rng.randint(1, 3))
+                ]
+                for _ in range(rng.randint(1, 4))
+            ]
+            await asyncio.gather(
+                *(store.messages.append(scope, rng.choice(session_ids), turn) for turn in turns)
+            )
+        elif action < 0.6:
+            listed = await uncached.messages.list(
+                scope, session_id, MessageFilter(), position=0, limit=1000, max_bytes=1 << 30
+            )
+            if listed.items:
+                seq = rng.choice(listed.items).seq
+                stored = next(m for m in listed.items if m.seq == seq)
+                message_id = convert.message_pb(stored).id
+                await store.messages.delete(scope, message_id, allow_missing=False)
+        for max_messages, max_bytes in rng.sample(questions, 2):
+            kept = await store.messages.context_window(
+                scope, session_id, max_messages, max_bytes=max_bytes
+            )
+            fresh = await uncached.messages.context_window(
+                scope, session_id, max_messages, max_bytes=max_bytes
+            )
+            assert kept == fresh, (step, max_messages, max_bytes)
+        assert await store.sessions.get(scope, session_id) == await uncached.sessions.get(
+            scope, session_id
+        )
+
+
 # --- another server process over the same PostgreSQL database ------------------------------------
 
 
@@ -325,10 +429,15 @@ async def test_an_append_through_another_server_is_seen_by_the_next_read(
     _, session = await a_session(client)
     async with another_server(database_url) as (other, _):
         for count in range(1, 31):
-            await client.append_message(session.id, role="user", content=f"turn {count}")
+            # Through one server, then the other: what each kept goes when the other appends.
+            writer, reader = (client, other) if count % 2 else (other, client)
+            await writer.append_message(session.id, role="user", content=f"turn {count}")
             for _ in range(2):
-                page = await newest(other, session.id)
+                page = await newest(reader, session.id)
                 assert [m.seq for m in page.messages][:1] == [count]
+                window = await reader.get_context_window(session.id, max_messages=3)
+                assert [m.seq for m in window.messages][-1:] == [count]
+                assert window.session.last_seq == count
 
 
 @pytest.mark.parametrize("backend", ["postgres"])  # SQLite is written by one process
@@ -416,11 +525,31 @@ async def test_a_tenant_reading_a_lot_does_not_push_out_another_tenants_pages() 
     assert await cache.read(("busy", "s92"), "q", functools.partial(page, "again")) == "again"
 
 
-# Reads (tenant, session, answer size) and changes (tenant, session) in any order.
+@dataclass(frozen=True)
+class _Resized:
+    """A question whose answer a write of this process brings forward to a new size."""
+
+    name: str
+
+    def brought_forward(self, answer: Any, change: Any) -> Computed[str]:
+        return Computed(answer, change)
+
+
+# Reads (tenant, session, question, answer size), changes (tenant, session) and writes of this
+# process (tenant, session, the size they bring answers forward to) in any order.
 _CACHE_STEPS = st.lists(
     st.one_of(
-        st.tuples(st.just("read"), st.sampled_from("abc"), st.integers(0, 9), st.integers(0, 8000)),
+        st.tuples(
+            st.just("read"),
+            st.sampled_from("abc"),
+            st.integers(0, 9),
+            st.sampled_from(["q", _Resized("r"), _Resized("s")]),
+            st.integers(0, 8000),
+        ),
         st.tuples(st.just("change"), st.sampled_from("abc"), st.integers(0, 9)),
+        st.tuples(
+            st.just("write"), st.sampled_from("abc"), st.integers(0, 9), st.integers(0, 8000)
+        ),
     ),
     max_size=60,
 )
@@ -428,6 +557,13 @@ _CACHE_STEPS = st.lists(
 
 @property_settings(200)
 @given(_CACHE_STEPS)
+@example(  # answers brought forward past the capacity: the first makes room by going itself
+    [
+        ("read", "a", 0, _Resized("r"), 10),
+        ("read", "a", 0, _Resized("s"), 10),
+        ("write", "a", 0, 8000),
+    ]
+)
 def test_the_cache_accounts_for_every_byte_it_keeps(steps: list[tuple[Any, ...]]) -> None:
     """Within capacity after every step, and back to nothing once every session changed."""
 
@@ -435,9 +571,14 @@ def test_the_cache_accounts_for_every_byte_it_keeps(steps: list[tuple[Any, ...]]
         hub = ChangeHub(in_process=True)
         capacity = 4 * (ENTRY_OVERHEAD_BYTES + 1000)
         cache = HistoryCache(hub, capacity_bytes=capacity)
-        for kind, tenant, number, *size in steps:
+        for kind, tenant, number, *rest in steps:
             if kind == "read":
-                await cache.read((tenant, f"s{number}"), "q", functools.partial(_sized, *size))
+                question, size = rest
+                read = functools.partial(_sized, size)
+                await cache.read((tenant, f"s{number}"), question, read)
+            elif kind == "write":
+                cache.writing((tenant, f"s{number}"))
+                cache.written((tenant, f"s{number}"), *rest)
             else:
                 hub.publish([(tenant, f"s{number}")])
             assert 0 <= cache.size_bytes <= capacity
@@ -449,6 +590,74 @@ def test_the_cache_accounts_for_every_byte_it_keeps(steps: list[tuple[Any, ...]]
 
 async def _sized(size: int) -> Computed[str]:
     return Computed("answer", size)
+
+
+@dataclass(frozen=True)
+class _Counting:
+    """A question whose answer (a number) a change (another number) brings forward."""
+
+    def brought_forward(self, answer: Any, change: Any) -> Computed[int]:
+        return Computed(answer + change, 10)
+
+
+async def test_a_write_of_this_process_brings_kept_answers_forward() -> None:
+    hub = ChangeHub(in_process=False)
+    hub.feed = _AlwaysCaughtUp()
+    cache = HistoryCache(hub, capacity_bytes=1 << 20)
+    session = ("t", "s")
+
+    async def computed(value: int) -> Computed[int]:
+        return Computed(value, 10)
+
+    assert await cache.read(session, _Counting(), functools.partial(computed, 1)) == 1
+    assert await cache.read(session, "other", functools.partial(computed, 5)) == 5
+    cache.writing(session)
+    # While the statement is on its way, what was kept may be out of date, and what is read
+    # may show the statement or not: neither is given nor kept.
+    assert await cache.read(session, _Counting(), functools.partial(computed, 2)) == 2
+    assert await cache.read(session, _Counting(), functools.partial(computed, 3)) == 3
+    hub.own_writers[41] = cache
+    hub.publish([session], by=41)  # the statement's echo
+    cache.written(session, 10)
+    assert await cache.read(session, _Counting(), functools.partial(computed, -1)) == 11
+    # A question that cannot be brought forward goes.
+    assert await cache.read(session, "other", functools.partial(computed, 6)) == 6
+    hub.publish([session], by=41)  # a late echo
+    assert await cache.read(session, _Counting(), functools.partial(computed, -1)) == 11
+    hub.publish([session], by=42)  # another writer's change
+    assert await cache.read(session, _Counting(), functools.partial(computed, 7)) == 7
+    cache.writing(session)
+    cache.abandoned(session)  # it may have committed, or not
+    assert await cache.read(session, _Counting(), functools.partial(computed, 8)) == 8
+
+
+async def test_a_read_begun_before_a_write_of_this_process_is_not_kept() -> None:
+    hub = ChangeHub(in_process=False)
+    hub.feed = _AlwaysCaughtUp()
+    cache = HistoryCache(hub, capacity_bytes=1 << 20)
+    session = ("t", "s")
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> Computed[int]:
+        reading.set()
+        await release.wait()
+        return Computed(1, 10)  # from before the write, or after it: which, no one can tell
+
+    async def computed(value: int) -> Computed[int]:
+        return Computed(value, 10)
+
+    read = asyncio.create_task(cache.read(session, _Counting(), slow))
+    await reading.wait()
+    cache.writing(session)
+    cache.written(session, 10)
+    release.set()
+    assert await read == 1
+    assert await cache.read(session, _Counting(), functools.partial(computed, 2)) == 2
+
+
+class _AlwaysCaughtUp:
+    async def caught_up(self) -> bool:
+        return True
 
 
 async def test_a_read_computed_while_its_session_changed_is_not_kept() -> None:

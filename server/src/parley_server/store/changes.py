@@ -7,6 +7,11 @@ On PostgreSQL one listener connection per process feeds it with the NOTIFYs that
 sessions sends at every commit that changes a session (from any process); when that connection
 drops, observers forget everything, and every watcher is woken once it is back and reads what
 it missed. On SQLite (one process) the database publishes after each commit.
+
+A write lane of this process reports its appends to an observer itself, as the statement
+carrying them returns (so the history cache can show them at once, see history_cache); the echo
+of such a write, a NOTIFY from that lane's connection (`own_writers`), still wakes watchers but
+does not reach that observer.
 """
 
 from __future__ import annotations
@@ -100,6 +105,9 @@ class ChangeHub:
         self._watchers: dict[SessionKey, set[asyncio.Event]] = {}
         self._observers: list[ChangeObserver] = []
         self._in_process = in_process
+        # The server process ids of this process's write lane connections, while they are open,
+        # each with the observer that its lane tells of its changes itself.
+        self.own_writers: dict[int, object] = {}
         self.feed: Feed | None = None
         self.closed = False
 
@@ -135,10 +143,15 @@ class ChangeHub:
             for observer in self._observers:
                 observer.changing(key)
 
-    def publish(self, changed: Iterable[ChangeKey]) -> None:
+    def publish(self, changed: Iterable[ChangeKey], *, by: int | None = None) -> None:
+        """by: the server process id that committed them, when known (NOTIFY): the observer
+        that one of this process's write lanes with that id tells of its changes has heard of
+        them already (or will, as the lane's statement returns)."""
+        told = self.own_writers.get(by) if by is not None else None
         for key in changed:
             for observer in self._observers:
-                observer.changed(key)
+                if observer is not told:
+                    observer.changed(key)
             if is_session_key(key):
                 for event in self._watchers.get((key[0], key[1]), ()):
                     event.set()
@@ -270,11 +283,11 @@ class PostgresListener:
         await lost.wait()
         throttled(log, logging.WARNING, "history listener connection lost; reconnecting")
 
-    def _notified(self, _connection: Any, _pid: int, _channel: str, payload: object) -> None:
+    def _notified(self, _connection: Any, pid: int, _channel: str, payload: object) -> None:
         try:
             key = _changed_key(str(payload))
         except ValueError:
             log.warning("a malformed %s notification: forgetting every session", CHANNEL)
             self._hub.interrupted()
             return
-        self._hub.publish([key])
+        self._hub.publish([key], by=pid)

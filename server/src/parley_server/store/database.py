@@ -242,9 +242,13 @@ class Database:
                 else:
                     await asyncio.shield(greenlet_spawn(_discard, pooled))
 
-    def dedicated(self, *, setup: Sequence[str] = ()) -> DedicatedConnection:
+    def dedicated(
+        self, *, setup: Sequence[str] = (), tells: object | None = None
+    ) -> DedicatedConnection:
         """PostgreSQL only: a driver connection of its own, outside the pool (see
-        DedicatedConnection); closed when the database is disposed of."""
+        DedicatedConnection); closed when the database is disposed of. tells: the ChangeHub
+        observer that its user tells of what it changes itself, so that the NOTIFYs of its
+        commits do not reach that observer (ChangeHub.own_writers)."""
         if self._unpooled is None:
             # Made as the pool makes its connections (URL, hooks), but never waiting for a free
             # place in it, also when readers hold every pooled connection.
@@ -252,7 +256,11 @@ class Database:
                 self.engine.url, poolclass=NullPool, hide_parameters=True
             )
             _configure_postgresql(self._unpooled)
-        connection = DedicatedConnection(self._unpooled, setup=setup)
+        connection = DedicatedConnection(
+            self._unpooled,
+            setup=setup,
+            announce=None if tells is None else (self.changes.own_writers, tells),
+        )
         self._dedicated.append(connection)
         return connection
 
@@ -312,11 +320,20 @@ class DedicatedConnection:
     nothing out of the pool for a run of statements, never waits for readers to give a connection
     back, and may change session settings (`setup`, run once per connection) that no other user
     sees. A connection that broke, was cut off mid-statement or was left inside a transaction is
-    closed, and another made at the next use."""
+    closed, and another made at the next use. `announce`, when given, is a register and an
+    entry: the register holds the entry under the server process id of the connection while it
+    is open."""
 
-    def __init__(self, engine: AsyncEngine, *, setup: Sequence[str]) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        setup: Sequence[str],
+        announce: tuple[dict[int, object], object] | None = None,
+    ) -> None:
         self._engine = engine
         self._setup = tuple(setup)
+        self._announce = announce
         self._connection: asyncpg.Connection | None = None
 
     @asynccontextmanager
@@ -352,15 +369,26 @@ class DedicatedConnection:
             connection.terminate()
             raise
         self._connection = connection
+        if self._announce is not None:
+            register, entry = self._announce
+            register[connection.get_server_pid()] = entry
         return connection
 
     def _discard(self) -> None:
         if self._connection is not None:
+            self._unannounce(self._connection)
             self._connection.terminate()
             self._connection = None
 
+    def _unannounce(self, connection: asyncpg.Connection) -> None:
+        if self._announce is not None:
+            register, _ = self._announce
+            register.pop(connection.get_server_pid(), None)
+
     async def close(self) -> None:
         connection, self._connection = self._connection, None
+        if connection is not None:
+            self._unannounce(connection)
         if connection is not None and not connection.is_closed():
             with contextlib.suppress(Exception):  # a broken connection: close() terminated it
                 await connection.close(timeout=5)

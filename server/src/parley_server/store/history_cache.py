@@ -17,19 +17,32 @@ connection, shared by the questions waiting for it); when the hub cannot confirm
 down), the database answers. An answer computed while what it shows changed is not kept: each
 computation holds its session's entry, which a change of the session removes, and one that
 shows shared state is kept only if no shared state changed meanwhile.
+
+Written through by this process's appends: an agent that appends and then reads its window again
+finds it kept. A write lane tells the cache when a statement is on its way to a session
+(writing: until it returns, the session's answers are neither given nor kept, since they may or
+may not show it) and what it appended once it has committed (written: each kept answer that
+was read at the seq the statement followed is brought forward by the reader's own rules, and
+the others go). The echo of that commit does not reach the
+cache (ChangeHub.own_writers); any other change still removes the entry, and since a change
+committed before the lane's statement is heard of before any later question is answered, an
+entry brought forward from a state that missed one is gone before it is given.
 """
 
 from __future__ import annotations
 
 import heapq
+import logging
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from parley_server.store.changes import ChangeHub, ChangeKey, SessionKey, is_session_key
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 # What an entry costs beyond its answers' bytes: its dicts and keys.
 ENTRY_OVERHEAD_BYTES = 512
@@ -43,6 +56,16 @@ class Computed(Generic[T]):
     answer: T
     size: int
     shows: tuple[ChangeKey, ...] = ()
+
+
+@runtime_checkable
+class BroughtForward(Protocol):
+    """A question whose kept answer a write of this process can bring forward (see written)."""
+
+    def brought_forward(self, answer: Any, change: Any) -> Computed[Any] | None:
+        """The answer to this question once `change` is made, from the answer just before it;
+        None if it cannot be told without a query (or `answer` is not from just before)."""
+        ...
 
 
 class _Entry:
@@ -80,6 +103,8 @@ class HistoryCache:
         self._shown_by: dict[ChangeKey, set[SessionKey]] = {}  # shared state -> sessions
         # What a transaction of this process is committing changes to (SQLite).
         self._unsettled: Counter[ChangeKey] = Counter()
+        # The sessions a write lane's statement in flight changes (see writing()).
+        self._writing: Counter[SessionKey] = Counter()
         self._shared_changes = 0  # how many changes of shared state this process has heard of
         self._size = 0
         if capacity_bytes > 0:
@@ -97,7 +122,7 @@ class HistoryCache:
     ) -> T:
         """The answer to `question` about `session`: kept, or computed and then kept if nothing
         it shows changed meanwhile. A kept answer is shared: callers never change it."""
-        if self._capacity <= 0 or session in self._unsettled:
+        if self._capacity <= 0 or session in self._unsettled or session in self._writing:
             return (await compute()).answer
         entry = self._entries.get(session)
         if entry is not None and question in entry.answers:
@@ -107,12 +132,7 @@ class HistoryCache:
                 return entry.answers[question]  # type: ignore[no-any-return]
             entry = self._entries.get(session)
         if entry is None:
-            entry = self._entries[session] = _Entry()
-            tenant = self._tenants.get(session[0])
-            if tenant is None:
-                tenant = self._tenants[session[0]] = _Tenant()
-            tenant.entries[session] = entry
-            self._grown(session, entry.size)
+            entry = self._new_entry(session)
         shared_changes = self._shared_changes
         try:
             computed = await compute()
@@ -125,14 +145,70 @@ class HistoryCache:
             or (shared_changes == self._shared_changes and not self._unsettled_shared())
         )
         if unchanged and question not in entry.answers:
-            entry.answers[question] = computed.answer
-            entry.size += computed.size
-            for key in computed.shows:
-                entry.shows.add(key)
-                self._shown_by.setdefault(key, set()).add(session)
-            self._tenants[session[0]].entries.move_to_end(session)
-            self._grown(session, computed.size)
+            self._keep(session, entry, question, computed)
         return computed.answer
+
+    def _new_entry(self, session: SessionKey) -> _Entry:
+        entry = self._entries[session] = _Entry()
+        tenant = self._tenants.get(session[0])
+        if tenant is None:
+            tenant = self._tenants[session[0]] = _Tenant()
+        tenant.entries[session] = entry
+        self._grown(session, entry.size)
+        return entry
+
+    def _keep(
+        self, session: SessionKey, entry: _Entry, question: Hashable, computed: Computed[Any]
+    ) -> None:
+        entry.answers[question] = computed.answer
+        entry.size += computed.size
+        for key in computed.shows:
+            entry.shows.add(key)
+            self._shown_by.setdefault(key, set()).add(session)
+        self._tenants[session[0]].entries.move_to_end(session)
+        self._grown(session, computed.size)
+
+    def writing(self, session: SessionKey) -> None:
+        """A write lane of this process sends a statement that changes `session`: until
+        written() or abandoned(), its answers are neither given nor kept."""
+        self._writing[session] += 1
+
+    def written(self, session: SessionKey, change: Any) -> None:
+        """That statement committed `change`, the only change of `session` since its answers
+        were read (any other one removes them when it is heard of): each kept answer to a
+        question that is BroughtForward becomes what the question makes of it; the others go.
+        A computation that began before keeps nothing (it may show the change, or not)."""
+        entry = self._entries.get(session)
+        if entry is not None:
+            kept = list(entry.answers.items())
+            self._forget(session)
+            try:
+                advanced = [
+                    (question, question.brought_forward(answer, change))
+                    for question, answer in kept
+                    if isinstance(question, BroughtForward)
+                ]
+            except Exception as error:  # a bug must never fail appends that have committed
+                log.error("history cache: could not bring %s forward: %r", session, error)
+                advanced = []
+            if any(computed is not None for _, computed in advanced):
+                entry = self._new_entry(session)
+                for question, computed in advanced:
+                    if self._entries.get(session) is not entry:
+                        break  # made room for the others by going itself
+                    if computed is not None:
+                        self._keep(session, entry, question, computed)
+        self._written(session)
+
+    def abandoned(self, session: SessionKey) -> None:
+        """That statement failed, and may or may not have committed: what was kept goes."""
+        self._forget(session)
+        self._written(session)
+
+    def _written(self, session: SessionKey) -> None:
+        self._writing[session] -= 1
+        if self._writing[session] <= 0:
+            del self._writing[session]
 
     def _unsettled_shared(self) -> bool:
         return any(not is_session_key(key) for key in self._unsettled)

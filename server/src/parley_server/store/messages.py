@@ -44,6 +44,7 @@ from parley_server.domain import (
 )
 from parley_server.errors import Aborted, AlreadyExists, NotFound
 from parley_server.store.appenders import (
+    Appended,
     appender_for,
     newest_event_time,
     reserve_seqs,
@@ -59,6 +60,7 @@ from parley_server.store.rows import (
     citations_json,
     memory_of_contexts,
     memory_of_history,
+    memory_of_messages,
     memory_of_session,
     to_context,
     to_message,
@@ -294,12 +296,100 @@ class _PageAsked:
 
 
 @dataclass(frozen=True, slots=True)
+class _KeptWindow:
+    """A context window as the history cache keeps it: with its messages' size_bytes (what an
+    append's window is cut from) and the memory its session and contexts take."""
+
+    window: ContextWindow
+    sizes: tuple[int, ...]
+    other_bytes: int
+
+    def computed(self, tenant: str) -> Computed[_KeptWindow]:
+        session = self.window.session
+        return Computed(
+            self,
+            memory_of_messages(self.sizes) + self.other_bytes,
+            shows=states_shown(tenant, session.app, session.user_id),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class _WindowAsked:
     """The question a context window answers (its cache key)."""
 
     max_messages: int
     max_bytes: int
     min_event_time: datetime | None
+
+    def brought_forward(self, answer: Any, change: Any) -> Computed[_KeptWindow] | None:
+        """history_cache.BroughtForward: the window once `change` (Appended) is appended, cut
+        by the rules the database's read follows (_within_budget, then fit)."""
+        kept: _KeptWindow = answer
+        appended: Appended = change
+        window = kept.window
+        session = appended.session_after(window.session)
+        if (
+            session is None
+            or self.min_event_time is not None  # which new messages it shows: not checked here
+            or None in appended.encodings  # read back field by field: not built here
+        ):
+            return None
+        sizes = (*kept.sizes, *(row["size_bytes"] for row in appended.rows))
+        cut = _newest_within(
+            sizes,
+            older=window.has_earlier_messages,
+            limit=self.max_messages,
+            max_bytes=self.max_bytes,
+        )
+        if cut is None:
+            return None
+        count, has_earlier = cut
+        new = [
+            EncodedMessage(seq, row["user_id"] or "", encoding)
+            for row, seq, encoding in zip(
+                appended.rows, appended.seqs, appended.encodings, strict=True
+            )
+            if encoding is not None
+        ]
+        messages = [*window.messages, *new][len(sizes) - count :]
+        after = ContextWindow(
+            session=session,
+            contexts=window.contexts,
+            messages=messages,
+            has_earlier_messages=has_earlier,
+        )
+        return _KeptWindow(after, sizes[len(sizes) - count :], kept.other_bytes).computed(
+            appended.session[0]
+        )
+
+
+def _newest_within(
+    sizes: Sequence[int], *, older: bool, limit: int, max_bytes: int
+) -> tuple[int, bool] | None:
+    """Of messages whose size_bytes are `sizes` (in seq order, the newest of a session's, and
+    `older` ones before them if so), how many a newest-first read keeps, and whether it says
+    that earlier ones exist: _within_budget's rows (at most limit + 1, each starting within the
+    budget or among the first two), then fit(). None if that would keep one of the older ones,
+    whose sizes are not known here."""
+    runnings: list[int] = []
+    running = 0
+    for position, size in enumerate(reversed(sizes), start=1):
+        if position > limit + 1 or (running > max_bytes and position > 2):
+            returned = len(runnings)
+            break
+        running += size
+        runnings.append(running)
+    else:  # every known one is read: the next older one too, on the same terms
+        position = len(sizes) + 1
+        returned = len(runnings) + (
+            older and position <= limit + 1 and (running <= max_bytes or position <= 2)
+        )
+    count = min(returned, limit)
+    if count > len(runnings):
+        return None
+    if count > 1 and runnings[count - 1] > max_bytes:
+        count -= 1
+    return count, returned > count
 
 
 class MessageStore:
@@ -316,7 +406,10 @@ class MessageStore:
         self._cache = cache
         self._encode_assigned = encode_assigned
         self._holds_assigned = holds_assigned
-        self._appender = appender_for(db, write_lanes=write_lanes, encode_assigned=encode_assigned)
+        # An append updates what the cache kept of its session, without a query (PostgreSQL).
+        self._appender = appender_for(
+            db, write_lanes=write_lanes, encode_assigned=encode_assigned, observer=cache
+        )
 
     async def append(
         self,
@@ -586,15 +679,16 @@ class MessageStore:
         snapshot. The window is shared with other callers that asked the same: never change
         it."""
         asked = _WindowAsked(max_messages, max_bytes, min_event_time)
-        return await self._cache.read(
+        kept: _KeptWindow = await self._cache.read(
             (scope.tenant, session_id),
             asked,
             functools.partial(self._context_window, scope, session_id, asked),
         )
+        return kept.window
 
     async def _context_window(
         self, scope: Scope, session_id: str, asked: _WindowAsked
-    ) -> Computed[ContextWindow]:
+    ) -> Computed[_KeptWindow]:
         values = {
             "tenant": scope.tenant,
             "session_id": session_id,
@@ -613,19 +707,20 @@ class MessageStore:
             raise NotFound.resource("session", session_id)
         fitting = fit(message_rows, limit=asked.max_messages, max_bytes=asked.max_bytes)
         session = to_session(session_rows[0])
+        kept = message_rows[:fitting][::-1]
+        messages = await self._stored(scope, session_id, kept)
         window = ContextWindow(
             session=session,
             contexts=[to_context(row) for row in context_rows],
-            messages=await self._stored(scope, session_id, message_rows[:fitting][::-1]),
+            messages=messages,
             has_earlier_messages=len(message_rows) > fitting,
         )
-        return Computed(
-            window,
-            memory_of_history(message_rows[:fitting])
-            + memory_of_session(session)
-            + memory_of_contexts(context_rows),
-            shows=states_shown(scope.tenant, session.app, session.user_id),
-        )
+        # A message deleted between the read and its second read (see _stored) is left out,
+        # and so is its size.
+        shown = {message.seq for message in messages}
+        sizes = tuple(row["size_bytes"] for row in kept if row["seq"] in shown)
+        other_bytes = memory_of_session(session) + memory_of_contexts(context_rows)
+        return _KeptWindow(window, sizes, other_bytes).computed(scope.tenant)
 
     async def history_step(
         self,

@@ -184,6 +184,11 @@ def memory_of_history(rows: Sequence[Row]) -> int:
     return _MESSAGE_OVERHEAD_BYTES * len(rows) + rows[-1]["running"] if rows else 0
 
 
+def memory_of_messages(sizes: Sequence[int]) -> int:
+    """Of messages whose size_bytes are `sizes` (as memory_of_history counts them)."""
+    return _MESSAGE_OVERHEAD_BYTES * len(sizes) + sum(sizes)
+
+
 def memory_of_contexts(rows: Sequence[Row]) -> int:
     return sum(_CONTEXT_OVERHEAD_BYTES + len(row["content"]) for row in rows)
 

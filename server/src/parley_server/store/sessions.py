@@ -21,6 +21,7 @@ from parley_server.domain import (
     repeats,
 )
 from parley_server.errors import Aborted, AlreadyExists, NotFound
+from parley_server.store.appenders import Appended
 from parley_server.store.changes import states_shown
 from parley_server.store.database import Database
 from parley_server.store.history_cache import Computed, HistoryCache
@@ -95,6 +96,20 @@ class _SessionAsked:
 
     owner: str | None
 
+    def brought_forward(self, answer: Any, change: Any) -> Computed[Session] | None:
+        """history_cache.BroughtForward: the session once `change` (Appended) is appended."""
+        appended: Appended = change
+        after = appended.session_after(answer)
+        return None if after is None else _computed(appended.session[0], after)
+
+
+def _computed(tenant: str, session: Session) -> Computed[Session]:
+    return Computed(
+        session,
+        memory_of_session(session),
+        shows=states_shown(tenant, session.app, session.user_id),
+    )
+
 
 class SessionStore:
     def __init__(self, db: Database, *, cache: HistoryCache) -> None:
@@ -139,11 +154,7 @@ class SessionStore:
         found = await self._find(scope, session_id)
         if found is None:
             raise NotFound.resource("session", session_id)
-        return Computed(
-            found,
-            memory_of_session(found),
-            shows=states_shown(scope.tenant, found.app, found.user_id),
-        )
+        return _computed(scope.tenant, found)
 
     async def _find(self, scope: Scope, session_id: str) -> Session | None:
         # One statement on the driver connection, not a transaction through SQLAlchemy: this is

@@ -4,14 +4,17 @@ transaction per batch through SQLAlchemy on SQLite, which has a single writer an
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley_server.domain import EncodeAssigned
+from parley_server.domain import EncodeAssigned, Session
+from parley_server.store.changes import SessionKey
 from parley_server.store.database import Database
 from parley_server.store.tables import sessions
 
@@ -23,6 +26,46 @@ class Appender(Protocol):
         create_time is set to when the statement carrying it ran, and its encoding stored as
         stored_encoding makes it."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What one statement appended to one session, as stored: the rows (column values, as the
+    append gave them) in seq order, their seqs and stored encodings, and the statement's time
+    (the rows' create_time, the session's update_time and last_message_time)."""
+
+    session: SessionKey
+    time: datetime
+    rows: list[dict[str, Any]]
+    seqs: list[int]
+    encodings: list[bytes | None]
+
+    def session_after(self, before: Session) -> Session | None:
+        """`before` as this statement left it, if it was read just before the statement (at
+        the last seq the statement followed); None if it was read at another point."""
+        if before.last_seq != self.seqs[0] - 1:
+            return None
+        return dataclasses.replace(
+            before,
+            last_seq=self.seqs[-1],
+            message_count=before.message_count + len(self.rows),
+            last_message_time=self.time,
+            update_time=self.time,
+            last_event_time=newest_event_time(self.rows) or before.last_event_time,
+        )
+
+
+class WriteObserver(Protocol):
+    """Told of each statement of a write lane, as the history cache is (its write-through)."""
+
+    def writing(self, session: SessionKey) -> None:
+        """A statement that changes `session` is on its way."""
+
+    def written(self, session: SessionKey, change: Any) -> None:
+        """It committed, and appended `change` (Appended) to `session`."""
+
+    def abandoned(self, session: SessionKey) -> None:
+        """It changed nothing of `session`, or failed and may or may not have committed."""
 
 
 async def reserve_seqs(
@@ -97,11 +140,21 @@ def stored_rows(
     return [{**row, "encoded": stored_encoding(row, create_time, encode_assigned)} for row in rows]
 
 
-def appender_for(db: Database, *, write_lanes: int, encode_assigned: EncodeAssigned) -> Appender:
+def appender_for(
+    db: Database,
+    *,
+    write_lanes: int,
+    encode_assigned: EncodeAssigned,
+    observer: WriteObserver | None = None,
+) -> Appender:
+    """observer: told of each statement of a PostgreSQL write lane (on SQLite, the commits of
+    appends reach the ChangeHub's observers as every other write's do)."""
     if db.dialect == "postgresql":
         from parley_server.store.appenders.postgresql import PostgresAppender
 
-        return PostgresAppender(db, lanes=write_lanes, encode_assigned=encode_assigned)
+        return PostgresAppender(
+            db, lanes=write_lanes, encode_assigned=encode_assigned, observer=observer
+        )
     from parley_server.store.appenders.sqlite import SqliteAppender
 
     return SqliteAppender(db, encode_assigned=encode_assigned)

@@ -4,12 +4,13 @@ a write lane's own driver connection, through group commit."""
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from parley_server.domain import EncodeAssigned
-from parley_server.store.appenders import stored_encoding
+from parley_server.store.appenders import Appended, WriteObserver, stored_encoding
 from parley_server.store.database import Database, is_outage
 from parley_server.store.group_commit import GroupCommit
 from parley_server.store.tables import utcnow
@@ -109,12 +110,21 @@ _LANE_SETUP = ("SET plan_cache_mode = force_generic_plan",)
 
 
 class PostgresAppender:
-    def __init__(self, db: Database, *, lanes: int, encode_assigned: EncodeAssigned) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        lanes: int,
+        encode_assigned: EncodeAssigned,
+        observer: WriteObserver | None = None,
+    ) -> None:
         self._encode_assigned = encode_assigned
+        self._observer = observer
         # Each lane writes on a connection of its own, so a run of statements checks nothing out
         # of the pool (nor waits for readers to give one back). A statement that failed without
-        # losing its connection wrote nothing (it is atomic on its own) and can be split.
-        self._connections = [db.dedicated(setup=_LANE_SETUP) for _ in range(lanes)]
+        # losing its connection wrote nothing (it is atomic on its own) and can be split. With an
+        # observer, the lane tells it of its commits itself (the NOTIFYs of them reach it not).
+        self._connections = [db.dedicated(setup=_LANE_SETUP, tells=observer) for _ in range(lanes)]
         self._group_commit: GroupCommit[asyncpg.Connection] = GroupCommit(
             lambda lane: self._connections[lane].use(),
             self._write_batch,
@@ -137,10 +147,53 @@ class PostgresAppender:
         columns[_ENCODED_INDEX] = [stored_encoding(row, now, self._encode_assigned) for row in rows]
         for index in _JSON_INDEXES:
             columns[index] = [None if v is None else json.dumps(v) for v in columns[index]]
-        if len(rows) == 1:
-            records = await connection.fetch(
-                _APPEND_ONE_POSTGRESQL, now, *(column[0] for column in columns)
-            )
+        observer = self._observer
+        changing = list(dict.fromkeys((row["tenant_id"], row["session_id"]) for row in rows))
+        if observer is not None:
+            for key in changing:
+                observer.writing(key)
+        try:
+            if len(rows) == 1:
+                records = await connection.fetch(
+                    _APPEND_ONE_POSTGRESQL, now, *(column[0] for column in columns)
+                )
+            else:
+                records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
+        except BaseException:
+            if observer is not None:
+                for key in changing:
+                    observer.abandoned(key)
+            raise
+        seqs = {(record["tenant_id"], str(record["id"])): record["seq"] for record in records}
+        if observer is not None:
+            _tell(observer, changing, rows, seqs, columns[_ENCODED_INDEX], now)
+        return seqs
+
+
+def _tell(
+    observer: WriteObserver,
+    changing: list[tuple[str, str]],
+    rows: list[dict[str, Any]],
+    seqs: dict[tuple[str, str], int],
+    encodings: list[bytes | None],
+    now: datetime,
+) -> None:
+    """What a committed statement appended to each session it was to change (nothing, to a
+    closed or missing one)."""
+    appended: dict[tuple[str, str], Appended] = {}
+    for row, encoding in zip(rows, encodings, strict=True):
+        seq = seqs.get((row["tenant_id"], row["id"]))
+        if seq is None:
+            continue
+        key = (row["tenant_id"], row["session_id"])
+        into = appended.get(key)
+        if into is None:
+            into = appended[key] = Appended(key, now, [], [], [])
+        into.rows.append(row)
+        into.seqs.append(seq)
+        into.encodings.append(encoding)
+    for key in changing:
+        if key in appended:
+            observer.written(key, appended[key])
         else:
-            records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
-        return {(record["tenant_id"], str(record["id"])): record["seq"] for record in records}
+            observer.abandoned(key)
