@@ -31,6 +31,7 @@ from parley_server.store import changes as changes_module
 from parley_server.store.changes import ChangeHub, PostgresListener, user_state_key
 from parley_server.store.database import create_engine
 from parley_server.store.history_cache import ENTRY_OVERHEAD_BYTES, Computed, HistoryCache
+from parley_server.store.messages import MessageStore
 from tests.conftest import property_settings
 from tests.factories import a_session, a_user, some_messages
 from tests.probes import count_calls, until_caught_up
@@ -273,37 +274,50 @@ def _turn(text: str, *, user_id: str = "", event_time: datetime | None = None) -
 async def test_an_agents_window_after_its_own_append_costs_no_query(
     client: ParleyClient, store: Store, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An agent appends a turn, then reads its window again: the window (and the session that a
-    user principal's ownership check reads) were forgotten at every append, so every turn cost
-    a query; the append brings them forward now, as the database would answer."""
+    """An agent appends a turn, then reads its window (or its newest messages) again: they, and
+    the session that a user principal's ownership check reads, were forgotten at every append,
+    so every turn cost a query; the append brings them forward now, as the database would
+    answer."""
     shared = await _shared(client)
     await until_caught_up(store.db.changes)  # the setup's changes heard of
     uncached = app.open_store(Settings(history_cache_bytes=0), database)
     windows = count_calls(store, monkeypatch, "fetch_snapshot")
     reads = count_calls(store, monkeypatch, "fetch")
     scope = ANONYMOUS.scope
+    newest = functools.partial(
+        MessageStore.list,
+        session_id=shared.session,
+        where=MessageFilter(),
+        position=0,
+        limit=4,
+        max_bytes=1500,
+        newest_first=True,
+    )
     await store.messages.context_window(scope, shared.session, 4, max_bytes=1500)
     await store.sessions.get(scope, shared.session)
+    await newest(store.messages, scope)
     for turn in range(8):
         await store.messages.append(scope, shared.session, [_turn("said " * 40 * (turn % 3))])
         counted = (windows[0], reads[0])
         window = await store.messages.context_window(scope, shared.session, 4, max_bytes=1500)
         session = await store.sessions.get(scope, shared.session)
+        page = await newest(store.messages, scope)
         assert (windows[0], reads[0]) == counted  # (those without the cache count too)
         assert window == await uncached.messages.context_window(
             scope, shared.session, 4, max_bytes=1500
         )
         assert session == await uncached.sessions.get(scope, shared.session) == window.session
+        assert page == await newest(uncached.messages, scope)
 
 
 @pytest.mark.parametrize("backend", ["postgres"])  # on SQLite an append is forgotten, as any write
-@pytest.mark.parametrize("seed", range(3))
-async def test_windows_brought_forward_are_the_databases_own(
+@pytest.mark.parametrize("seed", range(6))
+async def test_answers_brought_forward_are_the_databases_own(
     client: ParleyClient, store: Store, database: Database, seed: int
 ) -> None:
     """Appends of every size (alone, or coalesced with others into one statement), deletions,
-    and windows of every length and budget, in a random order: each window, and each session,
-    is what a server without the cache reads."""
+    and windows and first pages (newest or oldest first) of every length and budget, in a
+    random order: each, and each session, is what a server without the cache reads."""
     rng = random.Random(seed)
     scope = ANONYMOUS.scope
     author = await a_user(client, display_name="author")
@@ -338,14 +352,26 @@ async def test_windows_brought_forward_are_the_databases_own(
                 stored = next(m for m in listed.items if m.seq == seq)
                 message_id = convert.message_pb(stored).id
                 await store.messages.delete(scope, message_id, allow_missing=False)
-        for max_messages, max_bytes in rng.sample(questions, 2):
-            kept = await store.messages.context_window(
-                scope, session_id, max_messages, max_bytes=max_bytes
-            )
+        for size, max_bytes in rng.sample(questions, 2):
+            kept = await store.messages.context_window(scope, session_id, size, max_bytes=max_bytes)
             fresh = await uncached.messages.context_window(
-                scope, session_id, max_messages, max_bytes=max_bytes
+                scope, session_id, size, max_bytes=max_bytes
             )
-            assert kept == fresh, (step, max_messages, max_bytes)
+            assert kept == fresh, (step, size, max_bytes)
+            for newest_first in (True, False):
+                pages = [
+                    await reader.messages.list(
+                        scope,
+                        session_id,
+                        MessageFilter(),
+                        position=0,
+                        limit=size,
+                        max_bytes=max_bytes,
+                        newest_first=newest_first,
+                    )
+                    for reader in (store, uncached)
+                ]
+                assert pages[0] == pages[1], (step, size, max_bytes, newest_first)
         assert await store.sessions.get(scope, session_id) == await uncached.sessions.get(
             scope, session_id
         )

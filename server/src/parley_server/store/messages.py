@@ -59,7 +59,6 @@ from parley_server.store.rows import (
     attachments_json,
     citations_json,
     memory_of_contexts,
-    memory_of_history,
     memory_of_messages,
     memory_of_session,
     to_context,
@@ -197,7 +196,15 @@ def _page_query(shape: _Shape, with_total: bool) -> Select[Any]:
             query = query.where(messages.c.seq < bindparam("position"))
     else:
         query = query.where(messages.c.seq > bindparam("position"))
-    total = [_MESSAGE_COUNT.scalar_subquery().label("total")] if with_total else []
+    # With the total, the session's last seq: where the page stands (see _PageAsked).
+    total = (
+        [
+            _MESSAGE_COUNT.scalar_subquery().label("total"),
+            _LAST_SEQ.scalar_subquery().label("last_seq"),
+        ]
+        if with_total
+        else []
+    )
     return _within_budget(query.limit(bindparam("limit")), order, *total)
 
 
@@ -244,6 +251,8 @@ _THE_SESSION = (sessions.c.tenant_id == bindparam("tenant")) & (
     sessions.c.id == bindparam("session_id")
 )
 _MESSAGE_COUNT = select(sessions.c.message_count).where(_THE_SESSION)
+_LAST_SEQ = select(sessions.c.last_seq).where(_THE_SESSION)
+_COUNTERS = select(sessions.c.message_count, sessions.c.last_seq).where(_THE_SESSION)
 _WINDOW_SESSION = select_sessions().where(_THE_SESSION)
 _WINDOW_CONTEXTS = (
     select(contexts)
@@ -284,6 +293,22 @@ _STEP_DELETIONS = (
 
 
 @dataclass(frozen=True, slots=True)
+class _KeptPage:
+    """A page of history as the history cache keeps it: with its messages' size_bytes and, for
+    an unfiltered one with its total, the session's last seq when it was read."""
+
+    page: Page[StoredMessage]
+    sizes: tuple[int, ...]
+    last_seq: int | None
+
+    def computed(self) -> Computed[_KeptPage]:
+        return Computed(self, memory_of_messages(self.sizes))
+
+
+_UNFILTERED = MessageFilter()
+
+
+@dataclass(frozen=True, slots=True)
 class _PageAsked:
     """The question a page of history answers (its cache key)."""
 
@@ -293,6 +318,37 @@ class _PageAsked:
     max_bytes: int
     newest_first: bool
     count_total: bool
+
+    def brought_forward(self, answer: Any, change: Any) -> Computed[_KeptPage] | None:
+        """history_cache.BroughtForward: the first page of a session's whole history, newest
+        or oldest first, once `change` (Appended) is appended."""
+        kept: _KeptPage = answer
+        appended: Appended = change
+        page = kept.page
+        if (
+            self.where != _UNFILTERED
+            or self.position != 0
+            or kept.last_seq != appended.seqs[0] - 1
+            or None in appended.encodings
+        ):
+            return None
+        new = _encoded_messages(appended)
+        total = None if page.total_size is None else page.total_size + len(new)
+        if not self.newest_first and page.has_more:  # they come after more than it shows
+            after = Page(page.items, has_more=True, total_size=total)
+            return _KeptPage(after, kept.sizes, appended.seqs[-1]).computed()
+        new_sizes = tuple(row["size_bytes"] for row in appended.rows)
+        if self.newest_first:  # the new messages come first
+            items = [*new[::-1], *page.items]
+            sizes, more = (*new_sizes[::-1], *kept.sizes), page.has_more
+        else:  # after all that it shows
+            items, sizes, more = [*page.items, *new], (*kept.sizes, *new_sizes), False
+        cut = _read_within(sizes, more=more, limit=self.limit, max_bytes=self.max_bytes)
+        if cut is None:
+            return None
+        count, has_more = cut
+        after = Page(items[:count], has_more=has_more, total_size=total)
+        return _KeptPage(after, sizes[:count], appended.seqs[-1]).computed()
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,23 +391,16 @@ class _WindowAsked:
         ):
             return None
         sizes = (*kept.sizes, *(row["size_bytes"] for row in appended.rows))
-        cut = _newest_within(
-            sizes,
-            older=window.has_earlier_messages,
+        cut = _read_within(
+            sizes[::-1],
+            more=window.has_earlier_messages,
             limit=self.max_messages,
             max_bytes=self.max_bytes,
         )
         if cut is None:
             return None
         count, has_earlier = cut
-        new = [
-            EncodedMessage(seq, row["user_id"] or "", encoding)
-            for row, seq, encoding in zip(
-                appended.rows, appended.seqs, appended.encodings, strict=True
-            )
-            if encoding is not None
-        ]
-        messages = [*window.messages, *new][len(sizes) - count :]
+        messages = [*window.messages, *_encoded_messages(appended)][len(sizes) - count :]
         after = ContextWindow(
             session=session,
             contexts=window.contexts,
@@ -363,26 +412,42 @@ class _WindowAsked:
         )
 
 
-def _newest_within(
-    sizes: Sequence[int], *, older: bool, limit: int, max_bytes: int
+def _encoded_messages(appended: Appended) -> list[StoredMessage]:
+    """The messages appended, as a read returns them (each with its stored encoding)."""
+    return [
+        EncodedMessage(seq, row["user_id"] or "", encoding)
+        for row, seq, encoding in zip(appended.rows, appended.seqs, appended.encodings, strict=True)
+        if encoding is not None
+    ]
+
+
+def _sizes(rows: Sequence[Mapping[str, Any]], shown: Sequence[StoredMessage]) -> tuple[int, ...]:
+    """The size_bytes of a history read's rows that its messages show (one deleted between the
+    read and its second read, see MessageStore._stored, is left out)."""
+    seqs = {message.seq for message in shown}
+    return tuple(row["size_bytes"] for row in rows if row["seq"] in seqs)
+
+
+def _read_within(
+    sizes: Sequence[int], *, more: bool, limit: int, max_bytes: int
 ) -> tuple[int, bool] | None:
-    """Of messages whose size_bytes are `sizes` (in seq order, the newest of a session's, and
-    `older` ones before them if so), how many a newest-first read keeps, and whether it says
-    that earlier ones exist: _within_budget's rows (at most limit + 1, each starting within the
-    budget or among the first two), then fit(). None if that would keep one of the older ones,
-    whose sizes are not known here."""
+    """Of messages whose size_bytes are `sizes`, in the order a read takes them (and `more`
+    beyond them if so), how many it keeps, and whether it says that more follow:
+    _within_budget's rows (at most limit + 1, each starting within the budget or among the
+    first two), then fit(). None if that would keep one of those beyond, whose sizes are not
+    known here."""
     runnings: list[int] = []
     running = 0
-    for position, size in enumerate(reversed(sizes), start=1):
+    for position, size in enumerate(sizes, start=1):
         if position > limit + 1 or (running > max_bytes and position > 2):
             returned = len(runnings)
             break
         running += size
         runnings.append(running)
-    else:  # every known one is read: the next older one too, on the same terms
+    else:  # every known one is read: the next one beyond too, on the same terms
         position = len(sizes) + 1
         returned = len(runnings) + (
-            older and position <= limit + 1 and (running <= max_bytes or position <= 2)
+            more and position <= limit + 1 and (running <= max_bytes or position <= 2)
         )
     count = min(returned, limit)
     if count > len(runnings):
@@ -629,12 +694,11 @@ class MessageStore:
         asked = _PageAsked(where, position, limit, max_bytes, newest_first, count_total)
         read = functools.partial(self._page, scope, session_id, asked)
         if not cached:
-            return (await read()).answer
-        return await self._cache.read((scope.tenant, session_id), asked, read)
+            return (await read()).answer.page
+        kept: _KeptPage = await self._cache.read((scope.tenant, session_id), asked, read)
+        return kept.page
 
-    async def _page(
-        self, scope: Scope, session_id: str, asked: _PageAsked
-    ) -> Computed[Page[StoredMessage]]:
+    async def _page(self, scope: Scope, session_id: str, asked: _PageAsked) -> Computed[_KeptPage]:
         shape = _Shape.of(
             asked.where, newest_first=asked.newest_first, after_position=asked.position > 0
         )
@@ -646,8 +710,9 @@ class MessageStore:
         )
         rows = await self._db.fetch(_page_query(shape, total_inline), values)
         total: int | None = rows[0]["total"] if rows and total_inline else None
+        last_seq: int | None = rows[0]["last_seq"] if rows and total_inline else None
         if not rows or (asked.count_total and filtered):
-            found = await self._db.fetch(_MESSAGE_COUNT, values)
+            found = await self._db.fetch(_COUNTERS, values)
             if not found:
                 raise NotFound.resource("session", session_id)
             if asked.count_total:
@@ -656,13 +721,12 @@ class MessageStore:
                     if filtered
                     else found[0]["message_count"]
                 )
+            if total_inline:
+                last_seq = found[0]["last_seq"]
         fitting = fit(rows, limit=asked.limit, max_bytes=asked.max_bytes)
-        page = Page(
-            await self._stored(scope, session_id, rows[:fitting]),
-            has_more=len(rows) > fitting,
-            total_size=total,
-        )
-        return Computed(page, memory_of_history(rows[:fitting]))
+        items = await self._stored(scope, session_id, rows[:fitting])
+        page = Page(items, has_more=len(rows) > fitting, total_size=total)
+        return _KeptPage(page, _sizes(rows[:fitting], items), last_seq).computed()
 
     async def context_window(
         self,
@@ -715,12 +779,8 @@ class MessageStore:
             messages=messages,
             has_earlier_messages=len(message_rows) > fitting,
         )
-        # A message deleted between the read and its second read (see _stored) is left out,
-        # and so is its size.
-        shown = {message.seq for message in messages}
-        sizes = tuple(row["size_bytes"] for row in kept if row["seq"] in shown)
         other_bytes = memory_of_session(session) + memory_of_contexts(context_rows)
-        return _KeptWindow(window, sizes, other_bytes).computed(scope.tenant)
+        return _KeptWindow(window, _sizes(kept, messages), other_bytes).computed(scope.tenant)
 
     async def history_step(
         self,

@@ -178,14 +178,8 @@ _CONTEXT_OVERHEAD_BYTES = 600  # a context's object, strings and metadata beyond
 _SESSION_OVERHEAD_BYTES = 2048  # a session's object beyond its metadata and states
 
 
-def memory_of_history(rows: Sequence[Row]) -> int:
-    """Of a history read's rows, in order, with the running total of their size_bytes (which
-    count their encoding)."""
-    return _MESSAGE_OVERHEAD_BYTES * len(rows) + rows[-1]["running"] if rows else 0
-
-
 def memory_of_messages(sizes: Sequence[int]) -> int:
-    """Of messages whose size_bytes are `sizes` (as memory_of_history counts them)."""
+    """Of history messages whose size_bytes (which count their encoding) are `sizes`."""
     return _MESSAGE_OVERHEAD_BYTES * len(sizes) + sum(sizes)
 
 
