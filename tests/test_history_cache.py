@@ -255,7 +255,7 @@ async def test_every_change_a_session_shows_reaches_its_next_reader(
     assert after == fresh.session != before[0]
 
 
-# --- brought forward by this process's appends (PostgreSQL's write lanes) ------------------------
+# --- brought forward by this process's appends ----------------------------------------------------
 
 
 def _encoded(new: NewMessage) -> NewMessage:
@@ -270,7 +270,6 @@ def _turn(text: str, *, user_id: str = "", event_time: datetime | None = None) -
     )
 
 
-@pytest.mark.parametrize("backend", ["postgres"])  # on SQLite an append is forgotten, as any write
 async def test_an_agents_window_after_its_own_append_costs_no_query(
     client: ParleyClient, store: Store, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -310,7 +309,6 @@ async def test_an_agents_window_after_its_own_append_costs_no_query(
         assert page == await newest(uncached.messages, scope)
 
 
-@pytest.mark.parametrize("backend", ["postgres"])  # on SQLite an append is forgotten, as any write
 @pytest.mark.parametrize("seed", range(6))
 async def test_answers_brought_forward_are_the_databases_own(
     client: ParleyClient, store: Store, database: Database, seed: int
@@ -642,15 +640,14 @@ async def test_a_write_of_this_process_brings_kept_answers_forward() -> None:
     # may show the statement or not: neither is given nor kept.
     assert await cache.read(session, _Counting(), functools.partial(computed, 2)) == 2
     assert await cache.read(session, _Counting(), functools.partial(computed, 3)) == 3
-    hub.own_writers[41] = cache
-    hub.publish([session], by=41)  # the statement's echo
+    hub.publish([session], told=cache)  # the statement's echo
     cache.written(session, 10)
     assert await cache.read(session, _Counting(), functools.partial(computed, -1)) == 11
     # A question that cannot be brought forward goes.
     assert await cache.read(session, "other", functools.partial(computed, 6)) == 6
-    hub.publish([session], by=41)  # a late echo
+    hub.publish([session], told=cache)  # a late echo
     assert await cache.read(session, _Counting(), functools.partial(computed, -1)) == 11
-    hub.publish([session], by=42)  # another writer's change
+    hub.publish([session])  # another writer's change
     assert await cache.read(session, _Counting(), functools.partial(computed, 7)) == 7
     cache.writing(session)
     cache.abandoned(session)  # it may have committed, or not

@@ -259,9 +259,9 @@ async def test_a_user_principal_reading_again_costs_no_query(
         queries = count_calls(store, monkeypatch, "fetch")
         for _ in range(3):
             assert len((await user.list_messages(session.id)).messages) == 1
-        # The first: its ownership check, then its page. On PostgreSQL the check was kept by
-        # the append's own, and the append brought it forward (SQLite's appends forget it).
-        assert queries[0] == (1 if store.db.dialect == "postgresql" else 2)
+        # The first: its page. Its ownership check was kept by the append's own, and the
+        # append brought it forward.
+        assert queries[0] == 1
 
 
 async def test_only_a_service_changes_the_state_every_user_of_an_app_shares(

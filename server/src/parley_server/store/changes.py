@@ -8,10 +8,10 @@ sessions sends at every commit that changes a session (from any process); when t
 drops, observers forget everything, and every watcher is woken once it is back and reads what
 it missed. On SQLite (one process) the database publishes after each commit.
 
-A write lane of this process reports its appends to an observer itself, as the statement
-carrying them returns (so the history cache can show them at once, see history_cache); the echo
-of such a write, a NOTIFY from that lane's connection (`own_writers`), still wakes watchers but
-does not reach that observer.
+A write lane of this process tells an observer of its appends itself, as the statement carrying
+them returns (so the history cache can show them at once, see history_cache): the announcement
+of such a write (on PostgreSQL, a NOTIFY from that lane's connection, `own_writers`) still wakes
+watchers but does not reach that observer.
 """
 
 from __future__ import annotations
@@ -137,17 +137,18 @@ class ChangeHub:
                 if not watchers:
                     del self._watchers[key]
 
-    def changing(self, changing: Iterable[ChangeKey]) -> None:
-        """The database is about to commit changes to these (then publishes them)."""
+    def changing(self, changing: Iterable[ChangeKey], *, told: object | None = None) -> None:
+        """The database is about to commit changes to these (then publishes them). told: the
+        observer that their writer tells of them itself (see publish)."""
         for key in changing:
             for observer in self._observers:
-                observer.changing(key)
+                if observer is not told:
+                    observer.changing(key)
 
-    def publish(self, changed: Iterable[ChangeKey], *, by: int | None = None) -> None:
-        """by: the server process id that committed them, when known (NOTIFY): the observer
-        that one of this process's write lanes with that id tells of its changes has heard of
-        them already (or will, as the lane's statement returns)."""
-        told = self.own_writers.get(by) if by is not None else None
+    def publish(self, changed: Iterable[ChangeKey], *, told: object | None = None) -> None:
+        """told: the observer that the writer of these changes, a write lane of this process,
+        tells of them itself; it has heard of them already, or will as the lane's statement
+        returns."""
         for key in changed:
             for observer in self._observers:
                 if observer is not told:
@@ -290,4 +291,4 @@ class PostgresListener:
             log.warning("a malformed %s notification: forgetting every session", CHANNEL)
             self._hub.interrupted()
             return
-        self._hub.publish([key], by=pid)
+        self._hub.publish([key], told=self._hub.own_writers.get(pid))

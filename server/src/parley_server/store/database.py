@@ -188,8 +188,9 @@ class Database:
             yield session
 
     @asynccontextmanager
-    async def write(self) -> AsyncIterator[AsyncSession]:
-        """A transaction that commits when the block ends; the caller answers only after that."""
+    async def write(self, *, tells: object | None = None) -> AsyncIterator[AsyncSession]:
+        """A transaction that commits when the block ends; the caller answers only after that.
+        tells: the ChangeHub observer that the caller tells of what it changes itself."""
         async with (
             self._write_lock or nullcontext(),
             translated_errors(),
@@ -202,9 +203,9 @@ class Database:
                     changed = await self._changed(session)
                     # Readers see the commit before it is published: meanwhile they must not
                     # be answered from what was kept of what it changed.
-                    self.changes.changing(changed)
+                    self.changes.changing(changed, told=tells)
             finally:
-                self.changes.publish(changed)
+                self.changes.publish(changed, told=tells)
 
     async def _changed(self, session: AsyncSession) -> list[ChangeKey]:
         """SQLite: what this transaction changed, as its triggers and announce() collected it

@@ -68,6 +68,36 @@ class WriteObserver(Protocol):
         """It changed nothing of `session`, or failed and may or may not have committed."""
 
 
+def tell_written(
+    observer: WriteObserver,
+    changing: Sequence[SessionKey],
+    rows: Sequence[dict[str, Any]],
+    seqs: dict[tuple[str, str], int],
+    encodings: Sequence[bytes | None],
+    time: datetime,
+) -> None:
+    """Tell `observer` what a committed statement (or transaction) appended to each session it
+    was to change: `rows`, each with its stored encoding, of which those in `seqs` (by tenant
+    and id) were written (none, to a closed or missing session)."""
+    appended: dict[SessionKey, Appended] = {}
+    for row, encoding in zip(rows, encodings, strict=True):
+        seq = seqs.get((row["tenant_id"], row["id"]))
+        if seq is None:
+            continue
+        key = (row["tenant_id"], row["session_id"])
+        into = appended.get(key)
+        if into is None:
+            into = appended[key] = Appended(key, time, [], [], [])
+        into.rows.append(row)
+        into.seqs.append(seq)
+        into.encodings.append(encoding)
+    for key in changing:
+        if key in appended:
+            observer.written(key, appended[key])
+        else:
+            observer.abandoned(key)
+
+
 async def reserve_seqs(
     session: AsyncSession,
     tenant: str,
@@ -147,8 +177,7 @@ def appender_for(
     encode_assigned: EncodeAssigned,
     observer: WriteObserver | None = None,
 ) -> Appender:
-    """observer: told of each statement of a PostgreSQL write lane (on SQLite, the commits of
-    appends reach the ChangeHub's observers as every other write's do)."""
+    """observer: told of each statement (each transaction, on SQLite) of the write lanes."""
     if db.dialect == "postgresql":
         from parley_server.store.appenders.postgresql import PostgresAppender
 
@@ -157,4 +186,4 @@ def appender_for(
         )
     from parley_server.store.appenders.sqlite import SqliteAppender
 
-    return SqliteAppender(db, encode_assigned=encode_assigned)
+    return SqliteAppender(db, encode_assigned=encode_assigned, observer=observer)

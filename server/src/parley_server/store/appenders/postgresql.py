@@ -4,13 +4,12 @@ a write lane's own driver connection, through group commit."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from parley_server.domain import EncodeAssigned
-from parley_server.store.appenders import Appended, WriteObserver, stored_encoding
+from parley_server.store.appenders import WriteObserver, stored_encoding, tell_written
 from parley_server.store.database import Database, is_outage
 from parley_server.store.group_commit import GroupCommit
 from parley_server.store.tables import utcnow
@@ -123,7 +122,7 @@ class PostgresAppender:
         # Each lane writes on a connection of its own, so a run of statements checks nothing out
         # of the pool (nor waits for readers to give one back). A statement that failed without
         # losing its connection wrote nothing (it is atomic on its own) and can be split. With an
-        # observer, the lane tells it of its commits itself (the NOTIFYs of them reach it not).
+        # observer, the lane tells it of its commits itself (their NOTIFYs do not reach it).
         self._connections = [db.dedicated(setup=_LANE_SETUP, tells=observer) for _ in range(lanes)]
         self._group_commit: GroupCommit[asyncpg.Connection] = GroupCommit(
             lambda lane: self._connections[lane].use(),
@@ -166,34 +165,5 @@ class PostgresAppender:
             raise
         seqs = {(record["tenant_id"], str(record["id"])): record["seq"] for record in records}
         if observer is not None:
-            _tell(observer, changing, rows, seqs, columns[_ENCODED_INDEX], now)
+            tell_written(observer, changing, rows, seqs, columns[_ENCODED_INDEX], now)
         return seqs
-
-
-def _tell(
-    observer: WriteObserver,
-    changing: list[tuple[str, str]],
-    rows: list[dict[str, Any]],
-    seqs: dict[tuple[str, str], int],
-    encodings: list[bytes | None],
-    now: datetime,
-) -> None:
-    """What a committed statement appended to each session it was to change (nothing, to a
-    closed or missing one)."""
-    appended: dict[tuple[str, str], Appended] = {}
-    for row, encoding in zip(rows, encodings, strict=True):
-        seq = seqs.get((row["tenant_id"], row["id"]))
-        if seq is None:
-            continue
-        key = (row["tenant_id"], row["session_id"])
-        into = appended.get(key)
-        if into is None:
-            into = appended[key] = Appended(key, now, [], [], [])
-        into.rows.append(row)
-        into.seqs.append(seq)
-        into.encodings.append(encoding)
-    for key in changing:
-        if key in appended:
-            observer.written(key, appended[key])
-        else:
-            observer.abandoned(key)

@@ -9,16 +9,24 @@ from typing import Any
 from sqlalchemy import insert
 
 from parley_server.domain import EncodeAssigned
-from parley_server.store.appenders import reserve_seqs, stored_rows
+from parley_server.store.appenders import (
+    WriteObserver,
+    reserve_seqs,
+    stored_encoding,
+    tell_written,
+)
 from parley_server.store.database import Database
 from parley_server.store.group_commit import GroupCommit
 from parley_server.store.tables import messages, utcnow
 
 
 class SqliteAppender:
-    def __init__(self, db: Database, *, encode_assigned: EncodeAssigned) -> None:
+    def __init__(
+        self, db: Database, *, encode_assigned: EncodeAssigned, observer: WriteObserver | None
+    ) -> None:
         self._db = db
         self._encode_assigned = encode_assigned
+        self._observer = observer
         # One lane: SQLite has one writer. Each statement is its own transaction, rolled back on
         # any error, so a failed one wrote nothing and can be split.
         self._group_commit: GroupCommit[None] = GroupCommit(
@@ -39,27 +47,41 @@ class SqliteAppender:
             for row in rows
             if row["event_time"]
         }
-        async with self._db.write() as session:
-            next_seq: dict[tuple[str, str], int] = {}
-            for (tenant, session_id), count in wanted.items():
-                reserved = await reserve_seqs(
-                    session,
-                    tenant,
-                    session_id,
-                    count,
-                    now,
-                    event_time=event_times.get((tenant, session_id)),
-                )
-                if reserved is not None:
-                    next_seq[tenant, session_id] = reserved["last_seq"] - count + 1
-            written = [row for row in rows if (row["tenant_id"], row["session_id"]) in next_seq]
-            for row in written:
-                key = (row["tenant_id"], row["session_id"])
-                row["seq"] = next_seq[key]
-                next_seq[key] += 1
-                row["create_time"] = now
-            if written:
-                await session.execute(
-                    insert(messages), stored_rows(written, now, self._encode_assigned)
-                )
-        return {(row["tenant_id"], row["id"]): row["seq"] for row in written}
+        encodings = [stored_encoding(row, now, self._encode_assigned) for row in rows]
+        observer = self._observer
+        if observer is not None:
+            for key in wanted:
+                observer.writing(key)
+        try:
+            async with self._db.write(tells=observer) as session:
+                next_seq: dict[tuple[str, str], int] = {}
+                for (tenant, session_id), count in wanted.items():
+                    reserved = await reserve_seqs(
+                        session,
+                        tenant,
+                        session_id,
+                        count,
+                        now,
+                        event_time=event_times.get((tenant, session_id)),
+                    )
+                    if reserved is not None:
+                        next_seq[tenant, session_id] = reserved["last_seq"] - count + 1
+                written: dict[tuple[str, str], int] = {}
+                stored: list[dict[str, Any]] = []
+                for row, encoding in zip(rows, encodings, strict=True):
+                    key = (row["tenant_id"], row["session_id"])
+                    if key in next_seq:
+                        row["seq"] = written[row["tenant_id"], row["id"]] = next_seq[key]
+                        row["create_time"] = now
+                        next_seq[key] += 1
+                        stored.append({**row, "encoded": encoding})
+                if stored:
+                    await session.execute(insert(messages), stored)
+        except BaseException:
+            if observer is not None:
+                for key in wanted:
+                    observer.abandoned(key)
+            raise
+        if observer is not None:
+            tell_written(observer, list(wanted), rows, written, encodings, now)
+        return written
