@@ -424,6 +424,8 @@ def _encoded_messages(appended: Appended) -> list[StoredMessage]:
 def _sizes(rows: Sequence[Mapping[str, Any]], shown: Sequence[StoredMessage]) -> tuple[int, ...]:
     """The size_bytes of a history read's rows that its messages show (one deleted between the
     read and its second read, see MessageStore._stored, is left out)."""
+    if len(shown) == len(rows):
+        return tuple(row["size_bytes"] for row in rows)
     seqs = {message.seq for message in shown}
     return tuple(row["size_bytes"] for row in rows if row["seq"] in seqs)
 
@@ -692,13 +694,24 @@ class MessageStore:
         With count_total, the page says how many match in all. With cached, the page may come
         from the history cache and go into it: then it is shared, and never to be changed."""
         asked = _PageAsked(where, position, limit, max_bytes, newest_first, count_total)
-        read = functools.partial(self._page, scope, session_id, asked)
         if not cached:
-            return (await read()).answer.page
-        kept: _KeptPage = await self._cache.read((scope.tenant, session_id), asked, read)
+            page, _, _ = await self._page(scope, session_id, asked)
+            return page
+        kept: _KeptPage = await self._cache.read(
+            (scope.tenant, session_id),
+            asked,
+            functools.partial(self._kept, scope, session_id, asked),
+        )
         return kept.page
 
-    async def _page(self, scope: Scope, session_id: str, asked: _PageAsked) -> Computed[_KeptPage]:
+    async def _kept(self, scope: Scope, session_id: str, asked: _PageAsked) -> Computed[_KeptPage]:
+        page, rows, last_seq = await self._page(scope, session_id, asked)
+        return _KeptPage(page, _sizes(rows, page.items), last_seq).computed()
+
+    async def _page(
+        self, scope: Scope, session_id: str, asked: _PageAsked
+    ) -> tuple[Page[StoredMessage], Sequence[Mapping[str, Any]], int | None]:
+        """The page, the rows it shows, and (unfiltered, with its total) the session's last seq."""
         shape = _Shape.of(
             asked.where, newest_first=asked.newest_first, after_position=asked.position > 0
         )
@@ -725,8 +738,7 @@ class MessageStore:
                 last_seq = found[0]["last_seq"]
         fitting = fit(rows, limit=asked.limit, max_bytes=asked.max_bytes)
         items = await self._stored(scope, session_id, rows[:fitting])
-        page = Page(items, has_more=len(rows) > fitting, total_size=total)
-        return _KeptPage(page, _sizes(rows[:fitting], items), last_seq).computed()
+        return Page(items, has_more=len(rows) > fitting, total_size=total), rows[:fitting], last_seq
 
     async def context_window(
         self,
