@@ -224,6 +224,30 @@ async def test_a_dedicated_connection_cut_off_mid_statement_is_replaced(
         assert await connection.fetchval("SHOW application_name") == "parley-lane"
 
 
+async def test_a_lane_connection_the_database_ended_is_no_longer_known_as_the_lanes(
+    database: Database, backend: str
+) -> None:
+    """The NOTIFYs from a write lane's connection do not reach the cache it tells itself
+    (ChangeHub.own_writers). Once the database has ended that connection, its server pid may be
+    another connection's, whose changes the cache must hear of: it is forgotten at once, not
+    at the lane's next use."""
+    if backend != "postgres":
+        pytest.skip("SQLite has no driver connections")
+    told = object()
+    dedicated = database.dedicated(tells=told)
+    async with dedicated.use() as connection:
+        pid = connection.get_server_pid()
+    assert database.changes.own_writers == {pid: told}
+    observer = await asyncpg.connect(_asyncpg_dsn(database.engine.url))
+    try:
+        await observer.execute("SELECT pg_terminate_backend($1)", pid)
+    finally:
+        await observer.close()
+    async with asyncio.timeout(5):
+        while pid in database.changes.own_writers:  # noqa: ASYNC110  # asyncpg sees the EOF
+            await asyncio.sleep(0.01)
+
+
 def _asyncpg_dsn(url: URL) -> str:
     return url.set(drivername="postgresql").render_as_string(hide_password=False)
 

@@ -372,24 +372,28 @@ class DedicatedConnection:
         self._connection = connection
         if self._announce is not None:
             register, entry = self._announce
-            register[connection.get_server_pid()] = entry
+            pid = connection.get_server_pid()
+            register[pid] = entry
+            # Also when the database ends it while it is idle: its pid may be another's later.
+            connection.add_termination_listener(lambda _: self._unannounce(pid))
         return connection
 
     def _discard(self) -> None:
         if self._connection is not None:
-            self._unannounce(self._connection)
+            self._unannounce(self._connection.get_server_pid())
             self._connection.terminate()
             self._connection = None
 
-    def _unannounce(self, connection: asyncpg.Connection) -> None:
+    def _unannounce(self, pid: int) -> None:
         if self._announce is not None:
-            register, _ = self._announce
-            register.pop(connection.get_server_pid(), None)
+            register, entry = self._announce
+            if register.get(pid) is entry:
+                del register[pid]
 
     async def close(self) -> None:
         connection, self._connection = self._connection, None
         if connection is not None:
-            self._unannounce(connection)
+            self._unannounce(connection.get_server_pid())
         if connection is not None and not connection.is_closed():
             with contextlib.suppress(Exception):  # a broken connection: close() terminated it
                 await connection.close(timeout=5)
