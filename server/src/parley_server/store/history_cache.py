@@ -23,10 +23,10 @@ finds it kept. A write lane tells the cache when a statement is on its way to a 
 (writing: until it returns, the session's answers are neither given nor kept, since they may or
 may not show it) and what it appended once it has committed (written: each kept answer that
 was read at the seq the statement followed is brought forward by the reader's own rules, and
-the others go). The echo of that commit does not reach the
-cache (ChangeHub.own_writers); any other change still removes the entry, and since a change
-committed before the lane's statement is heard of before any later question is answered, an
-entry brought forward from a state that missed one is gone before it is given.
+the others go). The echo of that commit does not reach the cache (ChangeHub.own_writers); any
+other change still removes the entry, and since a change committed before the lane's statement
+is heard of before any later question is answered, an entry brought forward from a state that
+missed one is gone before it is given.
 """
 
 from __future__ import annotations

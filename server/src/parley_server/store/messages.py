@@ -473,7 +473,7 @@ class MessageStore:
         self._cache = cache
         self._encode_assigned = encode_assigned
         self._holds_assigned = holds_assigned
-        # An append updates what the cache kept of its session, without a query (PostgreSQL).
+        # An append brings what the cache kept of its session forward, without a query.
         self._appender = appender_for(
             db, write_lanes=write_lanes, encode_assigned=encode_assigned, observer=cache
         )
