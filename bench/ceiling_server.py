@@ -48,7 +48,13 @@ Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 _HISTORY = "SELECT seq, user_id, encoded FROM messages"
 _NEWEST = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 ORDER BY seq DESC LIMIT $3"
 _AFTER = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
-# Parley's own query for a stream's batch: its rows up to the byte budget (and at least two).
+# Parley's own queries for a stream's batch: its rows, unsummed while even that many of the
+# session's largest message fit the byte budget (else none), or up to the budget (and at least two).
+_UNSUMMED = (
+    f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 AND seq > $3 AND (SELECT"
+    " largest_message_bytes FROM sessions WHERE tenant_id = $1 AND id = $2) * $4 <= $5"
+    " ORDER BY seq LIMIT $4"
+)
 _WITHIN_BUDGET = (
     "SELECT seq, user_id, encoded FROM (SELECT *, sum(size_bytes::int) OVER (ORDER BY seq) AS"
     " running, row_number() OVER (ORDER BY seq) AS position FROM (SELECT seq, user_id,"
@@ -141,8 +147,9 @@ async def serve(settings: CeilingSettings) -> None:
         position = 0
         for reply, size in zip(stream_replies, settings.stream_batch_sizes, strict=True):
             if budget:
-                rows = await pool.fetch(
-                    _WITHIN_BUDGET, tenant, settings.stream_session, position, size + 1, budget
+                arguments = (tenant, settings.stream_session, position, size + 1, budget)
+                rows = await pool.fetch(_UNSUMMED, *arguments) or await pool.fetch(
+                    _WITHIN_BUDGET, *arguments
                 )
                 yield _batch(rows[:size])
             else:

@@ -142,3 +142,44 @@ async def test_a_page_that_fills_the_budget_exactly_still_says_more_follow(store
     window = await store.messages.context_window(SCOPE, session.id, 10, max_bytes=200)
     assert [m.seq for m in window.messages] == [3, 4]
     assert window.has_earlier_messages
+
+
+@pytest.mark.parametrize("path", ["one row", "several rows", "in a transaction of its own"])
+async def test_every_append_records_its_largest_message_for_the_budget(
+    store: Store, path: str
+) -> None:
+    """A read skips summing its rows' sizes when even the session's largest message, that many
+    times over, fits the budget: an append path that did not record a large message would have
+    the next read hand out more than the budget."""
+    user_id = new_id()
+    await store.users.create(SCOPE, NewUser(id=user_id, display_name="u"))
+    session = await store.sessions.create(SCOPE, NewSession(id=None, user_id=user_id))
+
+    def sized(size: int) -> NewMessage:
+        return NewMessage(id=None, role=Role.USER, content=str(size), size_bytes=size)
+
+    await store.messages.append(SCOPE, session.id, [sized(10)])
+    if path == "one row":
+        await store.messages.append(SCOPE, session.id, [sized(5000)])
+        await store.messages.append(SCOPE, session.id, [sized(10)])
+    elif path == "several rows":
+        await store.messages.append(SCOPE, session.id, [sized(5000), sized(10)])
+    else:
+        await store.messages.append(
+            SCOPE, session.id, [sized(5000), sized(10)], expected_last_seq=1
+        )
+    for newest_first in (False, True):
+        page = await store.messages.list(
+            SCOPE,
+            session.id,
+            MessageFilter(),
+            position=0,
+            limit=10,
+            max_bytes=1000,
+            newest_first=newest_first,
+            cached=False,
+        )
+        assert [m.seq for m in page.items] == ([3] if newest_first else [1])
+        assert page.has_more
+    window = await store.messages.context_window(SCOPE, session.id, 10, max_bytes=1000)
+    assert [m.seq for m in window.messages] == [3]

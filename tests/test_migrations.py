@@ -109,3 +109,42 @@ async def test_stored_uuids_keep_their_identity_as_free_string_ids(
         assert tuple(row) == (user_id, session_id, user_id)
     finally:
         await engine.dispose()
+
+
+async def test_sessions_learn_their_largest_message_from_the_messages_stored(
+    empty_database_url: str,
+) -> None:
+    """Migration 0010: reads rely on largest_message_bytes to skip summing sizes within the
+    byte budget, so sessions stored before it get it from their messages (0 without any)."""
+    now = datetime.now(UTC)
+    engine = create_engine(empty_database_url)
+    try:
+        await migrate.upgrade(engine, "0009")
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO sessions (tenant_id, id, title, metadata, ip_address, user_agent,"
+                    " device, create_time, update_time) VALUES ('default', 's1', '', '{}', '', '',"
+                    " '', :now, :now), ('default', 's2', '', '{}', '', '', '', :now, :now)"
+                ),
+                {"now": now},
+            )
+            for seq, size in enumerate((10, 7000, 300), start=1):
+                await connection.execute(
+                    sa.text(
+                        "INSERT INTO messages (tenant_id, id, session_id, seq, role, content,"
+                        " name, tool_call_id, invocation_id, thread_id, chapter, size_bytes,"
+                        " create_time) VALUES ('default', :id, 's1', :seq, 'user', '', '', '',"
+                        " '', '', '', :size, :now)"
+                    ).bindparams(sa.bindparam("id", type_=sa.Uuid(as_uuid=False))),
+                    {"id": str(uuid.uuid4()), "seq": seq, "size": size, "now": now},
+                )
+        await migrate.upgrade(engine)
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                sa.text("SELECT id, largest_message_bytes FROM sessions")
+            )
+            largest = {session_id: size for session_id, size in rows}
+        assert largest == {"s1": 7000, "s2": 0}
+    finally:
+        await engine.dispose()

@@ -146,6 +146,19 @@ Rows = Sequence[Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True)
+class Preferred:
+    """A read in up to two statements: `statement`, cheaper, which answers no rows when it
+    cannot answer in full, and then `fallback`, which always can. Both read the same snapshot
+    when read in one (Database.fetch_snapshot)."""
+
+    statement: Select[Any]
+    fallback: Select[Any]
+
+
+Read = Select[Any] | Preferred
+
+
+@dataclass(frozen=True, slots=True)
 class _DriverQuery:
     sql: str
     names: tuple[str, ...]  # the bind parameter behind each $n
@@ -153,6 +166,13 @@ class _DriverQuery:
 
     def arguments(self, values: Mapping[str, Any]) -> list[Any]:
         return [values[name] if name in values else self.bound[name] for name in self.names]
+
+
+async def _session_rows(session: AsyncSession, statement: Read, values: Mapping[str, Any]) -> Rows:
+    if isinstance(statement, Preferred):
+        rows = await _session_rows(session, statement.statement, values)
+        return rows or await _session_rows(session, statement.fallback, values)
+    return cast(Rows, (await session.execute(statement, values)).mappings().all())
 
 
 def _discard(pooled: PoolProxiedConnection) -> None:
@@ -265,38 +285,40 @@ class Database:
         self._dedicated.append(connection)
         return connection
 
-    async def fetch(
-        self, statement: Select[Any], values: Mapping[str, Any]
-    ) -> Sequence[Mapping[str, Any]]:
+    async def fetch(self, statement: Read, values: Mapping[str, Any]) -> Rows:
         """Rows of a read-only statement with named bind parameters. On PostgreSQL it runs
         compiled once, on the driver connection, at a fraction of SQLAlchemy's per-row cost."""
         if self.dialect == "postgresql":
-            query = self._compiled(statement)
             async with self.driver() as connection:
-                records = await connection.fetch(query.sql, *query.arguments(values))
-            return cast(Rows, records)  # asyncpg Records are mappings by column name
+                return await self._driver_rows(connection, statement, values)
         async with self.read() as session:
-            return cast(Rows, (await session.execute(statement, values)).mappings().all())
+            return await _session_rows(session, statement, values)
 
-    async def fetch_snapshot(
-        self, queries: Sequence[tuple[Select[Any], Mapping[str, Any]]]
-    ) -> list[Sequence[Mapping[str, Any]]]:
+    async def fetch_snapshot(self, queries: Sequence[tuple[Read, Mapping[str, Any]]]) -> list[Rows]:
         """The rows of several read-only statements, all seeing the database at one moment."""
         if self.dialect == "postgresql":
-            compiled = [(self._compiled(statement), values) for statement, values in queries]
             async with (
                 self.driver() as connection,
                 connection.transaction(isolation="repeatable_read", readonly=True),
             ):
                 return [
-                    cast(Rows, await connection.fetch(query.sql, *query.arguments(values)))
-                    for query, values in compiled
+                    await self._driver_rows(connection, statement, values)
+                    for statement, values in queries
                 ]
         async with self.read() as session:  # an SQLite WAL read transaction is one snapshot
             return [
-                cast(Rows, (await session.execute(statement, values)).mappings().all())
-                for statement, values in queries
+                await _session_rows(session, statement, values) for statement, values in queries
             ]
+
+    async def _driver_rows(
+        self, connection: asyncpg.Connection, statement: Read, values: Mapping[str, Any]
+    ) -> Rows:
+        if isinstance(statement, Preferred):
+            rows = await self._driver_rows(connection, statement.statement, values)
+            return rows or await self._driver_rows(connection, statement.fallback, values)
+        query = self._compiled(statement)
+        # asyncpg Records are mappings by column name
+        return cast(Rows, await connection.fetch(query.sql, *query.arguments(values)))
 
     def _compiled(self, statement: Select[Any]) -> _DriverQuery:
         query = self._driver_queries.get(statement)

@@ -17,6 +17,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    null,
     or_,
     select,
     tuple_,
@@ -52,7 +53,7 @@ from parley_server.store.appenders import (
 )
 from parley_server.store.changes import states_shown
 from parley_server.store.contexts import session_closed
-from parley_server.store.database import Database, translated_errors
+from parley_server.store.database import Database, Preferred, translated_errors
 from parley_server.store.history_cache import Computed, HistoryCache
 from parley_server.store.rows import (
     Row,
@@ -158,25 +159,33 @@ def _filter(shape: _Shape) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def _within_budget(query: Select[Any], order: Any, *extra: Any) -> Select[Any]:
+def _within_budget(query: Select[Any], order: Any, *extra: Any) -> Preferred:
     """`query`'s rows (a LIMITed select of messages, in `order`) up to the first whose running
     total of size_bytes passes the `budget` parameter, and at least two: the database never
     hands over (nor detoasts) much more than a response can carry, and the row past the budget
     tells the caller that more follow (also the row that starts exactly at the budget, after a
-    page that fills it)."""
+    page that fills it).
+
+    Summing the sizes costs the database more than reading the rows, so the rows are read
+    unsummed (running NULL) when even `limit` of the session's largest message fit the budget,
+    which then keeps them all; otherwise that statement answers nothing and the summing one runs."""
     page = query.subquery("page")
     # Summed as integers: a bigint sum is numeric in PostgreSQL, several times slower to add up.
     sizes = cast(page.c.size_bytes, Integer)
     running = func.sum(sizes).over(order_by=order(page.c.seq)).label("running")
     position = func.row_number().over(order_by=order(page.c.seq)).label("position")
     sized = select(page, running, position).subquery("sized")
-    return (
+    summed = (
         select(*(sized.c[column.key] for column in _HISTORY_COLUMNS), sized.c.running, *extra)
         .where(
             or_(sized.c.running - sized.c.size_bytes <= bindparam("budget"), sized.c.position <= 2)
         )
         .order_by(order(sized.c.seq))
     )
+    unsummed = query.add_columns(null().label("running"), *extra).where(
+        _LARGEST.scalar_subquery() * bindparam("limit") <= bindparam("budget")
+    )
+    return Preferred(unsummed, summed)
 
 
 def _ascending(column: Any) -> Any:
@@ -188,7 +197,7 @@ def _descending(column: Any) -> Any:
 
 
 @functools.cache
-def _page_query(shape: _Shape, with_total: bool) -> Select[Any]:
+def _page_query(shape: _Shape, with_total: bool) -> Preferred:
     order = _descending if shape.newest_first else _ascending
     query = select(*_HISTORY_COLUMNS).where(*_filter(shape)).order_by(order(messages.c.seq))
     if shape.newest_first:
@@ -237,8 +246,10 @@ def fit(rows: Sequence[Mapping[str, Any]], *, limit: int, max_bytes: int) -> int
     query left out every row after the first to pass the budget, so only the last row kept can
     be one too many."""
     count = min(len(rows), limit)
-    if count > 1 and rows[count - 1]["running"] > max_bytes:
-        count -= 1
+    if count > 1:
+        running = rows[count - 1]["running"]  # None: read unsummed, as none can pass the budget
+        if running is not None and running > max_bytes:
+            count -= 1
     return count
 
 
@@ -252,6 +263,7 @@ _THE_SESSION = (sessions.c.tenant_id == bindparam("tenant")) & (
 )
 _MESSAGE_COUNT = select(sessions.c.message_count).where(_THE_SESSION)
 _LAST_SEQ = select(sessions.c.last_seq).where(_THE_SESSION)
+_LARGEST = select(sessions.c.largest_message_bytes).where(_THE_SESSION)
 _COUNTERS = select(sessions.c.message_count, sessions.c.last_seq).where(_THE_SESSION)
 _WINDOW_SESSION = select_sessions().where(_THE_SESSION)
 _WINDOW_CONTEXTS = (
@@ -266,7 +278,7 @@ _WINDOW_CONTEXTS = (
 
 
 @functools.cache
-def _window_messages(since_event_time: bool) -> Select[Any]:
+def _window_messages(since_event_time: bool) -> Preferred:
     query = select(*_HISTORY_COLUMNS).where(
         messages.c.tenant_id == bindparam("tenant"),
         messages.c.session_id == bindparam("session_id"),
@@ -580,6 +592,7 @@ class MessageStore:
                 session_id,
                 len(rows),
                 now,
+                largest=max(row["size_bytes"] for row in rows),
                 event_time=newest_event_time(rows),
                 expected_last_seq=expected_last_seq,
             )

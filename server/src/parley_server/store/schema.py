@@ -178,6 +178,9 @@ class SessionRow(Base):
     # Highest seq ever assigned; the next append takes last_seq + 1. Never decreases.
     last_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     last_message_time: Mapped[datetime | None]
+    # The largest size_bytes of any message ever appended to it (deletions leave it). A read of
+    # history whose rows cannot reach the response budget at this size skips summing their sizes.
+    largest_message_bytes: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     # How many messages were ever deleted from it: the number of its newest message_deletions row.
     deletions: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     # The application the session belongs to: the namespace of app and user state.

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import update
+from sqlalchemy import case, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from parley_server.domain import EncodeAssigned, Session
@@ -105,13 +105,15 @@ async def reserve_seqs(
     count: int,
     now: datetime,
     *,
+    largest: int,
     event_time: datetime | None,
     expected_last_seq: int | None = None,
 ) -> dict[str, Any] | None:
     """Take the session's next `count` seqs (and count the messages in), returning its new
     last_seq with what a state delta needs of the row it has locked (id, app, user_id, state);
     None, changing nothing, if it is closed or missing, or not at expected_last_seq when given.
-    event_time: that of the newest of the messages that has one. Portable SQL: the SQLite
+    largest: the size_bytes of the largest of the messages; event_time: that of the newest of
+    them that has one. Portable SQL: the SQLite
     appender and appends in a transaction of their own (on either backend) use it."""
     conditions = [
         sessions.c.tenant_id == tenant,
@@ -125,6 +127,10 @@ async def reserve_seqs(
         "message_count": sessions.c.message_count + count,
         "last_message_time": now,
         "update_time": now,
+        "largest_message_bytes": case(
+            (sessions.c.largest_message_bytes < largest, largest),
+            else_=sessions.c.largest_message_bytes,
+        ),
     }
     if event_time is not None:
         values["last_event_time"] = event_time

@@ -42,12 +42,12 @@ WITH batch AS (
         event_time, payload, payload_type, encoded, position
     )
 ), wanted AS (
-    SELECT tenant_id, session_id, count(*) AS n,
+    SELECT tenant_id, session_id, count(*) AS n, max(size_bytes) AS largest,
         (array_agg(event_time ORDER BY position DESC)
             FILTER (WHERE event_time IS NOT NULL))[1] AS event_time
     FROM batch GROUP BY tenant_id, session_id
 ), locked AS (
-    SELECT sessions.tenant_id, sessions.id, wanted.n, wanted.event_time
+    SELECT sessions.tenant_id, sessions.id, wanted.n, wanted.largest, wanted.event_time
     FROM sessions
     JOIN wanted ON wanted.tenant_id = sessions.tenant_id AND wanted.session_id = sessions.id
     WHERE sessions.end_time IS NULL
@@ -57,7 +57,8 @@ WITH batch AS (
     UPDATE sessions
     SET last_seq = last_seq + locked.n, message_count = message_count + locked.n,
         last_message_time = $1, update_time = $1,
-        last_event_time = coalesce(locked.event_time, sessions.last_event_time)
+        last_event_time = coalesce(locked.event_time, sessions.last_event_time),
+        largest_message_bytes = greatest(largest_message_bytes, locked.largest)
     FROM locked
     WHERE sessions.tenant_id = locked.tenant_id AND sessions.id = locked.id
     RETURNING sessions.tenant_id, sessions.id, sessions.last_seq, locked.n
@@ -85,7 +86,8 @@ WITH reserved AS (
     UPDATE sessions
     SET last_seq = last_seq + 1, message_count = message_count + 1,
         last_message_time = $1, update_time = $1,
-        last_event_time = coalesce($19, sessions.last_event_time)
+        last_event_time = coalesce($19, sessions.last_event_time),
+        largest_message_bytes = greatest(largest_message_bytes, $18::bigint)
     WHERE tenant_id = $2 AND id = $3 AND end_time IS NULL
     RETURNING sessions.last_seq
 )

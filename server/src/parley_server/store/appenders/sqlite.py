@@ -41,6 +41,10 @@ class SqliteAppender:
         missing), then one INSERT for every row."""
         now = utcnow()
         wanted = Counter((row["tenant_id"], row["session_id"]) for row in rows)
+        largest: dict[tuple[str, str], int] = {}
+        for row in rows:
+            key = (row["tenant_id"], row["session_id"])
+            largest[key] = max(largest.get(key, 0), row["size_bytes"])
         # Per session, the event_time of its newest message that has one (later rows win).
         event_times = {
             (row["tenant_id"], row["session_id"]): row["event_time"]
@@ -62,6 +66,7 @@ class SqliteAppender:
                         session_id,
                         count,
                         now,
+                        largest=largest[tenant, session_id],
                         event_time=event_times.get((tenant, session_id)),
                     )
                     if reserved is not None:
