@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import itertools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -309,13 +310,58 @@ async def test_an_agents_window_after_its_own_append_costs_no_query(
         assert page == await newest(uncached.messages, scope)
 
 
+async def test_a_whole_history_read_page_by_page_after_an_append_costs_no_query(
+    client: ParleyClient, store: Store, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent framework that loads a long history page by page, oldest first, on every turn
+    read every page but the first from the database again after each append: the pages before
+    the end are unchanged by it, and the last one takes the new messages. So is a page of older
+    messages, newest first, asked again from where it starts."""
+    _, session = await a_session(client)
+    await some_messages(client, session.id, 12)
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
+    uncached = app.open_store(Settings(history_cache_bytes=0), database)
+    reads = count_calls(store, monkeypatch, "fetch")
+    scope = ANONYMOUS.scope
+
+    async def pages(reader: Store) -> list[Any]:
+        read, position = [], 0
+        while True:
+            page = await reader.messages.list(
+                scope, session.id, MessageFilter(), position=position, limit=5, max_bytes=1 << 20
+            )
+            read.append(page)
+            if not page.has_more:
+                break
+            position = page.items[-1].seq
+        older = await reader.messages.list(
+            scope,
+            session.id,
+            MessageFilter(),
+            position=8,
+            limit=5,
+            max_bytes=1 << 20,
+            newest_first=True,
+        )
+        return [*read, older]
+
+    await pages(store)
+    for turn in range(3):
+        await store.messages.append(scope, session.id, [_turn(f"turn {turn}" * 50 * turn)])
+        counted = reads[0]
+        kept = await pages(store)
+        assert reads[0] == counted, turn
+        assert kept == await pages(uncached)
+
+
 @pytest.mark.parametrize("seed", range(6))
 async def test_answers_brought_forward_are_the_databases_own(
     client: ParleyClient, store: Store, database: Database, seed: int
 ) -> None:
     """Appends of every size (alone, or coalesced with others into one statement), deletions,
-    and windows and first pages (newest or oldest first) of every length and budget, in a
-    random order: each, and each session, is what a server without the cache reads."""
+    and windows and pages (newest or oldest first, from the start or later) of every length and
+    budget, in a random order: each, and each session, is what a server without the cache
+    reads."""
     rng = random.Random(seed)
     scope = ANONYMOUS.scope
     author = await a_user(client, display_name="author")
@@ -323,6 +369,7 @@ async def test_answers_brought_forward_are_the_databases_own(
     await until_caught_up(store.db.changes)
     uncached = app.open_store(Settings(history_cache_bytes=0), database)
     questions = [(rng.randint(1, 6), rng.choice([300, 700, 1500, 1 << 20])) for _ in range(4)]
+    positions = (0, *rng.sample(range(1, 25), 2))  # pages from the start, and later ones
     for step in range(60):
         session_id = rng.choice(session_ids)
         action = rng.random()
@@ -356,20 +403,20 @@ async def test_answers_brought_forward_are_the_databases_own(
                 scope, session_id, size, max_bytes=max_bytes
             )
             assert kept == fresh, (step, size, max_bytes)
-            for newest_first in (True, False):
+            for newest_first, position in itertools.product((True, False), positions):
                 pages = [
                     await reader.messages.list(
                         scope,
                         session_id,
                         MessageFilter(),
-                        position=0,
+                        position=position,
                         limit=size,
                         max_bytes=max_bytes,
                         newest_first=newest_first,
                     )
                     for reader in (store, uncached)
                 ]
-                assert pages[0] == pages[1], (step, size, max_bytes, newest_first)
+                assert pages[0] == pages[1], (step, size, max_bytes, newest_first, position)
         assert await store.sessions.get(scope, session_id) == await uncached.sessions.get(
             scope, session_id
         )

@@ -332,23 +332,28 @@ class _PageAsked:
     count_total: bool
 
     def brought_forward(self, answer: Any, change: Any) -> Computed[_KeptPage] | None:
-        """history_cache.BroughtForward: the first page of a session's whole history, newest
-        or oldest first, once `change` (Appended) is appended."""
+        """history_cache.BroughtForward: a page of a session's whole history (newest or oldest
+        first, from any position) once `change` (Appended) is appended."""
         kept: _KeptPage = answer
         appended: Appended = change
         page = kept.page
+        first = appended.seqs[0]
         if (
             self.where != _UNFILTERED
-            or self.position != 0
-            or kept.last_seq != appended.seqs[0] - 1
-            or None in appended.encodings
+            or kept.last_seq != first - 1
+            # Asked from a position past the session's end (no page of it leads there), some of
+            # them would fall on either side of it.
+            or (self.position > first if self.newest_first else self.position >= first)
         ):
             return None
-        new = _encoded_messages(appended)
-        total = None if page.total_size is None else page.total_size + len(new)
-        if not self.newest_first and page.has_more:  # they come after more than it shows
-            after = Page(page.items, has_more=True, total_size=total)
+        total = None if page.total_size is None else page.total_size + len(appended.seqs)
+        if (page.has_more and not self.newest_first) or (self.newest_first and self.position):
+            # They come after more than it shows, or after where it starts: it is unchanged.
+            after = Page(page.items, has_more=page.has_more, total_size=total)
             return _KeptPage(after, kept.sizes, appended.seqs[-1]).computed()
+        if None in appended.encodings:  # read back field by field: not built here
+            return None
+        new = _encoded_messages(appended)
         new_sizes = tuple(row["size_bytes"] for row in appended.rows)
         if self.newest_first:  # the new messages come first
             items = [*new[::-1], *page.items]
