@@ -117,31 +117,42 @@ async def test_context_window_of_a_new_session(client: ParleyClient) -> None:
         await client.get_context_window(session.id, max_messages=-5)
 
 
+async def _a_session(store: Store) -> str:
+    user_id = new_id()
+    await store.users.create(SCOPE, NewUser(id=user_id, display_name="u"))
+    return (await store.sessions.create(SCOPE, NewSession(id=None, user_id=user_id))).id
+
+
+async def _first_under(store: Store, session_id: str, max_bytes: int) -> list[list[int]]:
+    """The seqs of the first page oldest first, newest first, and of the context window, each of
+    10 messages at most and max_bytes, read from the database; each says that more exist."""
+    read = []
+    for newest_first in (False, True):
+        page = await store.messages.list(
+            SCOPE,
+            session_id,
+            MessageFilter(),
+            position=0,
+            limit=10,
+            max_bytes=max_bytes,
+            newest_first=newest_first,
+            cached=False,
+        )
+        assert page.has_more
+        read.append([m.seq for m in page.items])
+    window = await store.messages.context_window(SCOPE, session_id, 10, max_bytes=max_bytes)
+    assert window.has_earlier_messages
+    return [*read, [m.seq for m in window.messages]]
+
+
 async def test_a_page_that_fills_the_budget_exactly_still_says_more_follow(store: Store) -> None:
     """A page whose messages' sizes summed to exactly the byte budget said that no more
     followed (the row after it started at the budget, and only rows starting below it were
     read): a client listing page by page stopped there and never saw the rest."""
-    user_id = new_id()
-    await store.users.create(SCOPE, NewUser(id=user_id, display_name="u"))
-    session = await store.sessions.create(SCOPE, NewSession(id=None, user_id=user_id))
+    session_id = await _a_session(store)
     news = [NewMessage(id=None, role=Role.USER, content=str(n), size_bytes=100) for n in range(4)]
-    await store.messages.append(SCOPE, session.id, news)
-    for newest_first in (False, True):
-        page = await store.messages.list(
-            SCOPE,
-            session.id,
-            MessageFilter(),
-            position=0,
-            limit=10,
-            max_bytes=200,
-            newest_first=newest_first,
-            cached=False,
-        )
-        assert [m.seq for m in page.items] == ([4, 3] if newest_first else [1, 2])
-        assert page.has_more
-    window = await store.messages.context_window(SCOPE, session.id, 10, max_bytes=200)
-    assert [m.seq for m in window.messages] == [3, 4]
-    assert window.has_earlier_messages
+    await store.messages.append(SCOPE, session_id, news)
+    assert await _first_under(store, session_id, 200) == [[1, 2], [4, 3], [3, 4]]
 
 
 @pytest.mark.parametrize("path", ["one row", "several rows", "in a transaction of its own"])
@@ -151,35 +162,19 @@ async def test_every_append_records_its_largest_message_for_the_budget(
     """A read skips summing its rows' sizes when even the session's largest message, that many
     times over, fits the budget: an append path that did not record a large message would have
     the next read hand out more than the budget."""
-    user_id = new_id()
-    await store.users.create(SCOPE, NewUser(id=user_id, display_name="u"))
-    session = await store.sessions.create(SCOPE, NewSession(id=None, user_id=user_id))
+    session_id = await _a_session(store)
 
     def sized(size: int) -> NewMessage:
         return NewMessage(id=None, role=Role.USER, content=str(size), size_bytes=size)
 
-    await store.messages.append(SCOPE, session.id, [sized(10)])
+    await store.messages.append(SCOPE, session_id, [sized(10)])
     if path == "one row":
-        await store.messages.append(SCOPE, session.id, [sized(5000)])
-        await store.messages.append(SCOPE, session.id, [sized(10)])
+        await store.messages.append(SCOPE, session_id, [sized(5000)])
+        await store.messages.append(SCOPE, session_id, [sized(10)])
     elif path == "several rows":
-        await store.messages.append(SCOPE, session.id, [sized(5000), sized(10)])
+        await store.messages.append(SCOPE, session_id, [sized(5000), sized(10)])
     else:
         await store.messages.append(
-            SCOPE, session.id, [sized(5000), sized(10)], expected_last_seq=1
+            SCOPE, session_id, [sized(5000), sized(10)], expected_last_seq=1
         )
-    for newest_first in (False, True):
-        page = await store.messages.list(
-            SCOPE,
-            session.id,
-            MessageFilter(),
-            position=0,
-            limit=10,
-            max_bytes=1000,
-            newest_first=newest_first,
-            cached=False,
-        )
-        assert [m.seq for m in page.items] == ([3] if newest_first else [1])
-        assert page.has_more
-    window = await store.messages.context_window(SCOPE, session.id, 10, max_bytes=1000)
-    assert [m.seq for m in window.messages] == [3]
+    assert await _first_under(store, session_id, 1000) == [[1], [3], [3]]
