@@ -113,8 +113,8 @@ async def reserve_seqs(
     last_seq with what a state delta needs of the row it has locked (id, app, user_id, state);
     None, changing nothing, if it is closed or missing, or not at expected_last_seq when given.
     largest: the size_bytes of the largest of the messages; event_time: that of the newest of
-    them that has one. Portable SQL: the SQLite
-    appender and appends in a transaction of their own (on either backend) use it."""
+    them that has one. Portable SQL: the SQLite appender and appends in a transaction of their
+    own (on either backend) use it."""
     conditions = [
         sessions.c.tenant_id == tenant,
         sessions.c.id == session_id,
