@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from parley_client import InvalidArgumentError, Message, ParleyClient, new_message
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
 from parley_server.domain import MessageFilter, NewMessage, NewSession, NewUser, Role
 from parley_server.identity import ANONYMOUS
+from parley_server.services.messages import STREAM_BATCH, MessageService
+from parley_server.services.sessions import SessionService
 from parley_server.store import Store
 from tests.conftest import RawCall
 from tests.factories import a_session, new_id
+from tests.probes import count_calls
 
 SCOPE = ANONYMOUS.scope
 
@@ -74,6 +79,29 @@ async def test_stream_sends_the_whole_history_in_batches(
     assert streamed == appended
     batches = await raw("StreamMessages", pb.StreamMessagesRequest(session_id=session.id))
     assert [len(b.messages) for b in batches] == [500, 500, 201]
+
+
+async def test_a_stream_reads_its_next_batch_while_it_hands_out_the_one_before(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream read a batch only once the one before was handed out, so the database's time
+    for each batch added to the client's wait instead of passing while the server sent."""
+    session_id = await _a_session(store)
+    news = [NewMessage(id=None, role=Role.USER, content=str(n)) for n in range(STREAM_BATCH * 2)]
+    await store.messages.append(SCOPE, session_id, news)
+    reads = count_calls(store, monkeypatch, "fetch")
+    messages = MessageService(store, SessionService(store), response_budget_bytes=1 << 20)
+    batches = messages.stream(ANONYMOUS, session_id, MessageFilter())
+    try:
+        first = await anext(batches)
+        handed_out = reads[0]
+        async with asyncio.timeout(10):
+            while reads[0] == handed_out:  # noqa: ASYNC110  # the next read runs in a task of its own
+                await asyncio.sleep(0.001)
+        assert [m.seq for m in first] == list(range(1, STREAM_BATCH + 1))
+        assert [m.seq for m in await anext(batches)][-1] == STREAM_BATCH * 2
+    finally:
+        await batches.aclose()
 
 
 async def test_stream_filters_and_resumes_after_a_seq(client: ParleyClient) -> None:

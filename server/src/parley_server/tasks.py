@@ -50,3 +50,10 @@ def run_to_end(
     task = loop.create_task(run())
     _running.add(task)
     return answer
+
+
+def abandon(answer: asyncio.Future[Any]) -> None:
+    """Drop a run_to_end answer that nobody will await: its work still runs to its end, and a
+    failure is neither raised nor reported as never retrieved."""
+    if not answer.cancel() and not answer.cancelled():
+        answer.exception()

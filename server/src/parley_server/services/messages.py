@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import functools
+from collections.abc import AsyncGenerator, Sequence
 from datetime import datetime
 
 from parley_server.domain import (
@@ -24,7 +26,7 @@ from parley_server.services.access import (
 )
 from parley_server.services.sessions import SessionService
 from parley_server.store import Store
-from parley_server.tasks import run_to_end
+from parley_server.tasks import abandon, run_to_end
 
 MAX_BATCH_MESSAGES = 1000
 STREAM_BATCH = 500  # messages per streamed batch at most (and at most the byte budget)
@@ -166,32 +168,37 @@ class MessageService:
 
     async def stream(
         self, caller: Principal, session_id: str, where: MessageFilter
-    ) -> AsyncIterator[Sequence[StoredMessage]]:
+    ) -> AsyncGenerator[Sequence[StoredMessage], None]:
         """The matching messages in seq order, in batches that each fit a response."""
         await self._sessions.require_visible(caller, session_id)
-        position = 0
-        while True:
-            # A stream is not a unary call, which the API runs to its end: its page reads are, one
-            # by one, so a client leaving never cuts one short.
-            page = await run_to_end(
-                self._store.messages.list(
-                    caller.scope,
-                    session_id,
-                    where,
-                    position=position,
-                    limit=STREAM_BATCH,
-                    max_bytes=self._budget,
-                    count_total=False,
-                    # A whole history, read once: kept, it would push out every session's
-                    # tail that readers come back to, and grow the server by its size.
-                    cached=False,
-                )
-            )
-            if page.items:
-                yield page.items
-                position = page.items[-1].seq
-            if not page.has_more:
-                return
+        read = functools.partial(
+            self._store.messages.list,
+            caller.scope,
+            session_id,
+            where,
+            limit=STREAM_BATCH,
+            max_bytes=self._budget,
+            count_total=False,
+            # A whole history, read once: kept, it would push out every session's tail that
+            # readers come back to, and grow the server by its size.
+            cached=False,
+        )
+        # A stream is not a unary call, which the API runs to its end: its page reads are, one
+        # by one, so a client leaving never cuts one short. Each batch's read starts before the
+        # batch before it is handed out, so the database works while the server sends.
+        reading = run_to_end(read(position=0))
+        try:
+            while True:
+                page = await reading
+                if page.has_more:
+                    reading = run_to_end(read(position=page.items[-1].seq))
+                    await asyncio.sleep(0)  # so that the read is sent before the batch is framed
+                if page.items:
+                    yield page.items
+                if not page.has_more:
+                    return
+        finally:
+            abandon(reading)
 
     async def context_window(
         self,
