@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,11 +168,18 @@ class _DriverQuery:
         return [values[name] if name in values else self.bound[name] for name in self.names]
 
 
-async def _session_rows(session: AsyncSession, statement: Read, values: Mapping[str, Any]) -> Rows:
-    if isinstance(statement, Preferred):
-        rows = await _session_rows(session, statement.statement, values)
-        return rows or await _session_rows(session, statement.fallback, values)
-    return cast(Rows, (await session.execute(statement, values)).mappings().all())
+async def _read(read: Read, run: Callable[[Select[Any]], Awaitable[Rows]]) -> Rows:
+    """The rows of `read`, each of its statements run by `run`."""
+    if isinstance(read, Preferred):
+        return await run(read.statement) or await run(read.fallback)
+    return await run(read)
+
+
+async def _session_rows(session: AsyncSession, read: Read, values: Mapping[str, Any]) -> Rows:
+    async def run(statement: Select[Any]) -> Rows:
+        return cast(Rows, (await session.execute(statement, values)).mappings().all())
+
+    return await _read(read, run)
 
 
 def _discard(pooled: PoolProxiedConnection) -> None:
@@ -311,14 +318,14 @@ class Database:
             ]
 
     async def _driver_rows(
-        self, connection: asyncpg.Connection, statement: Read, values: Mapping[str, Any]
+        self, connection: asyncpg.Connection, read: Read, values: Mapping[str, Any]
     ) -> Rows:
-        if isinstance(statement, Preferred):
-            rows = await self._driver_rows(connection, statement.statement, values)
-            return rows or await self._driver_rows(connection, statement.fallback, values)
-        query = self._compiled(statement)
-        # asyncpg Records are mappings by column name
-        return cast(Rows, await connection.fetch(query.sql, *query.arguments(values)))
+        async def run(statement: Select[Any]) -> Rows:
+            query = self._compiled(statement)
+            # asyncpg Records are mappings by column name
+            return cast(Rows, await connection.fetch(query.sql, *query.arguments(values)))
+
+        return await _read(read, run)
 
     def _compiled(self, statement: Select[Any]) -> _DriverQuery:
         query = self._driver_queries.get(statement)

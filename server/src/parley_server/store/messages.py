@@ -47,7 +47,6 @@ from parley_server.errors import Aborted, AlreadyExists, NotFound
 from parley_server.store.appenders import (
     Appended,
     appender_for,
-    newest_event_time,
     reserve_seqs,
     stored_rows,
 )
@@ -592,14 +591,7 @@ class MessageStore:
         now = utcnow()
         async with self._db.write() as session:
             reserved = await reserve_seqs(
-                session,
-                scope.tenant,
-                session_id,
-                len(rows),
-                now,
-                largest=max(row["size_bytes"] for row in rows),
-                event_time=newest_event_time(rows),
-                expected_last_seq=expected_last_seq,
+                session, scope.tenant, session_id, rows, now, expected_last_seq=expected_last_seq
             )
             if reserved is None:
                 return None

@@ -102,19 +102,20 @@ async def reserve_seqs(
     session: AsyncSession,
     tenant: str,
     session_id: str,
-    count: int,
+    rows: Sequence[dict[str, Any]],
     now: datetime,
     *,
-    largest: int,
-    event_time: datetime | None,
     expected_last_seq: int | None = None,
 ) -> dict[str, Any] | None:
-    """Take the session's next `count` seqs (and count the messages in), returning its new
+    """Take the session's next seqs for `rows` (its messages, in order), count them in and
+    record the largest's size_bytes and the newest event_time among them, returning its new
     last_seq with what a state delta needs of the row it has locked (id, app, user_id, state);
     None, changing nothing, if it is closed or missing, or not at expected_last_seq when given.
-    largest: the size_bytes of the largest of the messages; event_time: that of the newest of
-    them that has one. Portable SQL: the SQLite appender and appends in a transaction of their
-    own (on either backend) use it."""
+    Portable SQL: the SQLite appender and appends in a transaction of their own (on either
+    backend) use it."""
+    count = len(rows)
+    largest = max(row["size_bytes"] for row in rows)
+    event_time = newest_event_time(rows)
     conditions = [
         sessions.c.tenant_id == tenant,
         sessions.c.id == session_id,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from contextlib import nullcontext
 from typing import Any
 
@@ -40,17 +39,9 @@ class SqliteAppender:
         """Per session, an UPDATE that reserves its seqs (and matches nothing if it is closed or
         missing), then one INSERT for every row."""
         now = utcnow()
-        wanted = Counter((row["tenant_id"], row["session_id"]) for row in rows)
-        largest: dict[tuple[str, str], int] = {}
+        wanted: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in rows:
-            key = (row["tenant_id"], row["session_id"])
-            largest[key] = max(largest.get(key, 0), row["size_bytes"])
-        # Per session, the event_time of its newest message that has one (later rows win).
-        event_times = {
-            (row["tenant_id"], row["session_id"]): row["event_time"]
-            for row in rows
-            if row["event_time"]
-        }
+            wanted.setdefault((row["tenant_id"], row["session_id"]), []).append(row)
         encodings = [stored_encoding(row, now, self._encode_assigned) for row in rows]
         observer = self._observer
         if observer is not None:
@@ -59,18 +50,10 @@ class SqliteAppender:
         try:
             async with self._db.write(tells=observer) as session:
                 next_seq: dict[tuple[str, str], int] = {}
-                for (tenant, session_id), count in wanted.items():
-                    reserved = await reserve_seqs(
-                        session,
-                        tenant,
-                        session_id,
-                        count,
-                        now,
-                        largest=largest[tenant, session_id],
-                        event_time=event_times.get((tenant, session_id)),
-                    )
+                for (tenant, session_id), its_rows in wanted.items():
+                    reserved = await reserve_seqs(session, tenant, session_id, its_rows, now)
                     if reserved is not None:
-                        next_seq[tenant, session_id] = reserved["last_seq"] - count + 1
+                        next_seq[tenant, session_id] = reserved["last_seq"] - len(its_rows) + 1
                 written: dict[tuple[str, str], int] = {}
                 stored: list[dict[str, Any]] = []
                 for row, encoding in zip(rows, encodings, strict=True):
