@@ -25,7 +25,7 @@ from parley_server.api import convert
 from parley_server.api.convert import SERVER_FIELDS_BYTES
 from parley_server.config import Settings
 from parley_server.domain import MessageFilter, NewMessage, Role
-from parley_server.errors import NotFound
+from parley_server.errors import AlreadyExists, NotFound
 from parley_server.identity import ANONYMOUS
 from parley_server.store import Database, Store
 from parley_server.store import changes as changes_module
@@ -56,6 +56,27 @@ async def test_a_page_read_again_costs_no_query(
     # Another question about the same session is answered by the database.
     await client.list_messages(session.id, page_size=2)
     assert queries[0] == 2
+
+
+async def test_a_session_whose_append_failed_is_kept_again(
+    client: ParleyClient, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write lane tells the cache that a statement is on its way to a session, and reads of
+    that session bypass the cache until it returns; one that failed must say so too, or the
+    session's reads would never be kept again."""
+    _, session = await a_session(client)
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
+    scope = ANONYMOUS.scope
+    taken = _turn("first")
+    [appended] = await store.messages.append(scope, session.id, [taken])
+    with pytest.raises(AlreadyExists):  # the same id with other content: the statement fails
+        await store.messages.append(
+            scope, session.id, [dataclasses.replace(_turn("other"), id=appended.id)]
+        )
+    queries = count_calls(store, monkeypatch, "fetch")
+    first = await newest(client, session.id)
+    assert await newest(client, session.id) == first
+    assert queries[0] == 1
 
 
 async def test_a_stream_is_never_kept(

@@ -5,7 +5,8 @@ transaction per batch through SQLAlchemy on SQLite, which has a single writer an
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -66,6 +67,23 @@ class WriteObserver(Protocol):
 
     def abandoned(self, session: SessionKey) -> None:
         """It changed nothing of `session`, or failed and may or may not have committed."""
+
+
+@contextmanager
+def writing(observer: WriteObserver | None, changing: Sequence[SessionKey]) -> Iterator[None]:
+    """Tell `observer` that a statement (or transaction) is on its way to the sessions it is to
+    change, and that it abandoned them if the block fails; tell_written says what it wrote."""
+    if observer is None:
+        yield
+        return
+    for key in changing:
+        observer.writing(key)
+    try:
+        yield
+    except BaseException:
+        for key in changing:
+            observer.abandoned(key)
+        raise
 
 
 def tell_written(

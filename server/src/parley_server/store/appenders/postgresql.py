@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from parley_server.domain import EncodeAssigned
-from parley_server.store.appenders import WriteObserver, stored_encoding, tell_written
+from parley_server.store.appenders import WriteObserver, stored_encoding, tell_written, writing
 from parley_server.store.database import Database, is_outage
 from parley_server.store.group_commit import GroupCommit
 from parley_server.store.tables import utcnow
@@ -150,21 +150,13 @@ class PostgresAppender:
             columns[index] = [None if v is None else json.dumps(v) for v in columns[index]]
         observer = self._observer
         changing = list(dict.fromkeys((row["tenant_id"], row["session_id"]) for row in rows))
-        if observer is not None:
-            for key in changing:
-                observer.writing(key)
-        try:
+        with writing(observer, changing):
             if len(rows) == 1:
                 records = await connection.fetch(
                     _APPEND_ONE_POSTGRESQL, now, *(column[0] for column in columns)
                 )
             else:
                 records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
-        except BaseException:
-            if observer is not None:
-                for key in changing:
-                    observer.abandoned(key)
-            raise
         seqs = {(record["tenant_id"], str(record["id"])): record["seq"] for record in records}
         if observer is not None:
             tell_written(observer, changing, rows, seqs, columns[_ENCODED_INDEX], now)

@@ -13,6 +13,7 @@ from parley_server.store.appenders import (
     reserve_seqs,
     stored_encoding,
     tell_written,
+    writing,
 )
 from parley_server.store.database import Database
 from parley_server.store.group_commit import GroupCommit
@@ -44,10 +45,7 @@ class SqliteAppender:
             wanted.setdefault((row["tenant_id"], row["session_id"]), []).append(row)
         encodings = [stored_encoding(row, now, self._encode_assigned) for row in rows]
         observer = self._observer
-        if observer is not None:
-            for key in wanted:
-                observer.writing(key)
-        try:
+        with writing(observer, list(wanted)):
             async with self._db.write(tells=observer) as session:
                 next_seq: dict[tuple[str, str], int] = {}
                 for (tenant, session_id), its_rows in wanted.items():
@@ -65,11 +63,6 @@ class SqliteAppender:
                         stored.append({**row, "encoded": encoding})
                 if stored:
                     await session.execute(insert(messages), stored)
-        except BaseException:
-            if observer is not None:
-                for key in wanted:
-                    observer.abandoned(key)
-            raise
         if observer is not None:
             tell_written(observer, list(wanted), rows, written, encodings, now)
         return written
