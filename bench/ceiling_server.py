@@ -45,7 +45,7 @@ from parley_server.store.group_commit import GroupCommit, Row
 
 SERVICE = "parley.v1.ParleyService"
 Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
-_HISTORY = "SELECT seq, user_id, encoded FROM messages"
+_HISTORY = "SELECT seq, entry FROM messages"
 _NEWEST = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 ORDER BY seq DESC LIMIT $3"
 _AFTER = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
 # Parley's own queries for a stream's batch: its rows, unsummed while even that many of the
@@ -56,9 +56,9 @@ _UNSUMMED = (
     " ORDER BY seq LIMIT $4"
 )
 _WITHIN_BUDGET = (
-    "SELECT seq, user_id, encoded FROM (SELECT *, sum(size_bytes::int) OVER (ORDER BY seq) AS"
-    " running, row_number() OVER (ORDER BY seq) AS position FROM (SELECT seq, user_id,"
-    " size_bytes, encoded FROM messages WHERE tenant_id = $1 AND session_id = $2 AND seq > $3"
+    "SELECT seq, entry FROM (SELECT *, sum(size_bytes::int) OVER (ORDER BY seq) AS"
+    " running, row_number() OVER (ORDER BY seq) AS position FROM (SELECT seq,"
+    " size_bytes, entry FROM messages WHERE tenant_id = $1 AND session_id = $2 AND seq > $3"
     " ORDER BY seq LIMIT $4) AS page) AS sized WHERE running - size_bytes <= $5 OR position <= 2"
     " ORDER BY seq"
 )
@@ -69,12 +69,12 @@ _CONTEXTS = (
 )
 _INSERT = (
     "INSERT INTO messages (tenant_id, id, session_id, seq, role, content, create_time, name,"
-    " tool_call_id, invocation_id, thread_id, chapter, payload_type, size_bytes, encoded)"
+    " tool_call_id, invocation_id, thread_id, chapter, payload_type, size_bytes, entry)"
     " VALUES ($1, $2, $3, $4, 'user', $5, $6, '', '', '', '', '', '', $7, $8)"
 )
 _INSERT_MANY = (
     "INSERT INTO messages (tenant_id, id, session_id, seq, role, content, create_time, name,"
-    " tool_call_id, invocation_id, thread_id, chapter, payload_type, size_bytes, encoded)"
+    " tool_call_id, invocation_id, thread_id, chapter, payload_type, size_bytes, entry)"
     " SELECT $1, id, session_id, seq, 'user', $2, $3, '', '', '', '', '', '', $4, $5"
     " FROM unnest($6::uuid[], $7::text[], $8::bigint[]) AS appended(id, session_id, seq)"
 )
@@ -97,7 +97,7 @@ class CeilingSettings:
     stream_replies: list[str]  # parley's batches, in order
     stream_batch_sizes: list[int]  # messages in each
     append_reply: str
-    append_encoded: str  # what parley stores for the appended message
+    append_entry: str  # what parley stores for the appended message (its entry)
     # Above 0: streams build their batches from the rows they read, under this byte budget
     # (parley's), instead of sending parley's.
     stream_budget: int = 0
@@ -122,7 +122,7 @@ async def serve(settings: CeilingSettings) -> None:
     tenant = settings.tenant
     list_reply, window_reply = _bytes(settings.list_reply), _bytes(settings.window_reply)
     stream_replies = [_bytes(reply) for reply in settings.stream_replies]
-    append_reply, append_encoded = _bytes(settings.append_reply), _bytes(settings.append_encoded)
+    append_reply, append_entry = _bytes(settings.append_reply), _bytes(settings.append_entry)
     budget = settings.stream_budget
     # Far above what parley and ceiling 1 assign these sessions, and apart from the other
     # ceiling server's, which appends to them too.
@@ -163,8 +163,8 @@ async def serve(settings: CeilingSettings) -> None:
             tenant,
             settings.content,
             datetime.now(UTC),
-            len(append_encoded) + 128,
-            append_encoded,
+            len(append_entry) + 128,
+            append_entry,
             [row["id"] for row in rows],
             [row["session_id"] for row in rows],
             [row["seq"] for row in rows],
@@ -195,8 +195,8 @@ async def serve(settings: CeilingSettings) -> None:
             next(next_seq),
             settings.content,
             datetime.now(UTC),
-            len(append_encoded) + 128,
-            append_encoded,
+            len(append_entry) + 128,
+            append_entry,
         )
         return append_reply
 
@@ -219,8 +219,8 @@ async def serve(settings: CeilingSettings) -> None:
 
 def _batch(rows: list[asyncpg.Record]) -> bytes:
     """A StreamMessagesResponse of rows, framed as parley frames its own (convert.with_messages):
-    each stored encoding, then its seq and user_id fields."""
-    messages = [EncodedMessage(row["seq"], row["user_id"] or "", row["encoded"]) for row in rows]
+    their stored entries."""
+    messages = [EncodedMessage(row["seq"], row["entry"]) for row in rows]
     return cast(bytes, with_messages(parley_service_pb2.StreamMessagesResponse(), messages))
 
 

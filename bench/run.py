@@ -67,6 +67,7 @@ from sqlalchemy.engine import make_url
 
 from parley_client import ParleyClient, new_message
 from parley_client._gen.parley.v1 import parley_service_pb2, parley_service_pb2_grpc
+from parley_server.api import convert
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CEILING_SERVER = Path(__file__).resolve().parent / "ceiling_server.py"
@@ -521,10 +522,9 @@ async def ceiling_settings(
     appended = await client.append_message(
         fixtures.ceiling_sessions[0], role="user", content=CONTENT
     )
-    body = type(appended)()
-    body.CopyFrom(appended)
-    for server_field in ("id", "session_id", "seq", "user_id", "create_time"):
-        body.ClearField(server_field)
+    unnumbered = type(appended)()
+    unnumbered.CopyFrom(appended)
+    unnumbered.ClearField("seq")
     return CeilingSettings(
         dsn=_asyncpg_dsn(database_url),
         address=address,
@@ -539,7 +539,9 @@ async def ceiling_settings(
         stream_replies=[encoded(batch) for batch in batches],
         stream_batch_sizes=[len(batch.messages) for batch in batches],
         append_reply=encoded(appended),
-        append_encoded=encoded(body),
+        append_entry=base64.b64encode(
+            convert.message_entry(unnumbered.SerializeToString(), appended.seq)
+        ).decode(),
     )
 
 

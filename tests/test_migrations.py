@@ -13,6 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 
+from parley_client._gen.parley.v1 import message_pb2, parley_service_pb2
 from parley_server.store import migrate
 from parley_server.store.database import create_engine
 from parley_server.store.schema import Base
@@ -148,3 +149,88 @@ async def test_sessions_learn_their_largest_message_from_the_messages_stored(
         assert largest == {"s1": 7000, "s2": 0}
     finally:
         await engine.dispose()
+
+
+async def test_messages_encoded_before_keep_their_encoding_as_an_entry(
+    empty_database_url: str,
+) -> None:
+    """Migration 0011: a message stored with its encoding (every field but seq and user_id, the
+    assigned ones first) gets the entry that holds all of it; one whose encoding lacks the
+    assigned fields (a server from before them), or that has none, gets none and is read from
+    its columns."""
+    now = datetime.now(UTC)
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    unassigned = message_pb2.Message(role=message_pb2.ROLE_USER, content="old").SerializeToString()
+    engine = create_engine(empty_database_url)
+    try:
+        await migrate.upgrade(engine, "0010")
+        async with engine.begin() as connection:
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO users (tenant_id, id, display_name, role, picture_url,"
+                    " status_message, bio, location, website, social_links, preferences,"
+                    " create_time, update_time) VALUES ('default', 'u1', 'u', '', '', '', '', '',"
+                    " '', '{}', '{}', :now, :now)"
+                ),
+                {"now": now},
+            )
+            await connection.execute(
+                sa.text(
+                    "INSERT INTO sessions (tenant_id, id, title, metadata, ip_address, user_agent,"
+                    " device, create_time, update_time) VALUES ('default', 's1', '', '{}', '', '',"
+                    " '', :now, :now)"
+                ),
+                {"now": now},
+            )
+            for seq, (message_id, user_id, encoded) in enumerate(
+                [
+                    (ids[0], "u1", _encoded_before_0011(ids[0], now, "hello")),
+                    (ids[1], None, _encoded_before_0011(ids[1], now, "x" * 300)),
+                    (ids[2], "u1", unassigned),
+                    (ids[3], None, None),
+                ],
+                start=200,
+            ):
+                await connection.execute(
+                    sa.text(
+                        "INSERT INTO messages (tenant_id, id, session_id, seq, role, content,"
+                        " name, tool_call_id, invocation_id, thread_id, chapter, user_id,"
+                        " create_time, encoded) VALUES ('default', :id, 's1', :seq, 'user', '',"
+                        " '', '', '', '', '', :user_id, :now, :encoded)"
+                    ).bindparams(sa.bindparam("id", type_=sa.Uuid(as_uuid=False))),
+                    {
+                        "id": message_id,
+                        "seq": seq,
+                        "user_id": user_id,
+                        "now": now,
+                        "encoded": encoded,
+                    },
+                )
+        await migrate.upgrade(engine)
+        async with engine.connect() as connection:
+            rows = await connection.execute(
+                sa.text("SELECT id, entry FROM messages").columns(
+                    sa.column("id", sa.Uuid(as_uuid=False)), sa.column("entry", sa.LargeBinary)
+                )
+            )
+            entries = {message_id: entry for message_id, entry in rows}
+        response = parley_service_pb2.ListMessagesResponse.FromString(entries[ids[0]])
+        (first,) = response.messages
+        assert (first.id, first.session_id, first.seq, first.user_id, first.content) == (
+            ids[0], "s1", 200, "u1", "hello",
+        )  # fmt: skip
+        assert first.create_time.ToDatetime(UTC) == now
+        (second,) = parley_service_pb2.ListMessagesResponse.FromString(entries[ids[1]]).messages
+        assert (second.seq, second.user_id, second.content) == (201, "", "x" * 300)
+        assert entries[ids[2]] is None
+        assert entries[ids[3]] is None
+    finally:
+        await engine.dispose()
+
+
+def _encoded_before_0011(message_id: str, create_time: datetime, content: str) -> bytes:
+    """A message's encoding as servers from before migration 0011 stored it."""
+    assigned = message_pb2.Message(id=message_id, session_id="s1")
+    assigned.create_time.FromDatetime(create_time)
+    body = message_pb2.Message(role=message_pb2.ROLE_USER, content=content)
+    return assigned.SerializeToString() + body.SerializeToString()

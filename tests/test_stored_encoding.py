@@ -1,11 +1,12 @@
-"""Messages are stored with their encoding (migration 0008), and reads hand it out as it is.
+"""Messages are stored with their encoding, as a response's entry (migrations 0008 and 0011), and
+reads hand it out as it is.
 
 Property: a random message of any shape (every field, unicode, tool calls, attachments,
 citations, nested metadata, event times, payloads) reads back through every read path (Get,
 List, Stream, ContextWindow, Watch) exactly as the append answered it, and the append's answer is
-built from the columns, field by field. The same holds for rows without an encoding (appended
-before 0008): their encodings are cleared, and every read path reads them field by field; and
-for rows whose encoding lacks the assigned fields (stored by a server from before those were).
+built from the columns, field by field. The same holds for rows without an entry (appended
+before 0008, or by a user since deleted): their entries are cleared, and every read path reads
+them field by field.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from sqlalchemy import bindparam, func, select, update
 from parley_client import Message, ParleyClient, SyncParleyClient, new_message
 from parley_client._gen.parley.v1 import message_pb2
 from parley_server import cli
-from parley_server.api.convert import encoded_assigned
+from parley_server.api.convert import stored_entry
 from parley_server.domain import NewMessage, Role, Scope
 from parley_server.store import Store
 from parley_server.store.database import Database
-from parley_server.store.tables import messages
+from parley_server.store.rows import to_message
+from parley_server.store.tables import messages, sessions
 from tests.conftest import property_settings
 from tests.factories import a_session
 
@@ -199,40 +201,18 @@ async def test_every_read_path_returns_messages_as_appended(
                 wanted = [m for m in stored if m.role == role]
                 assert list(parley.list_messages(session_id, role=role).messages) == wanted
 
-    # Appends store every field but seq and user_id encoded. Rows stored otherwise are read
-    # between them: every other as a server from before encoded_assigned stored them (without
-    # id, session_id and create_time), then every other also as rows from before migration 0008
-    # are (no encoding: read field by field), then all of them so.
+    # Appends store each message as an entry. Rows without one are read between them: every
+    # other as rows from before migration 0008 are (read field by field), then all of them so.
     in_sessions = messages.c.session_id.in_(list(appended))
-    async with database.write() as session:
-        odd = (
-            await session.execute(
-                select(
-                    messages.c.id, messages.c.session_id, messages.c.create_time, messages.c.encoded
-                ).where(in_sessions, messages.c.seq % 2 == 1)
-            )
-        ).all()
-        bodies = []
-        for row in odd:
-            assigned = encoded_assigned(str(row.id), row.session_id, row.create_time)
-            assert row.encoded.startswith(assigned)
-            bodies.append({"message_id": row.id, "body": row.encoded[len(assigned) :]})
-        await session.execute(
-            update(messages)
-            .where(messages.c.id == bindparam("message_id"))
-            .values(encoded=bindparam("body")),
-            bodies,
-        )
-    await asyncio.to_thread(read_back)
     for rows in (in_sessions & (messages.c.seq % 2 == 0), in_sessions):
         async with database.write() as session:
-            await session.execute(update(messages).where(rows).values(encoded=None))
+            await session.execute(update(messages).where(rows).values(entry=None))
         await asyncio.to_thread(read_back)
     async with database.read() as session:
         unencoded = await session.scalar(
             select(func.count())
             .select_from(messages)
-            .where(in_sessions, messages.c.encoded.is_(None))
+            .where(in_sessions, messages.c.entry.is_(None))
         )
     assert unencoded == sum(len(stored) for stored in appended.values())
 
@@ -260,7 +240,7 @@ async def test_encode_history_stores_the_encodings_older_rows_lack(
     )
     async with database.write() as transaction:
         await transaction.execute(
-            update(messages).where(messages.c.session_id == session.id).values(encoded=None)
+            update(messages).where(messages.c.session_id == session.id).values(entry=None)
         )
     before = list((await client.list_messages(session.id)).messages)
     assert before[:2] == appended
@@ -271,7 +251,7 @@ async def test_encode_history_stores_the_encodings_older_rows_lack(
                 await transaction.scalar(
                     select(func.count())
                     .select_from(messages)
-                    .where(messages.c.session_id == session.id, messages.c.encoded.is_(None))
+                    .where(messages.c.session_id == session.id, messages.c.entry.is_(None))
                 )
                 or 0
             )
@@ -298,21 +278,21 @@ async def test_a_row_encoded_between_a_page_and_its_second_read_is_kept(
     this_session = messages.c.session_id == session.id
     async with database.write() as transaction:
         encodings = (
-            await transaction.execute(select(messages.c.id, messages.c.encoded).where(this_session))
+            await transaction.execute(select(messages.c.id, messages.c.entry).where(this_session))
         ).all()
-        await transaction.execute(update(messages).where(this_session).values(encoded=None))
+        await transaction.execute(update(messages).where(this_session).values(entry=None))
     fetch = store.db.fetch
 
     async def encoded_right_after_the_page(*args: Any, **kwargs: Any) -> Any:
         page = await fetch(*args, **kwargs)
         monkeypatch.setattr(store.db, "fetch", fetch)
-        assert all(row["encoded"] is None for row in page)
+        assert all(row["entry"] is None for row in page)
         async with database.write() as transaction:  # as encode-history would, meanwhile
             await transaction.execute(
                 update(messages)
                 .where(messages.c.id == bindparam("message_id"))
-                .values(encoded=bindparam("encoding")),
-                [{"message_id": row.id, "encoding": row.encoded} for row in encodings],
+                .values(entry=bindparam("entry")),
+                [{"message_id": row.id, "entry": row.entry} for row in encodings],
             )
         return page
 
@@ -320,3 +300,35 @@ async def test_a_row_encoded_between_a_page_and_its_second_read_is_kept(
     listed = await client.list_messages(session.id, page_size=10)
     assert store.db.fetch == fetch  # the page was read, and encoded meanwhile
     assert [m.seq for m in listed.messages] == [m.seq for m in appended]
+
+
+async def test_appends_store_entries_framed_as_the_api_frames_them(
+    client: ParleyClient, database: Database
+) -> None:
+    """Each way an append is written (one row, several rows in one statement, a transaction of
+    its own; on PostgreSQL the first two frame the entry in SQL) stores the entry that the API
+    makes of the message from its columns, at seqs and lengths of each varint size."""
+    author, _ = await a_session(client)
+    contents = ["", "x" * 200, "y" * 20_000]  # entry lengths of one, two and three varint bytes
+    written: list[str] = []
+    for last_seq in (0, 126, 16_382, 2**21 - 2, 2**35 - 1):
+        session = await client.create_session(user_id=author.id)
+        async with database.write() as transaction:
+            await transaction.execute(
+                update(sessions).where(sessions.c.id == session.id).values(last_seq=last_seq)
+            )
+        for content in contents:
+            single = await client.append_message(session.id, role="user", content=content)
+            batch = await client.batch_append_messages(
+                session.id,
+                [new_message(role="assistant", content=content, user_id=author.id) for _ in "ab"],
+            )
+            alone = await client.append_message(
+                session.id, role="user", content=content, expected_last_seq=batch[-1].seq
+            )
+            written += [single.id, *(message.id for message in batch), alone.id]
+    async with database.read() as transaction:
+        rows = (await transaction.execute(select(messages).where(messages.c.id.in_(written)))).all()
+    assert len(rows) == len(written)
+    for row in rows:
+        assert row.entry == stored_entry(to_message(row._mapping)), row.seq

@@ -73,8 +73,7 @@ def open_store(settings: Settings, database: Database) -> Store:
     return Store.over(
         database,
         write_lanes=settings.write_lanes,
-        encode_assigned=convert.encoded_assigned,
-        holds_assigned=convert.holds_assigned,
+        encoding=convert.MESSAGE_ENCODING,
         history_cache_bytes=settings.history_cache_bytes,
     )
 

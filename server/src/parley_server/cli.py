@@ -100,10 +100,10 @@ async def _migrate(settings: Settings, revision: str) -> None:
 
 
 async def _encode_history(settings: Settings, batch: int) -> int:
-    """Stores the encoding of every message stored without one (appended before migration 0008),
-    which reads then hand out as they do a new message's; returns how many. Safe beside serving
-    servers, and to interrupt and run again."""
-    from parley_server.api.convert import encoded_message
+    """Stores the entry of every message stored without one (appended before migration 0008, or
+    by a user since deleted), which reads then hand out as they do a new message's; returns how
+    many. Safe beside serving servers, and to interrupt and run again."""
+    from parley_server.api.convert import stored_entry
     from parley_server.app import open_database, open_store
 
     database = await open_database(settings)
@@ -112,8 +112,8 @@ async def _encode_history(settings: Settings, batch: int) -> int:
         encoded = 0
         after: tuple[str, str] | None = None
         while found := await history.unencoded(after, batch):
-            await history.store_encodings(
-                [(tenant, message.id, encoded_message(message)) for tenant, message in found]
+            await history.store_entries(
+                [(tenant, message, stored_entry(message)) for tenant, message in found]
             )
             encoded += len(found)
             after = (found[-1][0], found[-1][1].id)
@@ -170,8 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     migrate_parser.add_argument("--revision", default="head", help="target revision (head)")
     encode_parser = commands.add_parser(
         "encode-history",
-        help="store the encoding of messages from before migration 0008, so reads of them are"
-        " as fast as of new ones",
+        help="store the entry of messages from before migration 0008 (or of deleted users), so"
+        " reads of them are as fast as of new ones",
     )
     encode_parser.add_argument("--batch", type=int, default=1000, help="messages per transaction")
     tail_parser = commands.add_parser(

@@ -218,19 +218,28 @@ class NewMessage:
     payload_type: str = ""  # its media type
     # Its size in the API's encoding once stored, so reads can keep responses within a byte budget.
     size_bytes: int = 0
-    # Its fields but id, session_id, seq, user_id and create_time, in the API's encoding: stored
-    # (after EncodeAssigned's) so that a read hands them out as they are; opaque below the API.
-    # Empty: not encoded.
+    # Its fields but id, session_id, seq and create_time, in the API's encoding: stored (after
+    # EncodeAssigned's, framed by EncodeEntry) so that a read hands them out as they are; opaque
+    # below the API. Empty: not encoded.
     encoded: bytes = b""
 
 
 # The API's encoding of what the server assigns a message as it is stored (its id, session_id and
 # create_time), which the store keeps before NewMessage.encoded: together they hold every field
-# of the message but seq and user_id (which DeleteUser clears).
+# of the message but its seq.
 EncodeAssigned = Callable[[str, str, datetime], bytes]
-# Whether a stored encoding starts with EncodeAssigned's: those stored by a server from before it
-# hold the rest alone.
-HoldsAssigned = Callable[[bytes], bool]
+# A stored message as history reads hand it out, from the encoding of every field but its seq
+# (EncodeAssigned's, then NewMessage.encoded) and its seq: an entry of a response's repeated
+# messages field numbered 1 (its tag and length, then the message's fields).
+EncodeEntry = Callable[[bytes, int], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEncoding:
+    """The API's encoding of stored messages, handed to the store (which knows no protobuf)."""
+
+    assigned: EncodeAssigned
+    entry: EncodeEntry
 
 
 @dataclass(slots=True, kw_only=True)
@@ -259,12 +268,11 @@ class Message:
 
 @dataclass(slots=True)
 class EncodedMessage:
-    """A stored message as a read returns it when its fields were encoded at append: `encoded`
-    holds every field but seq and user_id."""
+    """A stored message as a read returns it when its append encoded it: `entry` as EncodeEntry
+    made it, ready to send."""
 
     seq: int
-    user_id: str
-    encoded: bytes
+    entry: bytes
 
 
 # What reads of history return: encoded when the append encoded it (the API's appends do), else

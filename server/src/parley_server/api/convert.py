@@ -168,9 +168,9 @@ ResponseT = TypeVar("ResponseT", bound=ProtoMessage)
 def with_messages(head: ResponseT, messages: Iterable[domain.StoredMessage]) -> ResponseT:
     """The encoding of response `head` with `messages` in its repeated field `messages`, typed
     as the response it stands for: the server's response serializer passes bytes through
-    (api.interceptors). A stored encoding goes out as it was kept, with seq and user_id encoded
-    after it (protobuf merges concatenated encodings): never parsed into objects and serialized
-    again, which costs several times as much."""
+    (api.interceptors). A stored entry goes out as it was kept (its tag replaced in a response
+    whose messages field has another number): never parsed into objects and serialized again,
+    which costs several times as much."""
     encoded = _message_entries(_messages_tag(head.DESCRIPTOR), messages)
     return cast(ResponseT, head.SerializeToString() + encoded)
 
@@ -178,19 +178,18 @@ def with_messages(head: ResponseT, messages: Iterable[domain.StoredMessage]) -> 
 def _message_entries(tag: bytes, messages: Iterable[domain.StoredMessage]) -> bytes:
     """`messages` as entries of the repeated field whose tag is `tag`."""
     parts: list[bytes] = []
-    add = parts.extend
-    user_fields = {"": b""}  # a history has few authors
+    add = parts.append
+    retag = tag != _ENTRY_TAG
     for message in messages:
         if isinstance(message, domain.EncodedMessage):
-            seq = _SEQ_TAG + _varint(message.seq)
-            user = user_fields.get(message.user_id)
-            if user is None:
-                user = user_fields[message.user_id] = _user_id_field(message.user_id)
-            size = len(message.encoded) + len(seq) + len(user)
-            add((tag, _varint(size), message.encoded, seq, user))
+            if retag:  # the stored tag (field 1) is one byte
+                add(tag)
+                add(message.entry[1:])
+            else:
+                add(message.entry)
         else:  # stored without an encoding: built field by field
             encoded = message_pb(message).SerializeToString()
-            add((tag, _varint(len(encoded)), encoded))
+            parts += (tag, _varint(len(encoded)), encoded)
     return b"".join(parts)
 
 
@@ -225,37 +224,36 @@ def _encode_varint(value: int) -> bytes:
 _SMALL_VARINTS = [_encode_varint(value) for value in range(1 << 14)]  # every 1- and 2-byte one
 _MESSAGE_FIELDS = message_pb2.Message.DESCRIPTOR.fields_by_name
 _SEQ_TAG = _field_tag(_MESSAGE_FIELDS["seq"].number, _VARINT_TYPE)
-_USER_ID_TAG = _field_tag(_MESSAGE_FIELDS["user_id"].number, _LENGTH_DELIMITED)
+# Most responses carry their messages in field 1: stored entries are framed for those, and
+# retagged for the others.
+_ENTRY_TAG = _field_tag(1, _LENGTH_DELIMITED)
 
 
-def _user_id_field(user_id: str) -> bytes:
-    data = user_id.encode()
-    return _USER_ID_TAG + _varint(len(data)) + data
+def message_entry(encoded: bytes, seq: int) -> bytes:
+    """domain.EncodeEntry. PostgreSQL's appends frame the same in SQL (store.appenders)."""
+    seq_field = _SEQ_TAG + _varint(seq)
+    return _ENTRY_TAG + _varint(len(encoded) + len(seq_field)) + encoded + seq_field
+
+
+def _entry_fields(entry: bytes) -> bytes:
+    """The message's fields in a stored entry: past its tag and length."""
+    start = 2
+    while entry[start - 1] & 0x80:
+        start += 1
+    return entry[start:]
 
 
 def _fill_message(result: message_pb2.Message, message: domain.StoredMessage) -> None:
     # A stored encoding is parsed in C, as one call: a fraction of the cost of the fields'
     # assignment one by one.
     if isinstance(message, domain.EncodedMessage):
-        result.MergeFromString(message.encoded)
+        result.MergeFromString(_entry_fields(message.entry))
     else:
         _fill_body(result, message)
         result.id = message.id
         result.session_id = message.session_id
         _set_time(result.create_time, message.create_time)
-    result.seq = message.seq
-    if message.user_id:
-        result.user_id = message.user_id
-
-
-# An encoding of the assigned fields starts with the id's (the lowest field number, and never
-# empty); the rest of a message's encoding has none of them.
-_ID_TAG = _field_tag(_MESSAGE_FIELDS["id"].number, _LENGTH_DELIMITED)
-
-
-def holds_assigned(encoded: bytes) -> bool:
-    """domain.HoldsAssigned."""
-    return encoded.startswith(_ID_TAG)
+        result.seq = message.seq
 
 
 def encoded_assigned(message_id: str, session_id: str, create_time: datetime) -> bytes:
@@ -266,23 +264,24 @@ def encoded_assigned(message_id: str, session_id: str, create_time: datetime) ->
 
 
 def encoded_body(message: domain.NewMessage | domain.Message) -> bytes:
-    """The encoding of what a message never changes in, which a read merges the rest into."""
+    """The encoding of a message's fields but those the server assigns: what an append keeps."""
     result = message_pb2.Message()
     _fill_body(result, message)
     return result.SerializeToString()
 
 
-def encoded_message(message: domain.Message) -> bytes:
-    """The encoding a stored message keeps (all but its seq and user_id), as an append of it
-    would have stored it: what encode-history gives rows stored without one."""
-    return encoded_assigned(message.id, message.session_id, message.create_time) + encoded_body(
-        message
-    )
+MESSAGE_ENCODING = domain.MessageEncoding(assigned=encoded_assigned, entry=message_entry)
+
+
+def stored_entry(message: domain.Message) -> bytes:
+    """The entry a stored message keeps, as an append of it would have stored it: what
+    encode-history gives rows stored without one."""
+    assigned = encoded_assigned(message.id, message.session_id, message.create_time)
+    return message_entry(assigned + encoded_body(message), message.seq)
 
 
 def _fill_body(result: message_pb2.Message, message: domain.Message | domain.NewMessage) -> None:
-    """Every field but id, session_id, seq, user_id (cleared when the user is deleted) and
-    create_time."""
+    """Every field but id, session_id, seq and create_time."""
     result.role = _ROLE_TO_PB[message.role]
     if message.content:
         result.content = message.content
@@ -324,6 +323,8 @@ def _fill_body(result: message_pb2.Message, message: domain.Message | domain.New
     if message.payload:
         result.payload = message.payload
         result.payload_type = message.payload_type
+    if message.user_id:
+        result.user_id = message.user_id
 
 
 def context_pb(context: domain.Context) -> context_pb2.Context:

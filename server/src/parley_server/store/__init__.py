@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from parley_server.domain import EncodeAssigned, HoldsAssigned
+from parley_server.domain import MessageEncoding
 from parley_server.store.contexts import ContextStore
 from parley_server.store.database import Database
 from parley_server.store.history_cache import HistoryCache
@@ -35,8 +35,7 @@ class Store:
         db: Database,
         *,
         write_lanes: int = 1,
-        encode_assigned: EncodeAssigned,
-        holds_assigned: HoldsAssigned,
+        encoding: MessageEncoding,
         history_cache_bytes: int,
     ) -> Store:
         cache = HistoryCache(db.changes, capacity_bytes=history_cache_bytes)
@@ -47,8 +46,7 @@ class Store:
             messages=MessageStore(
                 db,
                 write_lanes=write_lanes,
-                encode_assigned=encode_assigned,
-                holds_assigned=holds_assigned,
+                encoding=encoding,
                 cache=cache,
             ),
             contexts=ContextStore(db),

@@ -29,12 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from parley_server.domain import (
     NO_STATE_DELTA,
     ContextWindow,
-    EncodeAssigned,
     EncodedMessage,
     HistoryStep,
-    HoldsAssigned,
     Message,
     MessageDeletion,
+    MessageEncoding,
     MessageFilter,
     NewMessage,
     Page,
@@ -48,7 +47,8 @@ from parley_server.store.appenders import (
     Appended,
     appender_for,
     reserve_seqs,
-    stored_rows,
+    stored_encoding,
+    stored_row,
 )
 from parley_server.store.changes import states_shown
 from parley_server.store.contexts import session_closed
@@ -121,13 +121,12 @@ class _Shape:
         )
 
 
-# What a history read selects: a row's encoding and the columns outside it. A page with rows
-# whose encoding is missing (from before migration 0008, or from below the API) or lacks the
-# assigned fields (from a server before EncodeAssigned) is read again with every column
-# (_PAGE_RANGE): rare, and cheaper than selecting the other columns for every row, whose decoding
-# (a uuid, a time) costs more than the rest of the row's. Encoded or not by then (encode-history
-# may have run meanwhile): either is read.
-_HISTORY_COLUMNS = [messages.c[key] for key in ("seq", "user_id", "size_bytes", "encoded")]
+# What a history read selects: a row's entry, and what the read needs to know of it. A page with
+# rows without an entry (see schema.Message.entry) is read again with every column (_PAGE_RANGE):
+# rare, and cheaper than selecting the other columns for every row, whose decoding (a uuid, a
+# time) costs more than the rest of the row's. With an entry or not by then (encode-history may
+# have run meanwhile): either is read.
+_HISTORY_COLUMNS = [messages.c[key] for key in ("seq", "size_bytes", "entry")]
 _EVERY_COLUMN = [column for column in messages.c if column.key != "tenant_id"]
 _PAGE_RANGE = select(*_EVERY_COLUMN).where(
     messages.c.tenant_id == bindparam("tenant"),
@@ -350,7 +349,7 @@ class _PageAsked:
             # They come after more than it shows, or after where it starts: it is unchanged.
             after = Page(page.items, has_more=page.has_more, total_size=total)
             return _KeptPage(after, kept.sizes, appended.seqs[-1]).computed()
-        if None in appended.encodings:  # read back field by field: not built here
+        if None in appended.entries:  # read back field by field: not built here
             return None
         new = _encoded_messages(appended)
         new_sizes = tuple(row["size_bytes"] for row in appended.rows)
@@ -403,7 +402,7 @@ class _WindowAsked:
         if (
             session is None
             or self.min_event_time is not None  # which new messages it shows: not checked here
-            or None in appended.encodings  # read back field by field: not built here
+            or None in appended.entries  # read back field by field: not built here
         ):
             return None
         sizes = (*kept.sizes, *(row["size_bytes"] for row in appended.rows))
@@ -429,12 +428,19 @@ class _WindowAsked:
 
 
 def _encoded_messages(appended: Appended) -> list[StoredMessage]:
-    """The messages appended, as a read returns them (each with its stored encoding)."""
+    """The messages appended, as a read returns them (each with its stored entry)."""
     return [
-        EncodedMessage(seq, row["user_id"] or "", encoding)
-        for row, seq, encoding in zip(appended.rows, appended.seqs, appended.encodings, strict=True)
-        if encoding is not None
+        EncodedMessage(seq, entry)
+        for seq, entry in zip(appended.seqs, appended.entries, strict=True)
+        if entry is not None
     ]
+
+
+def _stored_one(row: Row) -> StoredMessage:
+    """The message of a row with every column: its entry if it has one, else built from the
+    columns."""
+    entry: bytes | None = row["entry"]
+    return to_message(row) if entry is None else EncodedMessage(row["seq"], entry)
 
 
 def _sizes(rows: Sequence[Mapping[str, Any]], shown: Sequence[StoredMessage]) -> tuple[int, ...]:
@@ -481,17 +487,15 @@ class MessageStore:
         db: Database,
         *,
         write_lanes: int = 1,
-        encode_assigned: EncodeAssigned,
-        holds_assigned: HoldsAssigned,
+        encoding: MessageEncoding,
         cache: HistoryCache,
     ) -> None:
         self._db = db
         self._cache = cache
-        self._encode_assigned = encode_assigned
-        self._holds_assigned = holds_assigned
+        self._encoding = encoding
         # An append brings what the cache kept of its session forward, without a query.
         self._appender = appender_for(
-            db, write_lanes=write_lanes, encode_assigned=encode_assigned, observer=cache
+            db, write_lanes=write_lanes, encoding=encoding, observer=cache
         )
 
     async def append(
@@ -598,7 +602,11 @@ class MessageStore:
             for offset, row in enumerate(rows, start=reserved["last_seq"] - len(rows) + 1):
                 row["seq"] = offset
                 row["create_time"] = now
-            await session.execute(insert(messages), stored_rows(rows, now, self._encode_assigned))
+            stored = [
+                stored_row(row, stored_encoding(row, now, self._encoding), self._encoding)
+                for row in rows
+            ]
+            await session.execute(insert(messages), stored)
             if state_delta:  # under the row lock the reserving UPDATE took
                 await apply_state_delta(session, scope.tenant, reserved, state_delta, now)
         return [row["seq"] for row in rows]
@@ -637,9 +645,9 @@ class MessageStore:
     async def unencoded(
         self, after: tuple[str, str] | None, limit: int
     ) -> list[tuple[str, Message]]:
-        """Up to `limit` messages stored without an encoding (appended before migration 0008, or
+        """Up to `limit` messages stored without an entry (appended before migration 0008, or
         from below the API), with their tenants, in (tenant, id) order after `after`."""
-        query = select(messages).where(messages.c.encoded.is_(None))
+        query = select(messages).where(messages.c.entry.is_(None))
         if after is not None:
             position = tuple_(
                 bindparam("after_tenant", after[0], type_=messages.c.tenant_id.type),
@@ -654,9 +662,10 @@ class MessageStore:
             ).all()
         return [(row.tenant_id, to_message(row._mapping)) for row in rows]
 
-    async def store_encodings(self, encodings: Sequence[tuple[str, str, bytes]]) -> None:
-        """Each (tenant, message id, encoding) stored for a message that has none."""
-        if not encodings:
+    async def store_entries(self, entries: Sequence[tuple[str, Message, bytes]]) -> None:
+        """Each (tenant, message, entry) stored for a message that has none, unless its author
+        was deleted meanwhile (the entry holds them)."""
+        if not entries:
             return
         async with self._db.write() as session:
             await session.execute(
@@ -664,12 +673,18 @@ class MessageStore:
                 .where(
                     messages.c.tenant_id == bindparam("tenant"),
                     messages.c.id == bindparam("message_id"),
-                    messages.c.encoded.is_(None),
+                    messages.c.entry.is_(None),
+                    messages.c.user_id.is_not_distinct_from(bindparam("author")),
                 )
-                .values(encoded=bindparam("encoding")),
+                .values(entry=bindparam("entry")),
                 [
-                    {"tenant": tenant, "message_id": message_id, "encoding": encoding}
-                    for tenant, message_id, encoding in encodings
+                    {
+                        "tenant": tenant,
+                        "message_id": message.id,
+                        "author": message.user_id or None,
+                        "entry": entry,
+                    }
+                    for tenant, message, entry in entries
                 ],
             )
 
@@ -684,7 +699,7 @@ class MessageStore:
             ).first()
         if row is None:
             raise NotFound.resource("message", message_id)
-        return self._stored_one(row._mapping)
+        return _stored_one(row._mapping)
 
     async def list(
         self,
@@ -859,15 +874,14 @@ class MessageStore:
         self, scope: Scope, session_id: str, rows: Sequence[Mapping[str, Any]]
     ) -> builtins.list[StoredMessage]:
         """The messages of history rows (of one session, in seq order either way), those without
-        a whole encoding read again with every column. One deleted meanwhile is left out."""
-        holds_assigned = self._holds_assigned
+        an entry read again with every column. One deleted meanwhile is left out."""
         stored: builtins.list[StoredMessage] = []
+        add = stored.append
         for row in rows:
-            encoded = row["encoded"]
-            if encoded is None or not holds_assigned(encoded):
+            entry = row["entry"]
+            if entry is None:
                 break
-            # Positional: cheaper than keywords, and history is read by the thousand.
-            stored.append(EncodedMessage(row["seq"], row["user_id"] or "", encoded))
+            add(EncodedMessage(row["seq"], entry))  # positional: cheaper than keywords
         else:
             return stored
         seqs = [row["seq"] for row in rows]
@@ -881,19 +895,7 @@ class MessageStore:
             },
         )
         reread = {row["seq"]: row for row in found}
-        return [self._stored_one(reread[row["seq"]]) for row in rows if row["seq"] in reread]
-
-    def _stored_one(self, row: Row) -> StoredMessage:
-        """The message of a row with every column: encoded when the append stored its encoding
-        (completed with the assigned fields if a server from before EncodeAssigned stored it),
-        else field by field."""
-        encoded: bytes | None = row["encoded"]
-        if encoded is None:
-            return to_message(row)
-        if not self._holds_assigned(encoded):
-            assigned = self._encode_assigned(str(row["id"]), row["session_id"], row["create_time"])
-            encoded = assigned + encoded
-        return EncodedMessage(row["seq"], row["user_id"] or "", encoded)
+        return [_stored_one(reread[row["seq"]]) for row in rows if row["seq"] in reread]
 
     async def delete(self, scope: Scope, message_id: str, *, allow_missing: bool) -> None:
         """Delete the message (its ratings cascade); its seq is never handed out again."""

@@ -273,10 +273,11 @@ class MessageRow(Base):
     # The client's own form of the item and its media type, kept byte for byte.
     payload: Mapped[bytes | None] = mapped_column(LargeBinary)
     payload_type: Mapped[str] = mapped_column(String(LABEL_LENGTH), server_default=text("''"))
-    # The other columns' values (but id, session_id, seq, user_id, create_time) in the API's
-    # encoding, which reads hand out as they are; NULL for rows appended before migration 0008 or
-    # from below the API, which reads rebuild from the columns.
-    encoded: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The message in the API's encoding, framed as an entry of a response's messages field
+    # (domain.EncodeEntry), which reads hand out as it is; NULL for rows appended before migration
+    # 0008 or from below the API, and for a deleted user's messages (it held their id), which
+    # reads rebuild from the columns.
+    entry: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
         ForeignKeyConstraint(

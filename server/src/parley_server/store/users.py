@@ -141,11 +141,12 @@ class UserStore:
                     metadata={"userId": user_id},
                 )
             # Messages they wrote in other users' sessions stay, without an author: a change of
-            # those sessions' history that no session row shows, so it is announced.
+            # those sessions' history that no session row shows, so it is announced. Their
+            # entries held the author: they are read from their columns from now on.
             unauthored = await session.scalars(
                 update(messages)
                 .where(messages.c.tenant_id == tenant, messages.c.user_id == user_id)
-                .values(user_id=None)
+                .values(user_id=None, entry=None)
                 .returning(messages.c.session_id)
             )
             await announce(session, [(tenant, str(id_)) for id_ in set(unauthored)])

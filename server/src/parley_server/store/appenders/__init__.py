@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy import case, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from parley_server.domain import EncodeAssigned, Session
+from parley_server.domain import MessageEncoding, Session
 from parley_server.store.changes import SessionKey
 from parley_server.store.database import Database
 from parley_server.store.tables import sessions
@@ -24,22 +24,22 @@ class Appender(Protocol):
     async def append(self, session_id: str, rows: list[dict[str, Any]]) -> list[int] | None:
         """Write `rows` (new messages of session_id, as column values) atomically and durably;
         their seqs in order, or None if the session is closed or missing. Each row's
-        create_time is set to when the statement carrying it ran, and its encoding stored as
-        stored_encoding makes it."""
+        create_time is set to when the statement carrying it ran, and its entry stored as
+        EncodeEntry makes it from stored_encoding's and the seq."""
         ...
 
 
 @dataclass(frozen=True, slots=True)
 class Appended:
     """What one statement appended to one session, as stored: the rows (column values, as the
-    append gave them) in seq order, their seqs and stored encodings, and the statement's time
+    append gave them) in seq order, their seqs and stored entries, and the statement's time
     (the rows' create_time, the session's update_time and last_message_time)."""
 
     session: SessionKey
     time: datetime
     rows: list[dict[str, Any]]
     seqs: list[int]
-    encodings: list[bytes | None]
+    entries: list[bytes | None]
 
     def session_after(self, before: Session) -> Session | None:
         """`before` as this statement left it, if it was read just before the statement (at
@@ -93,12 +93,13 @@ def tell_written(
     seqs: dict[tuple[str, str], int],
     encodings: Sequence[bytes | None],
     time: datetime,
+    encoding: MessageEncoding,
 ) -> None:
     """Tell `observer` what a committed statement (or transaction) appended to each session it
-    was to change: `rows`, each with its stored encoding, of which those in `seqs` (by tenant
+    was to change: `rows`, each with its stored_encoding, of which those in `seqs` (by tenant
     and id) were written (none, to a closed or missing session)."""
     appended: dict[SessionKey, Appended] = {}
-    for row, encoding in zip(rows, encodings, strict=True):
+    for row, encoded in zip(rows, encodings, strict=True):
         seq = seqs.get((row["tenant_id"], row["id"]))
         if seq is None:
             continue
@@ -108,7 +109,7 @@ def tell_written(
             into = appended[key] = Appended(key, time, [], [], [])
         into.rows.append(row)
         into.seqs.append(seq)
-        into.encodings.append(encoding)
+        into.entries.append(None if encoded is None else encoding.entry(encoded, seq))
     for key in changing:
         if key in appended:
             observer.written(key, appended[key])
@@ -176,7 +177,7 @@ def newest_event_time(rows: Sequence[dict[str, Any]]) -> datetime | None:
 
 
 def stored_encoding(
-    row: dict[str, Any], create_time: datetime, encode_assigned: EncodeAssigned
+    row: dict[str, Any], create_time: datetime, encoding: MessageEncoding
 ) -> bytes | None:
     """A new row's encoding as stored: what the server assigned it, then the rest (None if the
     append gave none). Computed anew for each statement that carries the row, so a retried
@@ -184,31 +185,32 @@ def stored_encoding(
     body: bytes | None = row["encoded"]
     if body is None:
         return None
-    return encode_assigned(row["id"], row["session_id"], create_time) + body
+    return encoding.assigned(row["id"], row["session_id"], create_time) + body
 
 
-def stored_rows(
-    rows: Sequence[dict[str, Any]], create_time: datetime, encode_assigned: EncodeAssigned
-) -> list[dict[str, Any]]:
-    """Copies of new rows as an INSERT of them stores them: with their stored_encoding (the rows
-    keep the encoding the append gave, for a statement that carries them again)."""
-    return [{**row, "encoded": stored_encoding(row, create_time, encode_assigned)} for row in rows]
+def stored_row(
+    row: dict[str, Any], encoded: bytes | None, encoding: MessageEncoding
+) -> dict[str, Any]:
+    """A copy of a new row (its seq set) as an INSERT of it stores it: with its entry, from its
+    stored_encoding `encoded`, in place of the encoding the append gave (which the row keeps,
+    for a statement that carries it again)."""
+    stored = {**row, "entry": None if encoded is None else encoding.entry(encoded, row["seq"])}
+    del stored["encoded"]
+    return stored
 
 
 def appender_for(
     db: Database,
     *,
     write_lanes: int,
-    encode_assigned: EncodeAssigned,
+    encoding: MessageEncoding,
     observer: WriteObserver | None = None,
 ) -> Appender:
     """observer: told of each statement (each transaction, on SQLite) of the write lanes."""
     if db.dialect == "postgresql":
         from parley_server.store.appenders.postgresql import PostgresAppender
 
-        return PostgresAppender(
-            db, lanes=write_lanes, encode_assigned=encode_assigned, observer=observer
-        )
+        return PostgresAppender(db, lanes=write_lanes, encoding=encoding, observer=observer)
     from parley_server.store.appenders.sqlite import SqliteAppender
 
-    return SqliteAppender(db, encode_assigned=encode_assigned, observer=observer)
+    return SqliteAppender(db, encoding=encoding, observer=observer)

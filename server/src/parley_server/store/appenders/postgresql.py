@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from parley_server.domain import EncodeAssigned
+from parley_server.domain import MessageEncoding
 from parley_server.store.appenders import WriteObserver, stored_encoding, tell_written, writing
 from parley_server.store.database import Database, is_outage
 from parley_server.store.group_commit import GroupCommit
@@ -19,7 +19,9 @@ from parley_server.store.tables import utcnow
 # through it, so every statement (of every server process) takes its locks in one global order and
 # two never wait on each other in a cycle (a test caught that deadlock without it). A closed or
 # missing session is not locked, so its rows are not inserted. `reserved` takes each session's
-# seqs; each row gets the next seq of its session, in order.
+# seqs; each row gets the next seq of its session, in order (`numbered`). `framed` and `sized`
+# frame each row's entry as convert.message_entry does (tag 1, the length, the stored encoding,
+# then seq, field 3), in steps so that parley_varint (migration 0011) is inlined on a column.
 _UNNESTED = (
     "tenant_id", "session_id", "id", "role", "content", "name", "tool_calls", "tool_call_id",
     "invocation_id", "thread_id", "reply_to", "chapter", "attachments", "citations", "metadata",
@@ -62,20 +64,26 @@ WITH batch AS (
     FROM locked
     WHERE sessions.tenant_id = locked.tenant_id AND sessions.id = locked.id
     RETURNING sessions.tenant_id, sessions.id, sessions.last_seq, locked.n
+), numbered AS (
+    SELECT b.*, reserved.last_seq - reserved.n
+        + row_number() OVER (PARTITION BY b.tenant_id, b.session_id ORDER BY b.position) AS seq
+    FROM batch b JOIN reserved ON reserved.tenant_id = b.tenant_id AND reserved.id = b.session_id
+), framed AS MATERIALIZED (
+    SELECT numbered.*, encoded || '\x18'::bytea || parley_varint(seq) AS body FROM numbered
+), sized AS MATERIALIZED (
+    SELECT framed.*, octet_length(body)::bigint AS length FROM framed
 )
 INSERT INTO messages (
     tenant_id, id, session_id, seq, role, content, name, tool_calls, tool_call_id, invocation_id,
     thread_id, reply_to, chapter, attachments, citations, metadata, user_id, size_bytes,
-    event_time, payload, payload_type, encoded, create_time
+    event_time, payload, payload_type, entry, create_time
 )
 SELECT
-    b.tenant_id, b.id, b.session_id,
-    reserved.last_seq - reserved.n
-        + row_number() OVER (PARTITION BY b.tenant_id, b.session_id ORDER BY b.position),
-    b.role, b.content, b.name, b.tool_calls, b.tool_call_id, b.invocation_id, b.thread_id,
-    b.reply_to, b.chapter, b.attachments, b.citations, b.metadata, b.user_id, b.size_bytes,
-    b.event_time, b.payload, b.payload_type, b.encoded, $1
-FROM batch b JOIN reserved ON reserved.tenant_id = b.tenant_id AND reserved.id = b.session_id
+    tenant_id, id, session_id, seq, role, content, name, tool_calls, tool_call_id,
+    invocation_id, thread_id, reply_to, chapter, attachments, citations, metadata, user_id,
+    size_bytes, event_time, payload, payload_type,
+    '\x0a'::bytea || parley_varint(length) || body, $1
+FROM sized
 RETURNING tenant_id, id, seq
 """
 
@@ -90,16 +98,21 @@ WITH reserved AS (
         largest_message_bytes = greatest(largest_message_bytes, $18::bigint)
     WHERE tenant_id = $2 AND id = $3 AND end_time IS NULL
     RETURNING sessions.last_seq
+), framed AS MATERIALIZED (
+    SELECT last_seq AS seq, $22::bytea || '\x18'::bytea || parley_varint(last_seq) AS body
+    FROM reserved
+), sized AS MATERIALIZED (
+    SELECT seq, body, octet_length(body)::bigint AS length FROM framed
 )
 INSERT INTO messages (
     tenant_id, session_id, id, role, content, name, tool_calls, tool_call_id, invocation_id,
     thread_id, reply_to, chapter, attachments, citations, metadata, user_id, size_bytes,
-    event_time, payload, payload_type, encoded, create_time, seq
+    event_time, payload, payload_type, entry, create_time, seq
 )
 SELECT $2, $3, $4::uuid, $5, $6, $7, $8::jsonb, $9, $10, $11, $12::uuid, $13, $14::jsonb,
-    $15::jsonb, $16::jsonb, $17, $18::bigint, $19::timestamptz, $20::bytea, $21, $22::bytea, $1,
-    reserved.last_seq
-FROM reserved
+    $15::jsonb, $16::jsonb, $17, $18::bigint, $19::timestamptz, $20::bytea, $21,
+    '\x0a'::bytea || parley_varint(length) || body, $1, seq
+FROM sized
 RETURNING tenant_id, id, seq
 """
 
@@ -116,10 +129,10 @@ class PostgresAppender:
         db: Database,
         *,
         lanes: int,
-        encode_assigned: EncodeAssigned,
+        encoding: MessageEncoding,
         observer: WriteObserver | None = None,
     ) -> None:
-        self._encode_assigned = encode_assigned
+        self._encoding = encoding
         self._observer = observer
         # Each lane writes on a connection of its own, so a run of statements checks nothing out
         # of the pool (nor waits for readers to give one back). A statement that failed without
@@ -145,7 +158,7 @@ class PostgresAppender:
         for row in rows:
             row["create_time"] = now
         columns = [[row[name] for row in rows] for name in _UNNESTED]
-        columns[_ENCODED_INDEX] = [stored_encoding(row, now, self._encode_assigned) for row in rows]
+        columns[_ENCODED_INDEX] = [stored_encoding(row, now, self._encoding) for row in rows]
         for index in _JSON_INDEXES:
             columns[index] = [None if v is None else json.dumps(v) for v in columns[index]]
         observer = self._observer
@@ -159,5 +172,7 @@ class PostgresAppender:
                 records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
         seqs = {(record["tenant_id"], str(record["id"])): record["seq"] for record in records}
         if observer is not None:
-            tell_written(observer, changing, rows, seqs, columns[_ENCODED_INDEX], now)
+            tell_written(
+                observer, changing, rows, seqs, columns[_ENCODED_INDEX], now, self._encoding
+            )
         return seqs

@@ -7,11 +7,12 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from parley_server.domain import EncodeAssigned
+from parley_server.domain import MessageEncoding
 from parley_server.store.appenders import (
     WriteObserver,
     reserve_seqs,
     stored_encoding,
+    stored_row,
     tell_written,
     writing,
 )
@@ -22,10 +23,10 @@ from parley_server.store.tables import messages, utcnow
 
 class SqliteAppender:
     def __init__(
-        self, db: Database, *, encode_assigned: EncodeAssigned, observer: WriteObserver | None
+        self, db: Database, *, encoding: MessageEncoding, observer: WriteObserver | None
     ) -> None:
         self._db = db
-        self._encode_assigned = encode_assigned
+        self._encoding = encoding
         self._observer = observer
         # One lane: SQLite has one writer. Each statement is its own transaction, rolled back on
         # any error, so a failed one wrote nothing and can be split.
@@ -43,7 +44,7 @@ class SqliteAppender:
         wanted: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in rows:
             wanted.setdefault((row["tenant_id"], row["session_id"]), []).append(row)
-        encodings = [stored_encoding(row, now, self._encode_assigned) for row in rows]
+        encodings = [stored_encoding(row, now, self._encoding) for row in rows]
         observer = self._observer
         with writing(observer, list(wanted)):
             async with self._db.write(tells=observer) as session:
@@ -54,15 +55,15 @@ class SqliteAppender:
                         next_seq[tenant, session_id] = reserved["last_seq"] - len(its_rows) + 1
                 written: dict[tuple[str, str], int] = {}
                 stored: list[dict[str, Any]] = []
-                for row, encoding in zip(rows, encodings, strict=True):
+                for row, encoded in zip(rows, encodings, strict=True):
                     key = (row["tenant_id"], row["session_id"])
                     if key in next_seq:
                         row["seq"] = written[row["tenant_id"], row["id"]] = next_seq[key]
                         row["create_time"] = now
                         next_seq[key] += 1
-                        stored.append({**row, "encoded": encoding})
+                        stored.append(stored_row(row, encoded, self._encoding))
                 if stored:
                     await session.execute(insert(messages), stored)
         if observer is not None:
-            tell_written(observer, list(wanted), rows, written, encodings, now)
+            tell_written(observer, list(wanted), rows, written, encodings, now, self._encoding)
         return written
