@@ -11,7 +11,7 @@ import itertools
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -331,6 +331,39 @@ async def test_an_agents_window_after_its_own_append_costs_no_query(
         assert page == await newest(uncached.messages, scope)
 
 
+async def test_a_window_from_an_event_time_after_an_append_costs_no_query(
+    client: ParleyClient, store: Store, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ADK's get_session with after_timestamp reads a window of the messages from an event time
+    on: every append forgot it, so every turn cost a query. The append brings it forward now,
+    with those of its messages that the window shows (from that time on; one without an event
+    time is left out), as the database would answer."""
+    shared = await _shared(client)
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
+    uncached = app.open_store(Settings(history_cache_bytes=0), database)
+    windows = count_calls(store, monkeypatch, "fetch_snapshot")
+    scope = ANONYMOUS.scope
+    since = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    window_since = functools.partial(
+        MessageStore.context_window,
+        scope=scope,
+        session_id=shared.session,
+        max_messages=3,
+        max_bytes=1500,
+        min_event_time=since,
+    )
+    await window_since(store.messages)
+    times = [since + hour, since - hour, None, since, since + 2 * hour, None, since + hour]
+    for turn, event_time in enumerate(times):
+        said = _turn("said " * 40 * (turn % 3), event_time=event_time)
+        await store.messages.append(scope, shared.session, [said])
+        counted = windows[0]
+        window = await window_since(store.messages)
+        assert windows[0] == counted, turn  # (those without the cache count too)
+        assert window == await window_since(uncached.messages), turn
+
+
 async def test_a_whole_history_read_page_by_page_after_an_append_costs_no_query(
     client: ParleyClient, store: Store, database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -380,9 +413,9 @@ async def test_answers_brought_forward_are_the_databases_own(
     client: ParleyClient, store: Store, database: Database, seed: int
 ) -> None:
     """Appends of every size (alone, or coalesced with others into one statement), deletions,
-    and windows and pages (newest or oldest first, from the start or later) of every length and
-    budget, in a random order: each, and each session, is what a server without the cache
-    reads."""
+    and windows (of every message, or from an event time) and pages (newest or oldest first,
+    from the start or later) of every length and budget, in a random order: each, and each
+    session, is what a server without the cache reads."""
     rng = random.Random(seed)
     scope = ANONYMOUS.scope
     author = await a_user(client, display_name="author")
@@ -419,11 +452,14 @@ async def test_answers_brought_forward_are_the_databases_own(
                 message_id = convert.message_pb(stored).id
                 await store.messages.delete(scope, message_id, allow_missing=False)
         for size, max_bytes in rng.sample(questions, 2):
-            kept = await store.messages.context_window(scope, session_id, size, max_bytes=max_bytes)
-            fresh = await uncached.messages.context_window(
-                scope, session_id, size, max_bytes=max_bytes
-            )
-            assert kept == fresh, (step, size, max_bytes)
+            for since in (None, datetime(2026, 1, 1, 12, tzinfo=UTC)):
+                kept, fresh = [
+                    await reader.messages.context_window(
+                        scope, session_id, size, max_bytes=max_bytes, min_event_time=since
+                    )
+                    for reader in (store, uncached)
+                ]
+                assert kept == fresh, (step, size, max_bytes, since)
             for newest_first, position in itertools.product((True, False), positions):
                 pages = [
                     await reader.messages.list(

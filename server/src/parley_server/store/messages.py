@@ -349,10 +349,10 @@ class _PageAsked:
             # They come after more than it shows, or after where it starts: it is unchanged.
             after = Page(page.items, has_more=page.has_more, total_size=total)
             return _KeptPage(after, kept.sizes, appended.seqs[-1]).computed()
-        if None in appended.entries:  # read back field by field: not built here
+        shown = _shown(appended, since=None)
+        if shown is None:
             return None
-        new = _encoded_messages(appended)
-        new_sizes = tuple(row["size_bytes"] for row in appended.rows)
+        new, new_sizes = shown
         if self.newest_first:  # the new messages come first
             items = [*new[::-1], *page.items]
             sizes, more = (*new_sizes[::-1], *kept.sizes), page.has_more
@@ -399,13 +399,13 @@ class _WindowAsked:
         appended: Appended = change
         window = kept.window
         session = appended.session_after(window.session)
-        if (
-            session is None
-            or self.min_event_time is not None  # which new messages it shows: not checked here
-            or None in appended.entries  # read back field by field: not built here
-        ):
+        if session is None:
             return None
-        sizes = (*kept.sizes, *(row["size_bytes"] for row in appended.rows))
+        shown = _shown(appended, since=self.min_event_time)
+        if shown is None:
+            return None
+        new, new_sizes = shown
+        sizes = (*kept.sizes, *new_sizes)
         cut = _read_within(
             sizes[::-1],
             more=window.has_earlier_messages,
@@ -415,7 +415,7 @@ class _WindowAsked:
         if cut is None:
             return None
         count, has_earlier = cut
-        messages = [*window.messages, *_encoded_messages(appended)][len(sizes) - count :]
+        messages = [*window.messages, *new][len(sizes) - count :]
         after = ContextWindow(
             session=session,
             contexts=window.contexts,
@@ -427,13 +427,22 @@ class _WindowAsked:
         )
 
 
-def _encoded_messages(appended: Appended) -> list[StoredMessage]:
-    """The messages appended, as a read returns them (each with its stored entry)."""
-    return [
-        EncodedMessage(seq, entry)
-        for seq, entry in zip(appended.seqs, appended.entries, strict=True)
-        if entry is not None
-    ]
+def _shown(
+    appended: Appended, *, since: datetime | None
+) -> tuple[list[StoredMessage], tuple[int, ...]] | None:
+    """The messages appended that a read of those from event time `since` on shows (every one,
+    without it), as it returns them (each with its stored entry), and their size_bytes; None if
+    one of them has no entry (a read gets it field by field: not built here)."""
+    messages: list[StoredMessage] = []
+    sizes: list[int] = []
+    for row, seq, entry in zip(appended.rows, appended.seqs, appended.entries, strict=True):
+        if since is not None and (row["event_time"] is None or row["event_time"] < since):
+            continue
+        if entry is None:
+            return None
+        messages.append(EncodedMessage(seq, entry))
+        sizes.append(row["size_bytes"])
+    return messages, tuple(sizes)
 
 
 def _stored_one(row: Row) -> StoredMessage:
