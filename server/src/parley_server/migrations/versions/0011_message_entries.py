@@ -7,7 +7,7 @@ field (tag 1, then the length): a read joins the stored bytes. The user_id is in
 DeleteUser clears the entries of the user's messages, which are then read from the columns.
 
 On PostgreSQL, appends frame the entry in the statement that assigns the seq, with the function
-parley_varint (protobuf's base-128 varint of a bigint) made here.
+parley_entry made here (and parley_varint, protobuf's base-128 varint of a bigint, which it uses).
 
 Rows are converted here, in batches, from `encoded` (those without the fields the server assigns,
 stored by a server from before they were, keep no entry and are read from the columns until
@@ -34,6 +34,7 @@ _ID_TAG, _SEQ_TAG, _USER_ID_TAG, _ENTRY_TAG = b"\x0a", b"\x18", b"\x82\x01", b"\
 
 
 def _varint(value: int) -> bytes:
+    # A migration keeps its own: what it does must not change with the server's code.
     encoded = bytearray()
     while value > 0x7F:
         encoded.append(value & 0x7F | 0x80)
@@ -68,10 +69,21 @@ def _varint_sql(value: str) -> str:
 def upgrade() -> None:
     bind = op.get_bind()
     if bind.dialect.name == "postgresql":
-        # Inlined into the statements that call it on a column or a parameter: no call per row.
+        # SQL functions that PostgreSQL inlines into the statements that call them on columns
+        # or parameters: no call per row (called on an expression, parley_varint would not be,
+        # and would cost 8 us a call). An entry's length counts the seq's varint, one byte for
+        # each threshold it reaches and one more (width_bucket: one cheap call, so the length
+        # is still cheap enough to inline parley_varint on).
+        thresholds = ", ".join(str(1 << 7 * length) for length in range(1, 9))
         op.execute(
             "CREATE FUNCTION parley_varint(value bigint) RETURNS bytea LANGUAGE sql IMMUTABLE"
             f" PARALLEL SAFE AS $$ SELECT {_varint_sql('value')} $$"
+        )
+        op.execute(
+            "CREATE FUNCTION parley_entry(encoded bytea, seq bigint) RETURNS bytea LANGUAGE sql"
+            " IMMUTABLE PARALLEL SAFE AS $$ SELECT '\\x0a'::bytea || parley_varint(octet_length("
+            f"encoded) + 2 + width_bucket(seq, ARRAY[{thresholds}]::bigint[])) || encoded ||"
+            " '\\x18'::bytea || parley_varint(seq) $$"
         )
     op.add_column("messages", sa.Column("entry", sa.LargeBinary(), nullable=True))
     messages = sa.table(
@@ -124,4 +136,5 @@ def downgrade() -> None:
         batch.add_column(sa.Column("encoded", sa.LargeBinary(), nullable=True))
         batch.drop_column("entry")
     if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP FUNCTION parley_entry(bytea, bigint)")
         op.execute("DROP FUNCTION parley_varint(bigint)")

@@ -19,9 +19,9 @@ from parley_server.store.tables import utcnow
 # through it, so every statement (of every server process) takes its locks in one global order and
 # two never wait on each other in a cycle (a test caught that deadlock without it). A closed or
 # missing session is not locked, so its rows are not inserted. `reserved` takes each session's
-# seqs; each row gets the next seq of its session, in order (`numbered`). `framed` and `sized`
-# frame each row's entry as convert.message_entry does (tag 1, the length, the stored encoding,
-# then seq, field 3), in steps so that parley_varint (migration 0011) is inlined on a column.
+# seqs; each row gets the next seq of its session, in order (`numbered`), and its entry, framed
+# by parley_entry (migration 0011) as convert.message_entry frames it: tag 1, the length, the
+# stored encoding, then seq (field 3). Called on columns, PostgreSQL inlines it.
 _UNNESTED = (
     "tenant_id", "session_id", "id", "role", "content", "name", "tool_calls", "tool_call_id",
     "invocation_id", "thread_id", "reply_to", "chapter", "attachments", "citations", "metadata",
@@ -68,10 +68,6 @@ WITH batch AS (
     SELECT b.*, reserved.last_seq - reserved.n
         + row_number() OVER (PARTITION BY b.tenant_id, b.session_id ORDER BY b.position) AS seq
     FROM batch b JOIN reserved ON reserved.tenant_id = b.tenant_id AND reserved.id = b.session_id
-), framed AS MATERIALIZED (
-    SELECT numbered.*, encoded || '\x18'::bytea || parley_varint(seq) AS body FROM numbered
-), sized AS MATERIALIZED (
-    SELECT framed.*, octet_length(body)::bigint AS length FROM framed
 )
 INSERT INTO messages (
     tenant_id, id, session_id, seq, role, content, name, tool_calls, tool_call_id, invocation_id,
@@ -81,9 +77,8 @@ INSERT INTO messages (
 SELECT
     tenant_id, id, session_id, seq, role, content, name, tool_calls, tool_call_id,
     invocation_id, thread_id, reply_to, chapter, attachments, citations, metadata, user_id,
-    size_bytes, event_time, payload, payload_type,
-    '\x0a'::bytea || parley_varint(length) || body, $1
-FROM sized
+    size_bytes, event_time, payload, payload_type, parley_entry(encoded, seq), $1
+FROM numbered
 RETURNING tenant_id, id, seq
 """
 
@@ -98,11 +93,6 @@ WITH reserved AS (
         largest_message_bytes = greatest(largest_message_bytes, $18::bigint)
     WHERE tenant_id = $2 AND id = $3 AND end_time IS NULL
     RETURNING sessions.last_seq
-), framed AS MATERIALIZED (
-    SELECT last_seq AS seq, $22::bytea || '\x18'::bytea || parley_varint(last_seq) AS body
-    FROM reserved
-), sized AS MATERIALIZED (
-    SELECT seq, body, octet_length(body)::bigint AS length FROM framed
 )
 INSERT INTO messages (
     tenant_id, session_id, id, role, content, name, tool_calls, tool_call_id, invocation_id,
@@ -111,8 +101,8 @@ INSERT INTO messages (
 )
 SELECT $2, $3, $4::uuid, $5, $6, $7, $8::jsonb, $9, $10, $11, $12::uuid, $13, $14::jsonb,
     $15::jsonb, $16::jsonb, $17, $18::bigint, $19::timestamptz, $20::bytea, $21,
-    '\x0a'::bytea || parley_varint(length) || body, $1, seq
-FROM sized
+    parley_entry($22::bytea, reserved.last_seq), $1, reserved.last_seq
+FROM reserved
 RETURNING tenant_id, id, seq
 """
 
