@@ -177,9 +177,13 @@ def with_messages(head: ResponseT, messages: Iterable[domain.StoredMessage]) -> 
 
 def _message_entries(tag: bytes, messages: Iterable[domain.StoredMessage]) -> bytes:
     """`messages` as entries of the repeated field whose tag is `tag`."""
+    retag = tag != _ENTRY_TAG
+    if isinstance(messages, domain.EncodedMessages):  # as reads return them: no object each
+        if retag:  # the stored tag (field 1) is one byte
+            return b"".join([tag + entry[1:] for entry in messages.entries])
+        return b"".join(messages.entries)
     parts: list[bytes] = []
     add = parts.append
-    retag = tag != _ENTRY_TAG
     for message in messages:
         if isinstance(message, domain.EncodedMessage):
             if retag:  # the stored tag (field 1) is one byte

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import builtins
 import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from parley_server.domain import (
     NO_STATE_DELTA,
     ContextWindow,
     EncodedMessage,
+    EncodedMessages,
     HistoryStep,
     Message,
     MessageDeletion,
@@ -881,19 +881,13 @@ class MessageStore:
 
     async def _stored(
         self, scope: Scope, session_id: str, rows: Sequence[Mapping[str, Any]]
-    ) -> builtins.list[StoredMessage]:
+    ) -> Sequence[StoredMessage]:
         """The messages of history rows (of one session, in seq order either way), those without
         an entry read again with every column. One deleted meanwhile is left out."""
-        stored: builtins.list[StoredMessage] = []
-        add = stored.append
-        for row in rows:
-            entry = row["entry"]
-            if entry is None:
-                break
-            add(EncodedMessage(row["seq"], entry))  # positional: cheaper than keywords
-        else:
-            return stored
+        entries = [row["entry"] for row in rows]
         seqs = [row["seq"] for row in rows]
+        if None not in entries:
+            return EncodedMessages(seqs, entries)
         found = await self._db.fetch(
             _PAGE_RANGE,
             {
