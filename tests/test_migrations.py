@@ -12,6 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from parley_client._gen.parley.v1 import message_pb2, parley_service_pb2
 from parley_server.store import migrate
@@ -122,14 +123,7 @@ async def test_sessions_learn_their_largest_message_from_the_messages_stored(
     try:
         await migrate.upgrade(engine, "0009")
         async with engine.begin() as connection:
-            await connection.execute(
-                sa.text(
-                    "INSERT INTO sessions (tenant_id, id, title, metadata, ip_address, user_agent,"
-                    " device, create_time, update_time) VALUES ('default', 's1', '', '{}', '', '',"
-                    " '', :now, :now), ('default', 's2', '', '{}', '', '', '', :now, :now)"
-                ),
-                {"now": now},
-            )
+            await _insert_sessions(connection, now, "s1", "s2")
             for seq, size in enumerate((10, 7000, 300), start=1):
                 await connection.execute(
                     sa.text(
@@ -174,14 +168,7 @@ async def test_messages_encoded_before_keep_their_encoding_as_an_entry(
                 ),
                 {"now": now},
             )
-            await connection.execute(
-                sa.text(
-                    "INSERT INTO sessions (tenant_id, id, title, metadata, ip_address, user_agent,"
-                    " device, create_time, update_time) VALUES ('default', 's1', '', '{}', '', '',"
-                    " '', :now, :now)"
-                ),
-                {"now": now},
-            )
+            await _insert_sessions(connection, now, "s1")
             for seq, (message_id, user_id, encoded) in enumerate(
                 [
                     (ids[0], "u1", _encoded_before_0011(ids[0], now, "hello")),
@@ -234,3 +221,16 @@ def _encoded_before_0011(message_id: str, create_time: datetime, content: str) -
     assigned.create_time.FromDatetime(create_time)
     body = message_pb2.Message(role=message_pb2.ROLE_USER, content=content)
     return assigned.SerializeToString() + body.SerializeToString()
+
+
+async def _insert_sessions(connection: AsyncConnection, now: datetime, *ids: str) -> None:
+    """Sessions of the default tenant, as a schema from 0009 on holds them."""
+    for session_id in ids:
+        await connection.execute(
+            sa.text(
+                "INSERT INTO sessions (tenant_id, id, title, metadata, ip_address, user_agent,"
+                " device, create_time, update_time) VALUES ('default', :id, '', '{}', '', '', '',"
+                " :now, :now)"
+            ),
+            {"id": session_id, "now": now},
+        )

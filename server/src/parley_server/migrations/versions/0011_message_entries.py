@@ -1,8 +1,8 @@
 """Messages keep their whole encoding as a response entry (messages.entry), in place of `encoded`.
 
 A read of history had to build each message's entry of a response from its stored encoding, its
-seq and its user_id, row by row in Python, which cost a stream of 1,000 messages a third of the
-server's CPU. The entry now holds all of it, framed as an entry of a response's repeated messages
+seq and its user_id, row by row in Python: much of a stream's server CPU (the README has the
+figures). The entry now holds all of it, framed as an entry of a response's repeated messages
 field (tag 1, then the length): a read joins the stored bytes. The user_id is inside, so
 DeleteUser clears the entries of the user's messages, which are then read from the columns.
 
@@ -71,9 +71,9 @@ def upgrade() -> None:
     if bind.dialect.name == "postgresql":
         # SQL functions that PostgreSQL inlines into the statements that call them on columns
         # or parameters: no call per row (called on an expression, parley_varint would not be,
-        # and would cost 8 us a call). An entry's length counts the seq's varint, one byte for
-        # each threshold it reaches and one more (width_bucket: one cheap call, so the length
-        # is still cheap enough to inline parley_varint on).
+        # and a call costs many times the inlined expression). An entry's length counts the
+        # seq's varint, one byte for each threshold it reaches and one more (width_bucket: one
+        # cheap call, so the length is still cheap enough to inline parley_varint on).
         thresholds = ", ".join(str(1 << 7 * length) for length in range(1, 9))
         op.execute(
             "CREATE FUNCTION parley_varint(value bigint) RETURNS bytea LANGUAGE sql IMMUTABLE"
