@@ -5,7 +5,7 @@ transaction per batch through SQLAlchemy on SQLite, which has a single writer an
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -89,27 +89,21 @@ def writing(observer: WriteObserver | None, changing: Sequence[SessionKey]) -> I
 def tell_written(
     observer: WriteObserver,
     changing: Sequence[SessionKey],
-    rows: Sequence[dict[str, Any]],
-    seqs: dict[tuple[str, str], int],
-    encodings: Sequence[bytes | None],
+    written: Iterable[tuple[dict[str, Any], int, bytes | None]],
     time: datetime,
-    encoding: MessageEncoding,
 ) -> None:
     """Tell `observer` what a committed statement (or transaction) appended to each session it
-    was to change: `rows`, each with its stored_encoding, of which those in `seqs` (by tenant
-    and id) were written (none, to a closed or missing session)."""
+    was to change: the rows it `written`, in order, each with its seq and stored entry (none, to
+    a closed or missing session)."""
     appended: dict[SessionKey, Appended] = {}
-    for row, encoded in zip(rows, encodings, strict=True):
-        seq = seqs.get((row["tenant_id"], row["id"]))
-        if seq is None:
-            continue
+    for row, seq, entry in written:
         key = (row["tenant_id"], row["session_id"])
         into = appended.get(key)
         if into is None:
             into = appended[key] = Appended(key, time, [], [], [])
         into.rows.append(row)
         into.seqs.append(seq)
-        into.entries.append(None if encoded is None else encoding.entry(encoded, seq))
+        into.entries.append(entry)
     for key in changing:
         if key in appended:
             observer.written(key, appended[key])

@@ -162,7 +162,12 @@ class PostgresAppender:
                 records = await connection.fetch(_APPEND_POSTGRESQL, now, *columns)
         seqs = {(record["tenant_id"], str(record["id"])): record["seq"] for record in records}
         if observer is not None:
-            tell_written(
-                observer, changing, rows, seqs, columns[_ENCODED_INDEX], now, self._encoding
+            # The entries as the statement framed them, now that their seqs are known.
+            entry = self._encoding.entry
+            written = (
+                (row, seq, None if encoded is None else entry(encoded, seq))
+                for row, encoded in zip(rows, columns[_ENCODED_INDEX], strict=True)
+                if (seq := seqs.get((row["tenant_id"], row["id"]))) is not None
             )
+            tell_written(observer, changing, written, now)
         return seqs

@@ -53,17 +53,19 @@ class SqliteAppender:
                     reserved = await reserve_seqs(session, tenant, session_id, its_rows, now)
                     if reserved is not None:
                         next_seq[tenant, session_id] = reserved["last_seq"] - len(its_rows) + 1
-                written: dict[tuple[str, str], int] = {}
+                seqs: dict[tuple[str, str], int] = {}
+                written: list[tuple[dict[str, Any], int, bytes | None]] = []
                 stored: list[dict[str, Any]] = []
                 for row, encoded in zip(rows, encodings, strict=True):
                     key = (row["tenant_id"], row["session_id"])
                     if key in next_seq:
-                        row["seq"] = written[row["tenant_id"], row["id"]] = next_seq[key]
+                        row["seq"] = seqs[row["tenant_id"], row["id"]] = next_seq[key]
                         row["create_time"] = now
                         next_seq[key] += 1
                         stored.append(stored_row(row, encoded, self._encoding))
+                        written.append((row, row["seq"], stored[-1]["entry"]))
                 if stored:
                     await session.execute(insert(messages), stored)
         if observer is not None:
-            tell_written(observer, list(wanted), rows, written, encodings, now, self._encoding)
-        return written
+            tell_written(observer, list(wanted), written, now)
+        return seqs
