@@ -4,6 +4,7 @@ B; roles limit what a key may do; credentials and transport security are enforce
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import ipaddress
@@ -14,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 import pytest
@@ -38,9 +39,11 @@ from parley_client import (
 from parley_client._gen.parley.v1 import admin_service_pb2
 from parley_client._gen.parley.v1 import parley_service_pb2 as pb
 from parley_server import app
+from parley_server.api.auth import Authenticator
 from parley_server.config import Settings
 from parley_server.domain import NewUser, Scope
-from parley_server.identity import Role
+from parley_server.errors import Unavailable
+from parley_server.identity import ANONYMOUS, Role
 from parley_server.server import RunningServer
 from parley_server.store import Store
 from tests.probes import count_calls, until_caught_up
@@ -366,6 +369,106 @@ async def test_calls_without_a_valid_key_are_unauthenticated(
             assert "key" in answer
     finally:
         await channel.close(None)
+
+
+class _Caller:
+    """The part of a call's grpc context that authentication reads."""
+
+    def __init__(self, secret: str | None) -> None:
+        self._metadata = _auth(secret) if secret else ()
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def auth_context(self) -> dict[str, Any]:
+        return {}
+
+
+def _gated(
+    monkeypatch: pytest.MonkeyPatch, store: Store, name: str
+) -> tuple[list[str], asyncio.Event]:
+    """Counts the calls of store.keys' method `name`, each held until the event is set."""
+    started: list[str] = []
+    gate = asyncio.Event()
+    inner = getattr(store.keys, name)
+
+    async def held(*args: Any) -> Any:
+        started.append(name)
+        await gate.wait()
+        return await inner(*args)
+
+    monkeypatch.setattr(store.keys, name, held)
+    return started, gate
+
+
+async def test_calls_that_need_one_key_looked_up_share_one_lookup(
+    store: Store, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At every expiry of its cached lookup, a key used by many calls at once was looked up (and
+    its use recorded, an UPDATE of one row) once per call in flight: a burst of queries that
+    held pooled connections while other calls waited."""
+    authenticator = Authenticator(store.keys, anonymous_possible=False, cache_seconds=60)
+    lookups, gate = _gated(monkeypatch, store, "find")
+    touches, open_touches = _gated(monkeypatch, store, "touch")
+    open_touches.set()
+    calls = [
+        asyncio.create_task(authenticator.authenticate(cast(Any, _Caller(keys.a_service))))
+        for _ in range(16)
+    ]
+    await asyncio.sleep(0)  # one turn: every call runs up to its first wait
+    cancelled = calls.pop()
+    cancelled.cancel()  # a caller that leaves does not end the lookup the others wait for
+    gate.set()
+    principals = await asyncio.gather(*calls)
+    assert {principal.tenant for principal in principals} == {"tenant-a"}
+    assert (len(lookups), len(touches)) == (1, 1)
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+
+
+async def test_anonymous_calls_share_one_count_of_keys(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for a server without keys: each check whether keys exist yet was made once per
+    call in flight."""
+    authenticator = Authenticator(store.keys, anonymous_possible=True, cache_seconds=60)
+    counts, gate = _gated(monkeypatch, store, "count_live")
+    calls = [
+        asyncio.create_task(authenticator.authenticate(cast(Any, _Caller(None)))) for _ in range(16)
+    ]
+    await asyncio.sleep(0)
+    gate.set()
+    assert set(await asyncio.gather(*calls)) == {ANONYMOUS}
+    assert len(counts) == 1
+
+
+async def test_a_failed_lookup_reaches_every_call_that_shared_it_and_is_not_kept(
+    store: Store, keys: Keys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authenticator = Authenticator(store.keys, anonymous_possible=False, cache_seconds=60)
+    lookups: list[int] = []
+    gate = asyncio.Event()
+    find = store.keys.find
+
+    async def failing_once(secret: str) -> Any:
+        lookups.append(1)
+        await gate.wait()
+        if len(lookups) == 1:
+            raise Unavailable("the database is restarting")
+        return await find(secret)
+
+    monkeypatch.setattr(store.keys, "find", failing_once)
+    calls = [
+        asyncio.create_task(authenticator.authenticate(cast(Any, _Caller(keys.a_service))))
+        for _ in range(4)
+    ]
+    await asyncio.sleep(0)
+    gate.set()
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert all(isinstance(outcome, Unavailable) for outcome in outcomes), outcomes
+    principal = await authenticator.authenticate(cast(Any, _Caller(keys.a_service)))
+    assert principal.tenant == "tenant-a"
+    assert len(lookups) == 2
 
 
 def test_serving_a_public_address_without_auth_refuses_to_start(tmp_path: Path) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+import functools
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 # The tasks run_to_end started, until they end: the event loop holds tasks only weakly.
 _running: set[asyncio.Task[None]] = set()
@@ -57,3 +59,24 @@ def abandon(answer: asyncio.Future[Any]) -> None:
     failure is neither raised nor reported as never retrieved."""
     if not answer.cancel() and not answer.cancelled():
         answer.exception()
+
+
+class SingleFlight(Generic[K, T]):
+    """One run of a piece of work per key at a time: callers that ask for the key while it runs
+    share its result (or its failure). It runs in a task of its own, so a caller that is
+    cancelled leaves it running for the others."""
+
+    def __init__(self) -> None:
+        self._running: dict[K, asyncio.Task[T]] = {}
+
+    async def run(self, key: K, work: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        task = self._running.get(key)
+        if task is None:
+            task = self._running[key] = asyncio.create_task(work())
+            task.add_done_callback(functools.partial(self._ended, key))
+        return await asyncio.shield(task)
+
+    def _ended(self, key: K, task: asyncio.Task[T]) -> None:
+        del self._running[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every caller may have left before it ended

@@ -8,8 +8,8 @@ that), until the first key is made. Anything else that cannot be authenticated e
 UNAUTHENTICATED before a handler runs.
 
 Keys are looked up by their SHA-256 and the answer is cached for `cache_seconds`, so a busy
-caller costs no database read per call; a revoked key is refused within that time on every
-server.
+caller costs no database read per call (and the calls in flight when it expires share one
+lookup); a revoked key is refused within that time on every server.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from parley_server.api.interceptors import Call, CallInterceptor, Context
 from parley_server.errors import Unauthenticated
 from parley_server.identity import ANONYMOUS, Principal, Role
 from parley_server.store.keys import KeyStore
+from parley_server.tasks import SingleFlight
 
 _CALLER: ContextVar[Principal] = ContextVar("parley_caller")
 _MAX_CACHED_KEYS = 10_000
@@ -48,6 +49,9 @@ class Authenticator:
         self._cache_seconds = cache_seconds
         self._cache: dict[bytes, tuple[float, Principal | None]] = {}
         self._keyless_until = 0.0
+        # The calls in flight when a cached answer expires share one lookup, not one each.
+        self._lookups: SingleFlight[bytes, Principal | None] = SingleFlight()
+        self._key_counts: SingleFlight[None, bool] = SingleFlight()
 
     async def authenticate(self, context: Context) -> Principal:
         header = None
@@ -68,9 +72,13 @@ class Authenticator:
         )
 
     async def _keyless(self) -> bool:
-        now = time.monotonic()
-        if self._keyless_until > now:
+        if self._keyless_until > time.monotonic():
             return True
+        return await self._key_counts.run(None, self._count_keys)
+
+    async def _count_keys(self) -> bool:
+        """Whether no live key exists yet (kept for cache_seconds)."""
+        now = time.monotonic()
         if await self._keys.count_live() > 0:
             self._anonymous_possible = False  # once keys exist, they are required from then on
             return False
@@ -85,23 +93,28 @@ class Authenticator:
                 "the authorization metadata must be `Bearer <key>`", reason="CREDENTIALS_MALFORMED"
             )
         digest = hashlib.sha256(key.encode()).digest()
-        now = time.monotonic()
         cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
+        if cached is not None and cached[0] > time.monotonic():
             principal = cached[1]
         else:
-            found = await self._keys.find(key)
-            principal = None if found is None else found.principal()
-            if found is not None:
-                await self._keys.touch(found)
-            if len(self._cache) >= _MAX_CACHED_KEYS:
-                self._cache.clear()
-            self._cache[digest] = (now + self._cache_seconds, principal)
+            principal = await self._lookups.run(digest, lambda: self._look_up(key, digest))
         if principal is None:
             raise Unauthenticated(
                 "the API key is not valid: unknown, mistyped or revoked",
                 reason="CREDENTIALS_INVALID",
             )
+        return principal
+
+    async def _look_up(self, key: str, digest: bytes) -> Principal | None:
+        """The principal of a key (None if it is unknown or revoked), kept for cache_seconds."""
+        now = time.monotonic()
+        found = await self._keys.find(key)
+        principal = None if found is None else found.principal()
+        if found is not None:
+            await self._keys.touch(found)
+        if len(self._cache) >= _MAX_CACHED_KEYS:
+            self._cache.clear()
+        self._cache[digest] = (now + self._cache_seconds, principal)
         return principal
 
 
