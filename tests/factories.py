@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 from parley_client import Message, ParleyClient, Session, User
+from parley_server.api import convert
+from parley_server.api.convert import SERVER_FIELDS_BYTES
+from parley_server.domain import NewMessage
 
 
 def new_id() -> str:
@@ -27,3 +31,9 @@ async def some_messages(client: ParleyClient, session_id: str, count: int) -> li
         await client.append_message(session_id, role="user", content=f"message {n}")
         for n in range(1, count + 1)
     ]
+
+
+def as_the_api_sends(new: NewMessage) -> NewMessage:
+    """`new` as the API hands it to the store: with its encoding and size."""
+    body = convert.encoded_body(new)
+    return dataclasses.replace(new, encoded=body, size_bytes=len(body) + SERVER_FIELDS_BYTES)

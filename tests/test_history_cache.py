@@ -22,7 +22,6 @@ from sqlalchemy.engine import make_url
 from parley_client import NotFoundError, ParleyClient, new_message, state_delta
 from parley_server import app
 from parley_server.api import convert
-from parley_server.api.convert import SERVER_FIELDS_BYTES
 from parley_server.config import Settings
 from parley_server.domain import MessageFilter, NewMessage, Role
 from parley_server.errors import AlreadyExists, NotFound
@@ -34,7 +33,7 @@ from parley_server.store.database import create_engine
 from parley_server.store.history_cache import ENTRY_OVERHEAD_BYTES, Computed, HistoryCache
 from parley_server.store.messages import MessageStore
 from tests.conftest import property_settings
-from tests.factories import a_session, a_user, some_messages
+from tests.factories import a_session, a_user, as_the_api_sends, some_messages
 from tests.probes import count_calls, until_caught_up
 
 
@@ -245,7 +244,7 @@ async def test_every_change_a_context_window_shows_reaches_its_next_reader(
     share with other sessions: a change of any of them, however made, is seen next."""
     shared = await _shared(client)
     await until_caught_up(store.db.changes)  # the setup's changes heard of
-    windows = count_calls(store, monkeypatch, "fetch_snapshot")
+    windows = count_calls(store, monkeypatch, "snapshot")
     before = [await client.get_context_window(shared.session, max_messages=10) for _ in range(2)]
     assert before[0] == before[1]
     assert windows[0] == 1  # the second was kept
@@ -280,14 +279,8 @@ async def test_every_change_a_session_shows_reaches_its_next_reader(
 # --- brought forward by this process's appends ----------------------------------------------------
 
 
-def _encoded(new: NewMessage) -> NewMessage:
-    """`new` as the API hands it to the store: with its encoding and size."""
-    body = convert.encoded_body(new)
-    return dataclasses.replace(new, encoded=body, size_bytes=len(body) + SERVER_FIELDS_BYTES)
-
-
 def _turn(text: str, *, user_id: str = "", event_time: datetime | None = None) -> NewMessage:
-    return _encoded(
+    return as_the_api_sends(
         NewMessage(id=None, role=Role.USER, content=text, user_id=user_id, event_time=event_time)
     )
 
@@ -302,7 +295,7 @@ async def test_an_agents_window_after_its_own_append_costs_no_query(
     shared = await _shared(client)
     await until_caught_up(store.db.changes)  # the setup's changes heard of
     uncached = app.open_store(Settings(history_cache_bytes=0), database)
-    windows = count_calls(store, monkeypatch, "fetch_snapshot")
+    windows = count_calls(store, monkeypatch, "snapshot")
     reads = count_calls(store, monkeypatch, "fetch")
     scope = ANONYMOUS.scope
     newest = functools.partial(
@@ -341,7 +334,7 @@ async def test_a_window_from_an_event_time_after_an_append_costs_no_query(
     shared = await _shared(client)
     await until_caught_up(store.db.changes)  # the setup's changes heard of
     uncached = app.open_store(Settings(history_cache_bytes=0), database)
-    windows = count_calls(store, monkeypatch, "fetch_snapshot")
+    windows = count_calls(store, monkeypatch, "snapshot")
     scope = ANONYMOUS.scope
     since = datetime(2026, 1, 1, 12, tzinfo=UTC)
     hour = timedelta(hours=1)

@@ -14,8 +14,8 @@ from parley_server.services.messages import STREAM_BATCH, MessageService
 from parley_server.services.sessions import SessionService
 from parley_server.store import Store
 from tests.conftest import RawCall
-from tests.factories import a_session, new_id
-from tests.probes import count_calls
+from tests.factories import a_session, as_the_api_sends, new_id
+from tests.probes import count_calls, count_statements
 
 SCOPE = ANONYMOUS.scope
 
@@ -206,3 +206,40 @@ async def test_every_append_records_its_largest_message_for_the_budget(
             SCOPE, session_id, [sized(5000), sized(10)], expected_last_seq=1
         )
     assert await _first_under(store, session_id, 1000) == [[1], [3], [3]]
+
+
+async def test_reads_in_one_snapshot_run_only_the_statements_the_session_row_leaves_open(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A context window and a watch step read the session's row first, in the same snapshot,
+    and it tells which history statement can answer: none when no message can follow, the
+    plain one, or the summing one when the session's largest message could pass the budget;
+    and no deletions statement when none followed. Each ran the plain statement, then the
+    summing one when the plain one found nothing, and the deletions statement every time: an
+    agent's first window of a new session, a window of a session holding a large file and a
+    watch step woken with nothing new each cost one to three statements more."""
+    statements = count_statements(monkeypatch)
+    empty = await _a_session(store)
+    window = await store.messages.context_window(SCOPE, empty, 10, max_bytes=1000)
+    assert (list(window.messages), statements[0]) == ([], 2)  # the session, its contexts
+
+    holding_a_file = await _a_session(store)
+    files = [NewMessage(id=None, role=Role.USER, content=f"{n}" * 5000) for n in range(2)]
+    await store.messages.append(SCOPE, holding_a_file, [as_the_api_sends(f) for f in files])
+    statements[0] = 0
+    window = await store.messages.context_window(SCOPE, holding_a_file, 10, max_bytes=1000)
+    assert ([m.seq for m in window.messages], statements[0]) == ([2], 3)  # and the summing one
+
+    statements[0] = 0
+    step = await store.messages.history_step(
+        SCOPE, holding_a_file, MessageFilter(), position=2, after_deletion=0, limit=10,
+        max_bytes=1000,
+    )  # fmt: skip
+    assert (list(step.messages), step.deletions, statements[0]) == ([], [], 1)  # the session
+
+    statements[0] = 0
+    step = await store.messages.history_step(
+        SCOPE, holding_a_file, MessageFilter(), position=0, after_deletion=0, limit=10,
+        max_bytes=1000,
+    )  # fmt: skip
+    assert ([m.seq for m in step.messages], statements[0]) == ([1], 2)

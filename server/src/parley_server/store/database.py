@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, nullcontext
@@ -149,13 +150,15 @@ Rows = Sequence[Mapping[str, Any]]
 class Preferred:
     """A read in up to two statements: `statement`, cheaper, which answers no rows when it
     cannot answer in full, and then `fallback`, which always can. Both read the same snapshot
-    when read in one (Database.fetch_snapshot)."""
+    when read in one (Database.snapshot)."""
 
     statement: Select[Any]
     fallback: Select[Any]
 
 
 Read = Select[Any] | Preferred
+# Runs a read with named bind parameters (Database.snapshot).
+Reader = Callable[[Read, Mapping[str, Any]], Awaitable[Rows]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,21 +304,19 @@ class Database:
         async with self.read() as session:
             return await _session_rows(session, statement, values)
 
-    async def fetch_snapshot(self, queries: Sequence[tuple[Read, Mapping[str, Any]]]) -> list[Rows]:
-        """The rows of several read-only statements, all seeing the database at one moment."""
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Reader]:
+        """A reader of read-only statements that all see the database at one moment, so that
+        what one read answers can decide which statement comes next."""
         if self.dialect == "postgresql":
             async with (
                 self.driver() as connection,
                 connection.transaction(isolation="repeatable_read", readonly=True),
             ):
-                return [
-                    await self._driver_rows(connection, statement, values)
-                    for statement, values in queries
-                ]
+                yield functools.partial(self._driver_rows, connection)
+            return
         async with self.read() as session:  # an SQLite WAL read transaction is one snapshot
-            return [
-                await _session_rows(session, statement, values) for statement, values in queries
-            ]
+            yield functools.partial(_session_rows, session)
 
     async def _driver_rows(
         self, connection: asyncpg.Connection, read: Read, values: Mapping[str, Any]

@@ -186,6 +186,20 @@ def _within_budget(query: Select[Any], order: Any, *extra: Any) -> Preferred:
     return Preferred(unsummed, summed)
 
 
+def _answering(
+    read: Preferred, session: Mapping[str, Any], values: Mapping[str, Any], *, none_follow: bool
+) -> Select[Any] | None:
+    """Which statement of a _within_budget `read` answers it, decided from its session's row
+    read in the same snapshot: none when no message can follow (`none_follow`), the plain one
+    when its own guard would pass, else the summing one. One statement, where running the
+    plain one first costs a second whenever it finds nothing."""
+    if none_follow:
+        return None
+    if session["largest_message_bytes"] * values["limit"] <= values["budget"]:
+        return read.statement
+    return read.fallback
+
+
 def _ascending(column: Any) -> Any:
     return column.asc()
 
@@ -806,15 +820,18 @@ class MessageStore:
             "budget": asked.max_bytes,
             "min_event_time": asked.min_event_time,
         }
-        session_rows, context_rows, message_rows = await self._db.fetch_snapshot(
-            [
-                (_WINDOW_SESSION, values),
-                (_WINDOW_CONTEXTS, values),
-                (_window_messages(asked.min_event_time is not None), values),
-            ]
-        )
-        if not session_rows:
-            raise NotFound.resource("session", session_id)
+        async with self._db.snapshot() as read:
+            session_rows = await read(_WINDOW_SESSION, values)
+            if not session_rows:
+                raise NotFound.resource("session", session_id)
+            context_rows = await read(_WINDOW_CONTEXTS, values)
+            history = _answering(
+                _window_messages(asked.min_event_time is not None),
+                session_rows[0],
+                values,
+                none_follow=session_rows[0]["message_count"] == 0,
+            )
+            message_rows = [] if history is None else await read(history, values)
         fitting = fit(message_rows, limit=asked.max_messages, max_bytes=asked.max_bytes)
         session = to_session(session_rows[0])
         kept = message_rows[:fitting][::-1]
@@ -845,22 +862,28 @@ class MessageStore:
         shape = _Shape.of(where, newest_first=False, after_position=position > 0)
         values = _page_values(scope, session_id, where, position, limit, max_bytes)
         values["after_deletion"] = after_deletion
-        session_rows, message_rows, deletion_rows = await self._db.fetch_snapshot(
-            [
-                (_WINDOW_SESSION, values),
-                (_page_query(shape, False), values),
-                (_STEP_DELETIONS, values),
-            ]
-        )
-        if not session_rows:
-            return HistoryStep(
-                session=None,
-                messages=[],
-                more_messages=False,
-                deletions=[],
-                more_deletions=False,
-                last_deletion=after_deletion,
+        async with self._db.snapshot() as read:
+            session_rows = await read(_WINDOW_SESSION, values)
+            if not session_rows:
+                return HistoryStep(
+                    session=None,
+                    messages=[],
+                    more_messages=False,
+                    deletions=[],
+                    more_deletions=False,
+                    last_deletion=after_deletion,
+                )
+            session_row = session_rows[0]
+            history = _answering(
+                _page_query(shape, False),
+                session_row,
+                values,
+                none_follow=session_row["last_seq"] <= position,
             )
+            message_rows = [] if history is None else await read(history, values)
+            # Deletions are numbered by the session's counter: none followed unless it moved.
+            deleted = session_row["deletions"] > after_deletion
+            deletion_rows = await read(_STEP_DELETIONS, values) if deleted else []
         fitting = fit(message_rows, limit=limit, max_bytes=max_bytes)
         return HistoryStep(
             session=to_session(session_rows[0]),
