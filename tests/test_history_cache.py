@@ -401,14 +401,56 @@ async def test_a_whole_history_read_page_by_page_after_an_append_costs_no_query(
         assert kept == await pages(uncached)
 
 
+async def test_a_threads_newest_messages_after_an_append_cost_no_query(
+    client: ParleyClient, store: Store, database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Agents that share a session, each on a thread of its own, read their thread's newest
+    messages (a filtered page, with its total) every turn: filtered pages were forgotten at
+    every append, so each turn cost three queries (the page, the session's counters and the
+    count); the append brings them forward now, also when it was another thread's."""
+    _, session = await a_session(client)
+    await until_caught_up(store.db.changes)  # the setup's changes heard of
+    uncached = app.open_store(Settings(history_cache_bytes=0), database)
+    reads = count_calls(store, monkeypatch, "fetch")
+    scope = ANONYMOUS.scope
+    threads = (
+        MessageFilter(thread_id="planner"),
+        MessageFilter(thread_id="coder", role=Role.ASSISTANT),
+        MessageFilter(min_event_time=datetime(2026, 1, 1, 12, tzinfo=UTC)),
+    )
+
+    async def newest(reader: Store) -> list[Any]:
+        return [
+            await reader.messages.list(
+                scope, session.id, where, position=0, limit=3, max_bytes=1 << 20, newest_first=True
+            )
+            for where in threads
+        ]
+
+    await newest(store)
+    for turn in range(6):
+        message = NewMessage(
+            id=None,
+            role=Role.ASSISTANT if turn % 3 else Role.USER,
+            content=f"turn {turn}",
+            thread_id=("planner", "coder")[turn % 2],
+            event_time=datetime(2026, 1, 1, 10 + turn, tzinfo=UTC),
+        )
+        await store.messages.append(scope, session.id, [as_the_api_sends(message)])
+        counted = reads[0]
+        kept = await newest(store)
+        assert reads[0] == counted, turn
+        assert kept == await newest(uncached), turn
+
+
 @pytest.mark.parametrize("seed", range(6))
 async def test_answers_brought_forward_are_the_databases_own(
     client: ParleyClient, store: Store, database: Database, seed: int
 ) -> None:
     """Appends of every size (alone, or coalesced with others into one statement), deletions,
     and windows (of every message, or from an event time) and pages (newest or oldest first,
-    from the start or later) of every length and budget, in a random order: each, and each
-    session, is what a server without the cache reads."""
+    from the start or later, of the whole history or filtered) of every length and budget, in a
+    random order: each, and each session, is what a server without the cache reads."""
     rng = random.Random(seed)
     scope = ANONYMOUS.scope
     author = await a_user(client, display_name="author")
@@ -417,16 +459,33 @@ async def test_answers_brought_forward_are_the_databases_own(
     uncached = app.open_store(Settings(history_cache_bytes=0), database)
     questions = [(rng.randint(1, 6), rng.choice([300, 700, 1500, 1 << 20])) for _ in range(4)]
     positions = (0, *rng.sample(range(1, 25), 2))  # pages from the start, and later ones
+    since = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    filters = [
+        MessageFilter(),
+        MessageFilter(thread_id="t1"),
+        MessageFilter(role=Role.ASSISTANT, chapter="c"),
+        MessageFilter(invocation_id="i", after_seq=rng.randint(1, 20)),
+        MessageFilter(min_event_time=since),
+    ]
     for step in range(60):
         session_id = rng.choice(session_ids)
         action = rng.random()
         if action < 0.5:
             turns = [
                 [
-                    _turn(
-                        "x" * rng.choice([0, 10, 200, 600]),
-                        user_id=rng.choice(["", author.id]),
-                        event_time=rng.choice([None, datetime(2026, 1, 1, step % 24, tzinfo=UTC)]),
+                    as_the_api_sends(
+                        NewMessage(
+                            id=None,
+                            role=rng.choice([Role.USER, Role.ASSISTANT]),
+                            content="x" * rng.choice([0, 10, 200, 600]),
+                            user_id=rng.choice(["", author.id]),
+                            event_time=rng.choice(
+                                [None, datetime(2026, 1, 1, step % 24, tzinfo=UTC)]
+                            ),
+                            thread_id=rng.choice(["", "t1"]),
+                            chapter=rng.choice(["", "c"]),
+                            invocation_id=rng.choice(["", "i"]),
+                        )
                     )
                     for _ in range(rng.randint(1, 3))
                 ]
@@ -445,20 +504,22 @@ async def test_answers_brought_forward_are_the_databases_own(
                 message_id = convert.message_pb(stored).id
                 await store.messages.delete(scope, message_id, allow_missing=False)
         for size, max_bytes in rng.sample(questions, 2):
-            for since in (None, datetime(2026, 1, 1, 12, tzinfo=UTC)):
+            for window_since in (None, since):
                 kept, fresh = [
                     await reader.messages.context_window(
-                        scope, session_id, size, max_bytes=max_bytes, min_event_time=since
+                        scope, session_id, size, max_bytes=max_bytes, min_event_time=window_since
                     )
                     for reader in (store, uncached)
                 ]
-                assert kept == fresh, (step, size, max_bytes, since)
-            for newest_first, position in itertools.product((True, False), positions):
+                assert kept == fresh, (step, size, max_bytes, window_since)
+            for newest_first, position, where in itertools.product(
+                (True, False), positions, rng.sample(filters, 2)
+            ):
                 pages = [
                     await reader.messages.list(
                         scope,
                         session_id,
-                        MessageFilter(),
+                        where,
                         position=position,
                         limit=size,
                         max_bytes=max_bytes,
@@ -466,7 +527,7 @@ async def test_answers_brought_forward_are_the_databases_own(
                     )
                     for reader in (store, uncached)
                 ]
-                assert pages[0] == pages[1], (step, size, max_bytes, newest_first, position)
+                assert pages[0] == pages[1], (step, size, max_bytes, newest_first, position, where)
         assert await store.sessions.get(scope, session_id) == await uncached.sessions.get(
             scope, session_id
         )

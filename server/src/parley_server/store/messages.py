@@ -209,7 +209,7 @@ def _descending(column: Any) -> Any:
 
 
 @functools.cache
-def _page_query(shape: _Shape, with_total: bool) -> Preferred:
+def _page_query(shape: _Shape, with_total: bool, with_last_seq: bool = False) -> Preferred:
     order = _descending if shape.newest_first else _ascending
     query = select(*_HISTORY_COLUMNS).where(*_filter(shape)).order_by(order(messages.c.seq))
     if shape.newest_first:
@@ -217,16 +217,12 @@ def _page_query(shape: _Shape, with_total: bool) -> Preferred:
             query = query.where(messages.c.seq < bindparam("position"))
     else:
         query = query.where(messages.c.seq > bindparam("position"))
-    # With the total, the session's last seq: where the page stands (see _PageAsked).
-    total = (
-        [
-            _MESSAGE_COUNT.scalar_subquery().label("total"),
-            _LAST_SEQ.scalar_subquery().label("last_seq"),
-        ]
-        if with_total
-        else []
-    )
-    return _within_budget(query.limit(bindparam("limit")), order, *total)
+    # The session's message count (the total of an unfiltered page) and its last seq: where the
+    # page stands, for the history cache (see _PageAsked).
+    extra = [_MESSAGE_COUNT.scalar_subquery().label("total")] if with_total else []
+    if with_total or with_last_seq:
+        extra.append(_LAST_SEQ.scalar_subquery().label("last_seq"))
+    return _within_budget(query.limit(bindparam("limit")), order, *extra)
 
 
 def _of_session(scope: Scope, session_id: str) -> tuple[ColumnElement[bool], ...]:
@@ -318,8 +314,8 @@ _STEP_DELETIONS = (
 
 @dataclass(frozen=True, slots=True)
 class _KeptPage:
-    """A page of history as the history cache keeps it: with its messages' size_bytes and, for
-    an unfiltered one with its total, the session's last seq when it was read."""
+    """A page of history as the history cache keeps it: with its messages' size_bytes and the
+    session's last seq when it was read."""
 
     page: Page[StoredMessage]
     sizes: tuple[int, ...]
@@ -327,9 +323,6 @@ class _KeptPage:
 
     def computed(self) -> Computed[_KeptPage]:
         return Computed(self, memory_of_messages(self.sizes))
-
-
-_UNFILTERED = MessageFilter()
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,26 +337,26 @@ class _PageAsked:
     count_total: bool
 
     def brought_forward(self, answer: Any, change: Any) -> Computed[_KeptPage] | None:
-        """history_cache.BroughtForward: a page of a session's whole history (newest or oldest
-        first, from any position) once `change` (Appended) is appended."""
+        """history_cache.BroughtForward: a page of a session's history (newest or oldest first,
+        from any position, filtered or not) once `change` (Appended) is appended."""
         kept: _KeptPage = answer
         appended: Appended = change
         page = kept.page
         first = appended.seqs[0]
         if (
-            self.where != _UNFILTERED
-            or kept.last_seq != first - 1
+            kept.last_seq != first - 1
             # Asked from a position past the session's end (no page of it leads there), some of
             # them would fall on either side of it.
             or (self.position > first if self.newest_first else self.position >= first)
         ):
             return None
-        total = None if page.total_size is None else page.total_size + len(appended.seqs)
+        matching = _matching(appended, self.where)
+        total = None if page.total_size is None else page.total_size + len(matching)
         if (page.has_more and not self.newest_first) or (self.newest_first and self.position):
             # They come after more than it shows, or after where it starts: it is unchanged.
             after = Page(page.items, has_more=page.has_more, total_size=total)
             return _KeptPage(after, kept.sizes, appended.seqs[-1]).computed()
-        shown = _shown(appended, since=None)
+        shown = _shown(appended, matching)
         if shown is None:
             return None
         new, new_sizes = shown
@@ -415,7 +408,8 @@ class _WindowAsked:
         session = appended.session_after(window.session)
         if session is None:
             return None
-        shown = _shown(appended, since=self.min_event_time)
+        since = MessageFilter(min_event_time=self.min_event_time)
+        shown = _shown(appended, _matching(appended, since))
         if shown is None:
             return None
         new, new_sizes = shown
@@ -441,21 +435,41 @@ class _WindowAsked:
         )
 
 
+def _matching(appended: Appended, where: MessageFilter) -> list[int]:
+    """The positions in `appended` of the messages that `where` matches, as _filter's conditions
+    match their rows."""
+    event_since = where.min_event_time
+    role = None if where.role is None else where.role.value
+    return [
+        position
+        for position, (row, seq) in enumerate(zip(appended.rows, appended.seqs, strict=True))
+        if (not where.chapter or row["chapter"] == where.chapter)
+        and (not where.thread_id or row["thread_id"] == where.thread_id)
+        and (not where.invocation_id or row["invocation_id"] == where.invocation_id)
+        and (role is None or row["role"] == role)
+        and seq > where.after_seq
+        and (event_since is None or _at_or_after(row["event_time"], event_since))
+    ]
+
+
+def _at_or_after(time: datetime | None, since: datetime) -> bool:
+    return time is not None and time >= since
+
+
 def _shown(
-    appended: Appended, *, since: datetime | None
+    appended: Appended, positions: Sequence[int]
 ) -> tuple[list[StoredMessage], tuple[int, ...]] | None:
-    """The messages appended that a read of those from event time `since` on shows (every one,
-    without it), as it returns them (each with its stored entry), and their size_bytes; None if
-    one of them has no entry (a read gets it field by field: not built here)."""
+    """The messages appended at `positions` (those a read shows, _matching) as the read returns
+    them (each with its stored entry), and their size_bytes; None if one of them has no entry (a
+    read gets it field by field: not built here)."""
     messages: list[StoredMessage] = []
     sizes: list[int] = []
-    for row, seq, entry in zip(appended.rows, appended.seqs, appended.entries, strict=True):
-        if since is not None and (row["event_time"] is None or row["event_time"] < since):
-            continue
+    for position in positions:
+        entry = appended.entries[position]
         if entry is None:
             return None
-        messages.append(EncodedMessage(seq, entry))
-        sizes.append(row["size_bytes"])
+        messages.append(EncodedMessage(appended.seqs[position], entry))
+        sizes.append(appended.rows[position]["size_bytes"])
     return messages, tuple(sizes)
 
 
@@ -753,13 +767,14 @@ class MessageStore:
         return kept.page
 
     async def _kept(self, scope: Scope, session_id: str, asked: _PageAsked) -> Computed[_KeptPage]:
-        page, rows, last_seq = await self._page(scope, session_id, asked)
+        page, rows, last_seq = await self._page(scope, session_id, asked, with_last_seq=True)
         return _KeptPage(page, _sizes(rows, page.items), last_seq).computed()
 
     async def _page(
-        self, scope: Scope, session_id: str, asked: _PageAsked
+        self, scope: Scope, session_id: str, asked: _PageAsked, *, with_last_seq: bool = False
     ) -> tuple[Page[StoredMessage], Sequence[Mapping[str, Any]], int | None]:
-        """The page, the rows it shows, and (unfiltered, with its total) the session's last seq."""
+        """The page, the rows it shows, and (with_last_seq, or unfiltered with its total) the
+        session's last seq."""
         shape = _Shape.of(
             asked.where, newest_first=asked.newest_first, after_position=asked.position > 0
         )
@@ -769,9 +784,10 @@ class MessageStore:
         values = _page_values(
             scope, session_id, asked.where, asked.position, asked.limit, asked.max_bytes
         )
-        rows = await self._db.fetch(_page_query(shape, total_inline), values)
+        with_last_seq = with_last_seq or total_inline
+        rows = await self._db.fetch(_page_query(shape, total_inline, with_last_seq), values)
         total: int | None = rows[0]["total"] if rows and total_inline else None
-        last_seq: int | None = rows[0]["last_seq"] if rows and total_inline else None
+        last_seq: int | None = rows[0]["last_seq"] if rows and with_last_seq else None
         if not rows or (asked.count_total and filtered):
             found = await self._db.fetch(_COUNTERS, values)
             if not found:
@@ -782,7 +798,7 @@ class MessageStore:
                     if filtered
                     else found[0]["message_count"]
                 )
-            if total_inline:
+            if with_last_seq and not rows:
                 last_seq = found[0]["last_seq"]
         fitting = fit(rows, limit=asked.limit, max_bytes=asked.max_bytes)
         items = await self._stored(scope, session_id, rows[:fitting])
