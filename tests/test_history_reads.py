@@ -243,3 +243,30 @@ async def test_reads_in_one_snapshot_run_only_the_statements_the_session_row_lea
         max_bytes=1000,
     )  # fmt: skip
     assert ([m.seq for m in step.messages], statements[0]) == ([1], 2)
+
+
+async def test_an_empty_page_costs_two_statements(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page that finds no message (a new conversation's first read, a filter nothing matches)
+    ran the plain statement, the summing one, then the session's counters (to tell an empty
+    session from a missing one), and a filtered one counted its matches too; the counters also
+    say whether the summing one could find anything, and from the start nothing matches."""
+    statements = count_statements(monkeypatch)
+    session_id = await _a_session(store)
+    for where in (MessageFilter(), MessageFilter(role=Role.TOOL)):
+        statements[0] = 0
+        page = await store.messages.list(
+            SCOPE, session_id, where, position=0, limit=10, max_bytes=1000, cached=False
+        )
+        assert (list(page.items), page.total_size, statements[0]) == ([], 0, 2), where
+    await store.messages.append(
+        SCOPE, session_id, [as_the_api_sends(NewMessage(id=None, role=Role.TOOL, content="x"))]
+    )
+    statements[0] = 0
+    page = await store.messages.list(
+        SCOPE, session_id, MessageFilter(role=Role.TOOL), position=0, limit=10,
+        max_bytes=1 << 20, cached=False,
+    )  # fmt: skip
+    # The page and its count: that the session exists, its rows say.
+    assert ([m.seq for m in page.items], page.total_size, statements[0]) == ([1], 1, 2)
