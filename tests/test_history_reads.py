@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -245,28 +246,26 @@ async def test_reads_in_one_snapshot_run_only_the_statements_the_session_row_lea
     assert ([m.seq for m in step.messages], statements[0]) == ([1], 2)
 
 
-async def test_an_empty_page_costs_two_statements(
+async def test_a_filtered_page_counts_its_matches_without_asking_for_the_session(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A page that finds no message (a new conversation's first read, a filter nothing matches)
-    ran the plain statement, the summing one, then the session's counters (to tell an empty
-    session from a missing one), and a filtered one counted its matches too; the counters also
-    say whether the summing one could find anything, and from the start nothing matches."""
+    """A filtered page with its total asked for the session's counters (to tell an empty session
+    from a missing one) also when it had read rows, which say that the session exists, and then
+    counted its matches; one from the start that read no row counted them too, though none
+    match."""
     statements = count_statements(monkeypatch)
     session_id = await _a_session(store)
-    for where in (MessageFilter(), MessageFilter(role=Role.TOOL)):
+    tools = MessageFilter(role=Role.TOOL)
+
+    async def page() -> list[Any]:
         statements[0] = 0
-        page = await store.messages.list(
-            SCOPE, session_id, where, position=0, limit=10, max_bytes=1000, cached=False
+        read = await store.messages.list(
+            SCOPE, session_id, tools, position=0, limit=10, max_bytes=1 << 20, cached=False
         )
-        assert (list(page.items), page.total_size, statements[0]) == ([], 0, 2), where
-    await store.messages.append(
-        SCOPE, session_id, [as_the_api_sends(NewMessage(id=None, role=Role.TOOL, content="x"))]
-    )
-    statements[0] = 0
-    page = await store.messages.list(
-        SCOPE, session_id, MessageFilter(role=Role.TOOL), position=0, limit=10,
-        max_bytes=1 << 20, cached=False,
-    )  # fmt: skip
-    # The page and its count: that the session exists, its rows say.
-    assert ([m.seq for m in page.items], page.total_size, statements[0]) == ([1], 1, 2)
+        return [[m.seq for m in read.items], read.total_size, statements[0]]
+
+    # The page (its plain statement, then the summing one), then the counters.
+    assert await page() == [[], 0, 3]
+    message = as_the_api_sends(NewMessage(id=None, role=Role.TOOL, content="x"))
+    await store.messages.append(SCOPE, session_id, [message])
+    assert await page() == [[1], 1, 2]  # the page, then the count

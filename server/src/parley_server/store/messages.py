@@ -195,13 +195,9 @@ def _answering(
     plain one first costs a second whenever it finds nothing."""
     if none_follow:
         return None
-    return read.statement if _unsummed_fits(session, values) else read.fallback
-
-
-def _unsummed_fits(session: Mapping[str, Any], values: Mapping[str, Any]) -> bool:
-    """The guard of _within_budget's plain statement, from its session's row: even `limit` of
-    the session's largest message fit the budget."""
-    return bool(session["largest_message_bytes"] * values["limit"] <= values["budget"])
+    if session["largest_message_bytes"] * values["limit"] <= values["budget"]:
+        return read.statement
+    return read.fallback
 
 
 def _ascending(column: Any) -> Any:
@@ -276,9 +272,7 @@ _THE_SESSION = (sessions.c.tenant_id == bindparam("tenant")) & (
 _MESSAGE_COUNT = select(sessions.c.message_count).where(_THE_SESSION)
 _LAST_SEQ = select(sessions.c.last_seq).where(_THE_SESSION)
 _LARGEST = select(sessions.c.largest_message_bytes).where(_THE_SESSION)
-_COUNTERS = select(
-    sessions.c.message_count, sessions.c.last_seq, sessions.c.largest_message_bytes
-).where(_THE_SESSION)
+_COUNTERS = select(sessions.c.message_count, sessions.c.last_seq).where(_THE_SESSION)
 _WINDOW_SESSION = select_sessions().where(_THE_SESSION)
 _WINDOW_CONTEXTS = (
     select(contexts)
@@ -791,24 +785,17 @@ class MessageStore:
             scope, session_id, asked.where, asked.position, asked.limit, asked.max_bytes
         )
         with_last_seq = with_last_seq or total_inline
-        read = _page_query(shape, total_inline, with_last_seq)
-        rows = await self._db.fetch(read.statement, values)
-        counters: Mapping[str, Any] | None = None
-        if not rows:
-            # No row read: the session's counters tell a missing session from an empty page,
-            # and whether the summing statement could have found rows the plain one could not.
-            found = await self._db.fetch(_COUNTERS, values)
-            if not found:
-                raise NotFound.resource("session", session_id)
-            counters = found[0]
-            if not _unsummed_fits(counters, values):
-                rows = await self._db.fetch(read.fallback, values)
+        rows = await self._db.fetch(_page_query(shape, total_inline, with_last_seq), values)
         total: int | None = None
         last_seq: int | None = None
         if rows:
             total = rows[0]["total"] if total_inline else None
             last_seq = rows[0]["last_seq"] if with_last_seq else None
-        elif counters is not None:
+        else:  # the session's counters tell a missing session from an empty page
+            found = await self._db.fetch(_COUNTERS, values)
+            if not found:
+                raise NotFound.resource("session", session_id)
+            counters = found[0]
             last_seq = counters["last_seq"] if with_last_seq else None
             if asked.count_total and not filtered:
                 total = counters["message_count"]
