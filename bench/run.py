@@ -1599,6 +1599,9 @@ def machine() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        # Linux's autogroup schedules each session as one entity, and every PostgreSQL backend
+        # starts a session of its own: tail latencies here depend on it (see the README).
+        "sched_autogroup_enabled": _read(Path("/proc/sys/kernel/sched_autogroup_enabled")) or None,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
