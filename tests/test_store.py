@@ -17,13 +17,13 @@ from sqlalchemy.engine import URL, make_url
 from parley_client import ParleyClient
 from parley_server import app
 from parley_server.config import Settings
-from parley_server.domain import NewMessage, NewSession, NewUser, Role
+from parley_server.domain import MessageFilter, NewMessage, NewSession, NewUser, Role
 from parley_server.identity import ANONYMOUS
 from parley_server.store import Store
 from parley_server.store.database import Database, create_engine
 from parley_server.store.schema import UTCDateTime
 from tests.conftest import _admin
-from tests.factories import a_session, some_messages
+from tests.factories import a_session, as_the_api_sends, some_messages
 
 SCOPE = ANONYMOUS.scope  # the one tenant of a server without keys
 
@@ -124,37 +124,50 @@ async def test_server_processes_appending_to_the_same_sessions_never_deadlock(
         await store.db.dispose()
 
 
-async def test_coalesced_appends_leave_the_pools_connections_planning_as_before(
-    store: Store, backend: str
-) -> None:
-    """The appender has PostgreSQL plan its many-row statement generically on the connections it
-    writes on; the pool's connections must plan every other statement as before."""
+async def test_history_reads_are_planned_once_per_connection(store: Store, backend: str) -> None:
+    """A page read's statement finds its rows through the same index whatever the session, so
+    the database plans it once per connection (a generic plan). Left to choose, PostgreSQL planned
+    it anew at every execution once its sessions held more than ten times the messages a read
+    asks for: its generic plan, which cannot know the LIMIT given as a parameter (and takes it
+    for a tenth of the rows), looked costlier than a plan made for the values at hand."""
     if backend != "postgres":
         pytest.skip("plan_cache_mode is PostgreSQL's")
-    sessions = [(await store.sessions.create(SCOPE, NewSession(id=None))).id for _ in range(8)]
-    # Queued before the first statement runs, most of them go into one statement together.
-    appended = await asyncio.gather(
-        *(
-            store.messages.append(SCOPE, sessions[i % 8], [NewMessage(id=None, role=Role.USER)])
-            for i in range(40)
+    session = await store.sessions.create(SCOPE, NewSession(id=None))
+    # Far more than ten times the rows a read asks for: a plan for the LIMIT at hand looks cheaper.
+    said = [
+        as_the_api_sends(NewMessage(id=None, role=Role.USER, content=f"{n}")) for n in range(1000)
+    ]
+    await store.messages.append(SCOPE, session.id, said)
+    async with store.db.driver() as connection:  # statistics, as autovacuum keeps them
+        await connection.execute("ANALYZE")
+    for _ in range(12):
+        await store.messages.list(
+            SCOPE,
+            session.id,
+            MessageFilter(),
+            position=0,
+            limit=5,
+            max_bytes=1 << 20,
+            newest_first=True,
+            cached=False,
         )
-    )
-    assert len(appended) == 40
     pool = store.db.engine.pool
-    async with asyncio.timeout(10):
-        # Whatever the appender checked out of the pool goes back after it answered, and the
-        # pool has no event for that: poll it.
-        while True:
-            if not pool.checkedout():  # type: ignore[attr-defined]
-                break
-            await asyncio.sleep(0.01)
     async with contextlib.AsyncExitStack() as held:
         connections = [
             await held.enter_async_context(store.db.driver())
             for _ in range(pool.checkedin())  # type: ignore[attr-defined]
         ]
-        modes = {await connection.fetchval("SHOW plan_cache_mode") for connection in connections}
-    assert modes == {"auto"}
+        plans = [
+            (row["generic_plans"], row["custom_plans"])
+            for connection in connections
+            for row in await connection.fetch(
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+                " WHERE statement LIKE 'SELECT messages.seq%'"
+            )
+        ]
+    executions = sum(generic + custom for generic, custom in plans)
+    assert executions >= 12
+    assert sum(custom for _, custom in plans) == 0, f"planned per execution: {plans}"
 
 
 async def test_appends_need_no_connection_of_the_pool(store: Store, backend: str) -> None:
@@ -200,11 +213,11 @@ async def test_a_dedicated_connection_cut_off_mid_statement_is_replaced(
     database: Database, backend: str
 ) -> None:
     """A lane's connection whose statement was cancelled (a shutdown, say) is still busy with it:
-    the next use gets a new connection, set up as the first was, not one that answers 'another
-    operation is in progress'."""
+    the next use gets a new connection, set up as the pool sets up its own, not one that answers
+    'another operation is in progress'."""
     if backend != "postgres":
         pytest.skip("SQLite has no driver connections")
-    dedicated = database.dedicated(setup=("SET application_name = 'parley-lane'",))
+    dedicated = database.dedicated()
     async with dedicated.use() as connection:
         first = connection.get_server_pid()
     sent = asyncio.Event()
@@ -221,7 +234,7 @@ async def test_a_dedicated_connection_cut_off_mid_statement_is_replaced(
         await sleeping
     async with dedicated.use() as connection:
         assert connection.get_server_pid() != first
-        assert await connection.fetchval("SHOW application_name") == "parley-lane"
+        assert await connection.fetchval("SHOW plan_cache_mode") == "force_generic_plan"
 
 
 async def test_a_lane_connection_the_database_ended_is_no_longer_known_as_the_lanes(

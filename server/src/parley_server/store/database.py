@@ -84,6 +84,13 @@ def _configure_postgresql(engine: AsyncEngine) -> None:
         if await_only(driver.fetchval("SHOW synchronous_commit")) == "off":
             log.warning("synchronous_commit is off in the database; parley sets it on")
             await_only(driver.execute("SET synchronous_commit = on"))
+        # Every statement parley runs finds its rows through an index that matches its equality
+        # conditions and its order, whatever the values, so one generic plan per connection
+        # serves each. Left to choose, PostgreSQL planned a statement anew at every execution
+        # whenever a plan for the values at hand looked cheaper, as it does for any LIMIT given
+        # as a parameter once sessions hold ten times the rows asked for: planning cost more
+        # than running a history read, and a short append batch.
+        await_only(driver.execute("SET plan_cache_mode = force_generic_plan"))
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:
@@ -273,9 +280,7 @@ class Database:
                 else:
                     await asyncio.shield(greenlet_spawn(_discard, pooled))
 
-    def dedicated(
-        self, *, setup: Sequence[str] = (), tells: object | None = None
-    ) -> DedicatedConnection:
+    def dedicated(self, *, tells: object | None = None) -> DedicatedConnection:
         """PostgreSQL only: a driver connection of its own, outside the pool (see
         DedicatedConnection); closed when the database is disposed of. tells: the ChangeHub
         observer that its user tells of what it changes itself, so that the NOTIFYs of its
@@ -288,9 +293,7 @@ class Database:
             )
             _configure_postgresql(self._unpooled)
         connection = DedicatedConnection(
-            self._unpooled,
-            setup=setup,
-            announce=None if tells is None else (self.changes.own_writers, tells),
+            self._unpooled, announce=None if tells is None else (self.changes.own_writers, tells)
         )
         self._dedicated.append(connection)
         return connection
@@ -349,8 +352,7 @@ class Database:
 class DedicatedConnection:
     """A driver connection for one steady user (a write lane), outside the pool: its user checks
     nothing out of the pool for a run of statements, never waits for readers to give a connection
-    back, and may change session settings (`setup`, run once per connection) that no other user
-    sees. A connection that broke, was cut off mid-statement or was left inside a transaction is
+    back. A connection that broke, was cut off mid-statement or was left inside a transaction is
     closed, and another made at the next use. `announce`, when given, is a register and an
     entry: the register holds the entry under the server process id of the connection while it
     is open."""
@@ -359,11 +361,9 @@ class DedicatedConnection:
         self,
         engine: AsyncEngine,
         *,
-        setup: Sequence[str],
         announce: tuple[dict[int, object], object] | None = None,
     ) -> None:
         self._engine = engine
-        self._setup = tuple(setup)
         self._announce = announce
         self._connection: asyncpg.Connection | None = None
 
@@ -393,12 +393,6 @@ class DedicatedConnection:
         pooled = await greenlet_spawn(self._engine.sync_engine.raw_connection)
         connection = cast(asyncpg.Connection, pooled.driver_connection)
         pooled.detach()
-        try:
-            for statement in self._setup:
-                await connection.execute(statement)
-        except BaseException:
-            connection.terminate()
-            raise
         self._connection = connection
         if self._announce is not None:
             register, entry = self._announce

@@ -107,12 +107,6 @@ RETURNING tenant_id, id, seq
 """
 
 
-# Set once on each lane's connection: while a batch statement's arrays are short, PostgreSQL
-# would plan it anew for each execution (a custom plan looks cheaper), which costs more than
-# running it; one generic plan serves every batch. The pool's connections plan as before.
-_LANE_SETUP = ("SET plan_cache_mode = force_generic_plan",)
-
-
 class PostgresAppender:
     def __init__(
         self,
@@ -128,7 +122,7 @@ class PostgresAppender:
         # of the pool (nor waits for readers to give one back). A statement that failed without
         # losing its connection wrote nothing (it is atomic on its own) and can be split. With an
         # observer, the lane tells it of its commits itself (their NOTIFYs do not reach it).
-        self._connections = [db.dedicated(setup=_LANE_SETUP, tells=observer) for _ in range(lanes)]
+        self._connections = [db.dedicated(tells=observer) for _ in range(lanes)]
         self._group_commit: GroupCommit[asyncpg.Connection] = GroupCommit(
             lambda lane: self._connections[lane].use(),
             self._write_batch,
