@@ -84,12 +84,12 @@ def _configure_postgresql(engine: AsyncEngine) -> None:
         if await_only(driver.fetchval("SHOW synchronous_commit")) == "off":
             log.warning("synchronous_commit is off in the database; parley sets it on")
             await_only(driver.execute("SET synchronous_commit = on"))
-        # Every statement parley runs finds its rows through an index that matches its equality
-        # conditions and its order, whatever the values, so one generic plan per connection
+        # parley's statements find their rows through indexes that match their equality
+        # conditions and their order, whatever the values, so one generic plan per connection
         # serves each. Left to choose, PostgreSQL planned a statement anew at every execution
-        # whenever a plan for the values at hand looked cheaper, as it does for any LIMIT given
-        # as a parameter once sessions hold ten times the rows asked for: planning cost more
-        # than running a history read, and a short append batch.
+        # whenever a plan for the values at hand looked cheaper: for a LIMIT given as a parameter
+        # once sessions hold ten times the rows asked for, for a short append batch's arrays.
+        # The planning cost more than the run.
         await_only(driver.execute("SET plan_cache_mode = force_generic_plan"))
 
 
