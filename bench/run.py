@@ -59,7 +59,7 @@ from typing import Any
 import aiosqlite
 import asyncpg
 import grpc
-from ceiling_server import CeilingSettings
+from ceiling_server import CeilingSettings, keep_session
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from rich.console import Console
 from rich.table import Table
@@ -426,7 +426,7 @@ async def database_ceiling(
     """Ceiling 1: the same rows into the same table, one autocommit INSERT each, no gRPC."""
     if make_url(database_url).get_backend_name() == "postgresql":
         pool = await asyncpg.create_pool(
-            _asyncpg_dsn(database_url), min_size=clients, max_size=clients
+            _asyncpg_dsn(database_url), min_size=clients, max_size=clients, reset=keep_session
         )
         sql = (
             f"INSERT INTO messages ({_INSERT_COLUMNS})"
