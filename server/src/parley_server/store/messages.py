@@ -209,7 +209,7 @@ def _descending(column: Any) -> Any:
 
 
 @functools.cache
-def _page_query(shape: _Shape, with_total: bool, with_last_seq: bool = False) -> Preferred:
+def _page_query(shape: _Shape, with_total: bool, with_last_seq: bool) -> Preferred:
     order = _descending if shape.newest_first else _ascending
     query = select(*_HISTORY_COLUMNS).where(*_filter(shape)).order_by(order(messages.c.seq))
     if shape.newest_first:
@@ -894,7 +894,7 @@ class MessageStore:
                 )
             session_row = session_rows[0]
             history = _answering(
-                _page_query(shape, False),
+                _page_query(shape, False, False),
                 session_row,
                 values,
                 none_follow=session_row["last_seq"] <= position,
