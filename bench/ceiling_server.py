@@ -14,8 +14,9 @@ replies that parley itself gave to the same requests, so they are of the same si
                     (with a stream_budget: parley's query, under that byte budget, and a batch
                     built from the rows it read, framed by parley's own convert.with_messages)
   AppendMessage     one INSERT of a message row, autocommit (no coalescing); with
-                    coalesce_appends, the rows of the appends that queued meanwhile in one
-                    INSERT, through parley's own group commit
+                    parley_appends, the append through parley's own write path instead (its
+                    group commit, write lane and statement: the session's seq, counters and
+                    NOTIFY beside the INSERT), with none of its RPC layer around it
 
 Run by bench/run.py: python bench/ceiling_server.py SETTINGS.json (see CeilingSettings).
 """
@@ -28,23 +29,22 @@ import json
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeAlias, cast
+from typing import Any, cast
 
 import asyncpg
 import grpc
 import uvloop
 
 from parley_client._gen.parley.v1 import parley_service_pb2
-from parley_server.api.convert import with_messages
+from parley_server.api.convert import MESSAGE_ENCODING, with_messages
 from parley_server.domain import EncodedMessage
-from parley_server.store.group_commit import GroupCommit, Row
+from parley_server.store.appenders.postgresql import PostgresAppender
+from parley_server.store.database import Database, create_engine
 
 SERVICE = "parley.v1.ParleyService"
-Connection: TypeAlias = "asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
 _HISTORY = "SELECT seq, entry FROM messages"
 _NEWEST = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 ORDER BY seq DESC LIMIT $3"
 _AFTER = f"{_HISTORY} WHERE tenant_id = $1 AND session_id = $2 AND seq > $3 ORDER BY seq LIMIT $4"
@@ -72,12 +72,6 @@ _INSERT = (
     " tool_call_id, invocation_id, thread_id, chapter, payload_type, size_bytes, entry)"
     " VALUES ($1, $2, $3, $4, 'user', $5, $6, '', '', '', '', '', '', $7, $8)"
 )
-_INSERT_MANY = (
-    "INSERT INTO messages (tenant_id, id, session_id, seq, role, content, create_time, name,"
-    " tool_call_id, invocation_id, thread_id, chapter, payload_type, size_bytes, entry)"
-    " SELECT $1, id, session_id, seq, 'user', $2, $3, '', '', '', '', '', '', $4, $5"
-    " FROM unnest($6::uuid[], $7::text[], $8::bigint[]) AS appended(id, session_id, seq)"
-)
 
 
 @dataclass
@@ -98,12 +92,13 @@ class CeilingSettings:
     stream_batch_sizes: list[int]  # messages in each
     append_reply: str
     append_entry: str  # what parley stores for the appended message (its entry)
+    append_encoded: str  # the appended message's encoding as parley's API hands it to the store
+    database_url: str  # parley's (SQLAlchemy's) URL of the same database
     # Above 0: streams build their batches from the rows they read, under this byte budget
     # (parley's), instead of sending parley's.
     stream_budget: int = 0
-    # Appends go through parley's group commit: one INSERT for the appends that queued while the
-    # one before ran, instead of one each.
-    coalesce_appends: bool = False
+    # Appends go through parley's own write path (PostgresAppender) instead of one INSERT each.
+    parley_appends: bool = False
 
     def write(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self)))
@@ -136,7 +131,7 @@ async def serve(settings: CeilingSettings) -> None:
     budget = settings.stream_budget
     # Far above what parley and ceiling 1 assign these sessions, and apart from the other
     # ceiling server's, which appends to them too.
-    next_seq = itertools.count((2 if settings.coalesce_appends else 1) * 10_000_000_000)
+    next_seq = itertools.count(10_000_000_000)
     sessions = itertools.cycle(settings.append_sessions)
 
     async def list_messages(_request: bytes, _context: Any) -> bytes:
@@ -167,33 +162,29 @@ async def serve(settings: CeilingSettings) -> None:
                 yield reply
             position += size
 
-    async def insert_many(connection: Connection, rows: list[Row]) -> dict[Any, int]:
-        await connection.execute(
-            _INSERT_MANY,
-            tenant,
-            settings.content,
-            datetime.now(UTC),
-            len(append_entry) + 128,
-            append_entry,
-            [row["id"] for row in rows],
-            [row["session_id"] for row in rows],
-            [row["seq"] for row in rows],
+    # A message as parley's API hands it to the store (see MessageStore.append).
+    appended_row = {
+        "tenant_id": tenant, "role": "user", "content": settings.content, "name": "",
+        "tool_calls": None, "tool_call_id": "", "invocation_id": "", "thread_id": "",
+        "reply_to": None, "chapter": "", "attachments": None, "citations": None,
+        "metadata": None, "user_id": None, "size_bytes": len(append_entry) + 128,
+        "event_time": None, "payload": None, "payload_type": "",
+        "encoded": _bytes(settings.append_encoded),
+    }  # fmt: skip
+    appender = (
+        PostgresAppender(
+            Database(create_engine(settings.database_url)), lanes=1, encoding=MESSAGE_ENCODING
         )
-        return {(row["tenant_id"], row["id"]): row["seq"] for row in rows}
-
-    @asynccontextmanager
-    async def writer(_lane: int) -> AsyncIterator[Connection]:
-        async with pool.acquire() as connection:
-            yield connection
-
-    group_commit: GroupCommit[Connection] = GroupCommit(
-        writer, insert_many, lanes=1, wrote_nothing=lambda _error: False
+        if settings.parley_appends
+        else None
     )
 
-    async def append_coalesced(_request: bytes, _context: Any) -> bytes:
+    async def append_as_parley(_request: bytes, _context: Any) -> bytes:
+        assert appender is not None
         session = next(sessions)
-        row = {"tenant_id": tenant, "id": str(uuid.uuid4()), "session_id": session}
-        await group_commit.append(session, [{**row, "seq": next(next_seq)}])
+        row = {**appended_row, "id": str(uuid.uuid4()), "session_id": session}
+        if await appender.append(session, [row]) is None:
+            raise RuntimeError(f"session {session} is closed or missing")
         return append_reply
 
     async def append_message(_request: bytes, _context: Any) -> bytes:
@@ -217,7 +208,7 @@ async def serve(settings: CeilingSettings) -> None:
             "GetContextWindow": grpc.unary_unary_rpc_method_handler(get_context_window),
             "StreamMessages": grpc.unary_stream_rpc_method_handler(stream_messages),
             "AppendMessage": grpc.unary_unary_rpc_method_handler(
-                append_coalesced if settings.coalesce_appends else append_message
+                append_as_parley if settings.parley_appends else append_message
             ),
         },
     )
