@@ -129,8 +129,8 @@ async def serve(settings: CeilingSettings) -> None:
     stream_replies = [_bytes(reply) for reply in settings.stream_replies]
     append_reply, append_entry = _bytes(settings.append_reply), _bytes(settings.append_entry)
     budget = settings.stream_budget
-    # Far above what parley and ceiling 1 assign these sessions, and apart from the other
-    # ceiling server's, which appends to them too.
+    # Far above what parley, ceiling 1 and the write-path server (from each session's own
+    # counter) assign these sessions.
     next_seq = itertools.count(10_000_000_000)
     sessions = itertools.cycle(settings.append_sessions)
 
