@@ -38,11 +38,13 @@ import asyncpg
 import grpc
 import uvloop
 
-from parley_client._gen.parley.v1 import parley_service_pb2
-from parley_server.api.convert import MESSAGE_ENCODING, with_messages
-from parley_server.domain import EncodedMessage
+from parley_client._gen.parley.v1 import message_pb2, parley_service_pb2
+from parley_server.api.convert import MESSAGE_ENCODING, new_message, with_messages
+from parley_server.api.validate import Violations
+from parley_server.domain import EncodedMessage, Scope
 from parley_server.store.appenders.postgresql import PostgresAppender
 from parley_server.store.database import Database, create_engine
+from parley_server.store.messages import append_rows
 
 SERVICE = "parley.v1.ParleyService"
 _HISTORY = "SELECT seq, entry FROM messages"
@@ -92,7 +94,7 @@ class CeilingSettings:
     stream_batch_sizes: list[int]  # messages in each
     append_reply: str
     append_entry: str  # what parley stores for the appended message (its entry)
-    append_encoded: str  # the appended message's encoding as parley's API hands it to the store
+    append_encoded: str  # the appended message without the fields parley assigns (encoded)
     database_url: str  # parley's (SQLAlchemy's) URL of the same database
     # Above 0: streams build their batches from the rows they read, under this byte budget
     # (parley's), instead of sending parley's.
@@ -162,15 +164,15 @@ async def serve(settings: CeilingSettings) -> None:
                 yield reply
             position += size
 
-    # A message as parley's API hands it to the store (see MessageStore.append).
-    appended_row = {
-        "tenant_id": tenant, "role": "user", "content": settings.content, "name": "",
-        "tool_calls": None, "tool_call_id": "", "invocation_id": "", "thread_id": "",
-        "reply_to": None, "chapter": "", "attachments": None, "citations": None,
-        "metadata": None, "user_id": None, "size_bytes": len(append_entry) + 128,
-        "event_time": None, "payload": None, "payload_type": "",
-        "encoded": _bytes(settings.append_encoded),
-    }  # fmt: skip
+    # The appended message as parley's API hands it to the store, and its row as the store hands
+    # it to the appender.
+    new = new_message(
+        message_pb2.Message.FromString(_bytes(settings.append_encoded)),
+        "message",
+        settings.append_sessions[0],
+        Violations(),
+    )
+    (appended_row,) = append_rows(Scope(tenant), settings.append_sessions[0], [new])
     appender = (
         PostgresAppender(
             Database(create_engine(settings.database_url)), lanes=1, encoding=MESSAGE_ENCODING

@@ -518,6 +518,37 @@ def _read_within(
     return count, returned > count
 
 
+def append_rows(scope: Scope, session_id: str, news: Sequence[NewMessage]) -> list[dict[str, Any]]:
+    """The rows an append of `news` hands its appender (without seq and create_time, which the
+    statement carrying them assigns)."""
+    return [
+        {
+            "tenant_id": scope.tenant,
+            "id": new.id or new_id(),
+            "session_id": session_id,
+            "role": new.role.value,
+            "content": new.content,
+            "name": new.name,
+            "tool_calls": tool_calls_json(new.tool_calls),
+            "tool_call_id": new.tool_call_id,
+            "invocation_id": new.invocation_id,
+            "thread_id": new.thread_id,
+            "reply_to": new.reply_to or None,
+            "chapter": new.chapter,
+            "attachments": attachments_json(new.attachments),
+            "citations": citations_json(new.citations),
+            "metadata": new.metadata or None,
+            "user_id": new.user_id or None,
+            "size_bytes": new.size_bytes,
+            "event_time": new.event_time,
+            "payload": new.payload or None,
+            "payload_type": new.payload_type,
+            "encoded": new.encoded or None,
+        }
+        for new in news
+    ]
+
+
 class MessageStore:
     def __init__(
         self,
@@ -548,32 +579,7 @@ class MessageStore:
         Its create_time is when the statement carrying it runs (see group_commit). With
         expected_last_seq, only if the session's last seq is that (else Aborted); state_delta is
         applied in the same transaction."""
-        rows: list[dict[str, Any]] = [
-            {
-                "tenant_id": scope.tenant,
-                "id": new.id or new_id(),
-                "session_id": session_id,
-                "role": new.role.value,
-                "content": new.content,
-                "name": new.name,
-                "tool_calls": tool_calls_json(new.tool_calls),
-                "tool_call_id": new.tool_call_id,
-                "invocation_id": new.invocation_id,
-                "thread_id": new.thread_id,
-                "reply_to": new.reply_to or None,
-                "chapter": new.chapter,
-                "attachments": attachments_json(new.attachments),
-                "citations": citations_json(new.citations),
-                "metadata": new.metadata or None,
-                "user_id": new.user_id or None,
-                "size_bytes": new.size_bytes,
-                "event_time": new.event_time,
-                "payload": new.payload or None,
-                "payload_type": new.payload_type,
-                "encoded": new.encoded or None,
-            }
-            for new in news
-        ]
+        rows = append_rows(scope, session_id, news)
         # Another try only when the session turned up open after the write found it missing:
         # it was created meanwhile (a framework making a session on first use, from two places).
         for _ in range(_APPEND_ATTEMPTS):
